@@ -1,0 +1,166 @@
+"""`ganspection-tf`: train | evaluate | score | export | camera | demo.
+
+Every expected failure is a `GanspectionError`: printed as one line ``error: …`` with exit status 2
+(``--debug`` shows the traceback). Train-side modules are imported inside the commands, so the camera-side
+(base) install runs ``camera`` without TensorFlow and tells what to install for the rest.
+"""
+
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import click
+
+from ganspection_tf import __version__
+from ganspection_tf.errors import GanspectionError, MissingTrainExtra
+
+EXIT_USER_ERROR = 2
+
+
+def require_train_extra(command):
+    """Imports TensorFlow quietly, or explains which extra to install."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        raise MissingTrainExtra(f"'ganspection-tf {command}'") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ganspection-tf")
+@click.option("--debug", is_flag=True, help="Show the full traceback of errors.")
+@click.pass_context
+def cli(context, debug):
+    """Visual anomaly detection learned from defect-free images (Wasserstein BiGAN + latent L2 loss)."""
+    context.obj = {"debug": debug}
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+TRAIN_OPTIONS = [
+    click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+                 help="MVTec category folder, a dataset root (with --category), or a folder of good images."),
+    click.option("--category", default=None, help="Category name under a dataset root (e.g. bottle)."),
+    click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Run folder to write."),
+    click.option("--image-size", default=64, show_default=True, type=click.Choice(["32", "64", "128", "256"]),
+                 callback=lambda _c, _p, value: int(value)),
+    click.option("--channels", default=None, type=click.Choice(["1", "3"]),
+                 callback=lambda _c, _p, value: int(value) if value else None,
+                 help="Force gray (1) or RGB (3); default: 1 when every training image is gray."),
+    click.option("--latent-dim", default=64, show_default=True, type=click.IntRange(2, 1024)),
+    click.option("--width", default=32, show_default=True, type=click.IntRange(4, 256),
+                 help="Filters of the first convolution (doubling per stage, capped at 8×)."),
+    click.option("--norm", default="layer", show_default=True, type=click.Choice(["none", "layer", "instance"]),
+                 help="Normalisation in the encoder and generator."),
+    click.option("--critic-norm", default="layer", show_default=True,
+                 type=click.Choice(["none", "layer", "instance", "spectral"])),
+    click.option("--minibatch-stats/--no-minibatch-stats", default=False, show_default=True,
+                 help="Minibatch-stddev feature in the critic (Salimans et al. 2016)."),
+    click.option("--critic-steps", default=5, show_default=True, type=click.IntRange(1, 15)),
+    click.option("--gp-weight", default=10.0, show_default=True, type=float, help="λ_gp."),
+    click.option("--latent-weight", default=1.0, show_default=True, type=float,
+                 help="λ_latent of the latent L2 loss ‖z − E(G(z))‖²/d (0 turns it off)."),
+    click.option("--rec-weight", default=0.0, show_default=True, type=float, help="λ_rec of ‖x − G(E(x))‖₁."),
+    click.option("--fm-weight", default=0.0, show_default=True, type=float, help="Critic feature matching weight."),
+    click.option("--ema-decay", default=0.999, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+                 help="Weight averaging of E and G (0 turns it off)."),
+    click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096), help="Per replica."),
+    click.option("--steps", default=2000, show_default=True, type=click.IntRange(1)),
+    click.option("--learning-rate", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True)),
+    click.option("--weight-decay", default=0.0, show_default=True, type=click.FloatRange(0),
+                 help="> 0 uses AdamW."),
+    click.option("--augment", default="none", show_default=True,
+                 help="Comma-separated: hflip, vflip, rot90 (or none)."),
+    click.option("--val-fraction", default=0.15, show_default=True, type=click.FloatRange(0, 0.5),
+                 help="Good training images held out for score calibration."),
+    click.option("--seed", default=0, show_default=True, type=int),
+    click.option("--log-every", default=50, show_default=True, type=click.IntRange(1)),
+    click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(1)),
+    click.option("--sample-every", default=100, show_default=True, type=click.IntRange(1)),
+    click.option("--keep-checkpoints", default=3, show_default=True, type=click.IntRange(1)),
+    click.option("--jit/--no-jit", "jit_compile", default=True, show_default=True, help="XLA-compile the step."),
+    click.option("--precision", default="float32", show_default=True,
+                 type=click.Choice(["float32", "mixed_bfloat16", "mixed_float16"])),
+    click.option("--strategy", default="auto", show_default=True,
+                 type=click.Choice(["auto", "default", "mirrored", "multiworker"])),
+    click.option("--devices", default=None, help="Comma-separated devices for --strategy mirrored."),
+    click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
+]
+
+
+def train_options(function):
+    for option in reversed(TRAIN_OPTIONS):
+        function = option(function)
+    return function
+
+
+@cli.command()
+@train_options
+def train(out, resume, **options):
+    """Train an anomaly model on defect-free images."""
+    require_train_extra("train")
+    from ganspection_tf.training import TrainConfig, train as run_training
+
+    options["data"] = str(options["data"])
+    options["devices"] = options["devices"].split(",") if options["devices"] else None
+    run_training(TrainConfig(**options), out, resume=resume)
+
+
+# ------------------------------------------------------------------------------------------------ demo
+
+
+@cli.command()
+@click.option("--out", "out", default=None, type=click.Path(path_type=Path),
+              help="Folder for the synthetic data and the run (default: a new temporary folder).")
+@click.option("--steps", default=300, show_default=True, type=click.IntRange(1))
+@click.option("--image-size", default=32, show_default=True, type=click.Choice(["32", "64"]),
+              callback=lambda _c, _p, value: int(value))
+def demo(out, steps, image_size):
+    """Generate the embedded synthetic category and train a small model on it (a few minutes on 2 cores)."""
+    require_train_extra("demo")
+    from ganspection_tf.data import synthetic
+    from ganspection_tf.training import TrainConfig, train as run_training
+
+    out = Path(out) if out else Path(tempfile.mkdtemp(prefix="ganspection-demo-"))
+    data = synthetic.write_synthetic_category(out / "data", name="widget", image_size=128)
+    click.echo(f"synthetic category written to {data}")
+    config = TrainConfig(
+        data=str(data), image_size=image_size, width=16, latent_dim=32, steps=steps, batch_size=16,
+        log_every=50, checkpoint_every=100, sample_every=100,
+    )
+    run_dir = run_training(config, out / "run")
+    click.echo(f"samples: {run_dir / 'samples'}")
+
+
+# ------------------------------------------------------------------------------------------------ entry
+
+
+def main(argv=None):
+    """Console entry point: one-line errors with exit status 2, tracebacks only with --debug."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="ganspection-tf", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as error:
+        error.show()
+        return EXIT_USER_ERROR
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except GanspectionError as error:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {error}", err=True)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,397 @@
+"""`ganspection-tf train`: from a folder of good images to a run folder a person can inspect.
+
+Run folder::
+
+    config.json       every hyper-parameter, seed, data summary, package / TensorFlow versions
+    splits.json       the good training images, and the validation images held out for calibration
+    model.keras       the trained model (loads with safe_mode=True); refreshed at every checkpoint
+    checkpoints/      tf.train checkpoints (weights, EMA, both optimizers, step) for --resume
+    samples/          PNG grids: fixed-z samples, reconstructions, samples with z ×2 and ×3
+    logs/             TensorBoard scalars and image grids
+    history.csv       the logged losses, one row per log interval
+    status.json       running / finished / diverged, with the step and the reason
+
+One Keras "epoch" is one log interval of `log_every` steps, so ``--resume`` restarts ``fit`` at a whole epoch.
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import ganspection_tf
+from ganspection_tf import artifacts, distribute, pictures
+from ganspection_tf.data import mvtec, pipeline
+from ganspection_tf.errors import GanspectionError
+from ganspection_tf.models.bigan import WassersteinBiGAN
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+MODEL_FILE, CONFIG_FILE, SPLITS_FILE, STATUS_FILE = "model.keras", "config.json", "splits.json", "status.json"
+SAMPLE_COUNT = 16
+EXPLODING_CRITIC = 1e4  # |Wasserstein estimate| beyond this means the critic has run away
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data: str
+    category: str | None = None
+    image_size: int = 64
+    channels: int | None = None
+    latent_dim: int = 64
+    width: int = 32
+    norm: str = "layer"
+    critic_norm: str = "layer"
+    minibatch_stats: bool = False
+    critic_steps: int = 5
+    gp_weight: float = 10.0
+    latent_weight: float = 1.0
+    rec_weight: float = 0.0
+    fm_weight: float = 0.0
+    drift_weight: float = 1e-3
+    ema_decay: float = 0.999
+    batch_size: int = 16  # per replica
+    steps: int = 2000
+    learning_rate: float = 1e-4
+    beta_1: float = 0.5
+    beta_2: float = 0.9
+    weight_decay: float = 0.0
+    augment: str = "none"
+    val_fraction: float = 0.15
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 100
+    sample_every: int = 100
+    keep_checkpoints: int = 3
+    jit_compile: bool = True
+    precision: str = "float32"
+    strategy: str = "auto"
+    devices: list[str] | None = None
+
+    MODEL_FIELDS = (
+        "image_size channels latent_dim width norm critic_norm minibatch_stats critic_steps gp_weight "
+        "latent_weight rec_weight fm_weight drift_weight ema_decay seed"
+    ).split()
+
+    def model_kwargs(self):
+        return {name: getattr(self, name) for name in self.MODEL_FIELDS}
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+
+def config_hash(config_dict) -> str:
+    return hashlib.sha256(json.dumps(config_dict, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -------------------------------------------------------------------------------------------- entry point
+
+
+def train(config: TrainConfig, out, resume=False, verbose=1, log=print) -> Path:
+    """Trains (or resumes) a run in folder `out` and returns it."""
+    run_dir = Path(out)
+    config = _reconcile_with_existing_run(config, run_dir, resume)
+    _set_precision(config.precision)
+    keras.utils.set_random_seed(config.seed)
+
+    strategy, strategy_name = distribute.make_strategy(config.strategy, config.devices)
+    folder = distribute.writing_folder(run_dir, strategy)
+    artifacts.ensure_writable_folder(folder)
+    images, splits = _load_training_images(config, log)
+    if config.channels is None:
+        config.channels = int(images.shape[-1])
+
+    with strategy.scope():
+        model = build_model(config)
+    checkpoints = _checkpoint_manager(model, folder, config.keep_checkpoints)
+    start_step = _restore(checkpoints, resume, log)
+    if start_step >= config.steps:
+        log(f"{run_dir}: already trained for {start_step} steps (--steps {config.steps}); nothing to do")
+        return run_dir
+
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+    if len(images) < global_batch:
+        raise GanspectionError(
+            f"{config.data}: {len(images)} training images but the global batch is {global_batch}; "
+            "lower --batch-size or add images"
+        )
+    epoch_steps = math.gcd(config.steps, config.checkpoint_every, config.sample_every, config.log_every, start_step)
+    run_record = _describe_run(config, strategy_name, strategy.num_replicas_in_sync, images, splits)
+    if distribute.is_chief(strategy):
+        artifacts.write_json(run_dir / CONFIG_FILE, run_record)
+        artifacts.write_json(run_dir / SPLITS_FILE, splits)
+        _write_status(run_dir, "running", start_step)
+
+    dataset = pipeline.make_train_dataset(
+        images, global_batch, augment=pipeline.Augment.from_flags(config.augment), seed=config.seed
+    )
+    guard = DivergenceGuard()
+    callbacks = [
+        guard,
+        CheckpointWriter(checkpoints, folder / MODEL_FILE, config.checkpoint_every, config.steps, guard),
+        SampleWriter(folder, _sample_inputs(images, config), config.sample_every, config.steps, config.latent_dim),
+        keras.callbacks.CSVLogger(str(folder / "history.csv"), append=start_step > 0),
+        keras.callbacks.TensorBoard(log_dir=str(folder / "logs"), write_graph=False, update_freq="epoch"),
+    ]
+    log(
+        f"training {config.steps - start_step} steps from step {start_step} on {len(images)} images, "
+        f"{strategy_name} strategy × {strategy.num_replicas_in_sync} replicas, global batch {global_batch}"
+    )
+    started = time.time()
+    model.fit(
+        dataset,
+        epochs=config.steps // epoch_steps,
+        initial_epoch=start_step // epoch_steps,
+        steps_per_epoch=epoch_steps,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    elapsed = time.time() - started
+    step = int(model.step.numpy())
+    if guard.reason:
+        last_good = checkpoints.latest_checkpoint
+        if distribute.is_chief(strategy):
+            _write_status(run_dir, "diverged", step, reason=guard.reason, last_good_checkpoint=last_good)
+        raise GanspectionError(
+            f"{run_dir}: training diverged at step {guard.step} ({guard.reason}); the last good checkpoint "
+            f"({last_good or 'none'}) and model.keras are kept. Lower --learning-rate and run again with --resume"
+        )
+    if distribute.is_chief(strategy):
+        _write_status(run_dir, "finished", step, seconds=round(elapsed, 1))
+    log(f"trained to step {step} in {elapsed:.0f} s; run folder: {run_dir}")
+    return run_dir
+
+
+def build_model(config: TrainConfig) -> WassersteinBiGAN:
+    """The model, compiled with its two optimizers (call inside the strategy scope)."""
+    model = WassersteinBiGAN(**config.model_kwargs())
+    model.compile(
+        d_optimizer=_optimizer(config), g_optimizer=_optimizer(config), jit_compile=bool(config.jit_compile)
+    )
+    return model
+
+
+def _optimizer(config):
+    kwargs = dict(learning_rate=config.learning_rate, beta_1=config.beta_1, beta_2=config.beta_2)
+    if config.weight_decay:
+        return keras.optimizers.AdamW(weight_decay=config.weight_decay, **kwargs)
+    return keras.optimizers.Adam(**kwargs)
+
+
+def load_model(run_dir) -> WassersteinBiGAN:
+    """Loads a run's model.keras with safe_mode=True, turning a broken or foreign file into a one-line error."""
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise GanspectionError(f"{path}: no trained model here; train one with 'ganspection-tf train --out {run_dir}'")
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except Exception as error:  # Keras raises many types for a truncated or foreign archive.
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise GanspectionError(
+            f"{path}: cannot load the model ({first_line[:200]}); it is truncated or from another version — "
+            "retrain, or restore it with 'ganspection-tf train --resume'"
+        ) from None
+
+
+def read_run_config(run_dir) -> dict:
+    return artifacts.read_json(Path(run_dir) / CONFIG_FILE, what="run config")
+
+
+# -------------------------------------------------------------------------------------------- set-up helpers
+
+
+def _reconcile_with_existing_run(config, run_dir, resume):
+    """A new run refuses a used folder; --resume takes the stored config, keeping only the new --steps."""
+    stored = run_dir / CONFIG_FILE
+    if not resume:
+        if stored.exists():
+            raise GanspectionError(
+                f"{run_dir}: already holds a run; pass --resume to continue it, or choose another --out"
+            )
+        return config
+    if not stored.exists():
+        return config  # nothing to resume: start fresh (makes a restarted cluster job idempotent)
+    previous = TrainConfig.from_dict(artifacts.read_json(stored, "run config")["train"])
+    previous.steps = config.steps
+    previous.strategy, previous.devices = config.strategy, config.devices
+    return previous
+
+
+def _set_precision(precision):
+    if precision not in PRECISIONS:
+        raise GanspectionError(f"--precision {precision}: unknown; choose one of {', '.join(PRECISIONS)}")
+    keras.mixed_precision.set_global_policy(precision)
+
+
+def _load_training_images(config, log):
+    category = mvtec.scan_category(config.data, config.category)
+    train_paths, val_paths = mvtec.split_validation(category.train, config.val_fraction, config.seed)
+    channels = pipeline.decide_channels(train_paths, config.channels)
+    log(f"decoding {len(train_paths)} training images from {category.root} at {config.image_size} px …")
+    images, skipped = pipeline.load_images(train_paths, config.image_size, channels, skip_unreadable=True)
+    if skipped:
+        listed = "; ".join(f"{path} ({reason})" for path, reason in skipped)
+        log(f"warning: skipped {len(skipped)} unreadable training image(s): {listed}")
+    skipped_paths = {str(path) for path, _ in skipped}
+    splits = {
+        "category": category.name,
+        "root": str(Path(category.root).resolve()),
+        "is_mvtec": category.is_mvtec,
+        "train": [str(path) for path in train_paths if str(path) not in skipped_paths],
+        "validation": [str(path) for path in val_paths],
+        "skipped": sorted(skipped_paths),
+    }
+    return images, splits
+
+
+def _describe_run(config, strategy_name, replicas, images, splits):
+    train_dict = config.to_dict()
+    return {
+        "train": train_dict,
+        "config_hash": config_hash(train_dict),
+        "data": {
+            "category": splits["category"],
+            "root": splits["root"],
+            "train_images": len(splits["train"]),
+            "validation_images": len(splits["validation"]),
+            "image_shape": list(images.shape[1:]),
+        },
+        "strategy": {"name": strategy_name, "replicas": replicas},
+        "versions": {
+            "ganspection_tf": ganspection_tf.__version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
+        "command": " ".join(sys.argv),
+    }
+
+
+def _checkpoint_manager(model, folder, keep):
+    checkpoint = tf.train.Checkpoint(
+        model=model, d_optimizer=model.d_optimizer, g_optimizer=model.g_optimizer
+    )
+    # TensorFlow writes checkpoint data first and updates the 'checkpoint' index atomically last, so a kill at
+    # any moment leaves the previous complete checkpoint as the latest one.
+    return tf.train.CheckpointManager(checkpoint, str(folder / "checkpoints"), max_to_keep=max(1, keep))
+
+
+def _restore(checkpoints, resume, log):
+    if not resume or checkpoints.latest_checkpoint is None:
+        return 0
+    checkpoints.checkpoint.restore(checkpoints.latest_checkpoint).assert_existing_objects_matched()
+    step = int(checkpoints.checkpoint.model.step.numpy())
+    log(f"resumed from {checkpoints.latest_checkpoint} at step {step}")
+    return step
+
+
+def _write_status(run_dir, state, step, **details):
+    artifacts.write_json(Path(run_dir) / STATUS_FILE, {"state": state, "step": step, **details})
+
+
+def _sample_inputs(images, config):
+    """Fixed inputs for the sample grids: 8 training images and 16 latent codes, the same at every step."""
+    rng = np.random.default_rng(config.seed)
+    picks = rng.choice(len(images), size=min(8, len(images)), replace=False)
+    real = images[np.sort(picks)].astype(np.float32) / 127.5 - 1.0
+    z = rng.standard_normal((SAMPLE_COUNT, config.latent_dim)).astype(np.float32)
+    return real, z
+
+
+# -------------------------------------------------------------------------------------------- callbacks
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training at the first NaN/Inf loss or a runaway critic, remembering why."""
+
+    WATCHED = ("critic_loss", "generator_loss", "wasserstein", "latent_loss")
+
+    def __init__(self):
+        super().__init__()
+        self.reason, self.step = None, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        for name in self.WATCHED:
+            value = logs.get(name)
+            if value is None:
+                continue
+            value = float(value)
+            if not math.isfinite(value):
+                self._stop(f"{name} is {value}")
+                return
+        wasserstein = logs.get("wasserstein")
+        if wasserstein is not None and abs(float(wasserstein)) > EXPLODING_CRITIC:
+            self._stop(f"the critic exploded (Wasserstein estimate {float(wasserstein):.3g})")
+
+    def _stop(self, reason):
+        if self.reason is None:
+            self.reason, self.step = reason, int(self.model.step.numpy())
+        self.model.stop_training = True
+
+
+class CheckpointWriter(keras.callbacks.Callback):
+    """Every `every` steps (and at the end): a tf.train checkpoint and a fresh model.keras, unless diverged."""
+
+    def __init__(self, manager, model_path, every, final_step, guard):
+        super().__init__()
+        self.manager, self.model_path, self.every, self.final_step, self.guard = (
+            manager,
+            model_path,
+            every,
+            final_step,
+            guard,
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.step.numpy())
+        if self.guard.reason or (step % self.every and step != self.final_step):
+            return
+        self.manager.save(checkpoint_number=step)
+        with artifacts.atomic_path(self.model_path) as temporary:
+            self.model.save(temporary)
+
+
+class SampleWriter(keras.callbacks.Callback):
+    """PNG grids (and TensorBoard images) of what the model has learned, every `every` steps."""
+
+    def __init__(self, folder, inputs, every, final_step, latent_dim):
+        super().__init__()
+        self.folder, self.every, self.final_step = Path(folder), every, final_step
+        self.real, self.z = inputs
+        self.writer = tf.summary.create_file_writer(str(self.folder / "logs" / "images"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.step.numpy())
+        if step % self.every and step != self.final_step:
+            return
+        for kind, image in sample_grids(self.model, self.real, self.z).items():
+            artifacts.write_png(self.folder / "samples" / f"step{step:06d}_{kind}.png", image)
+            with self.writer.as_default(step=step):
+                tf.summary.image(kind, image[None], max_outputs=1)
+        self.writer.flush()
+
+
+def sample_grids(model, real, z):
+    """Fixed-z samples, reconstructions beside their inputs, and samples with z ×2 and ×3, from EMA weights."""
+    encoder, generator, _ = model.scoring_networks()
+    reconstruction = generator(encoder(real, training=False), training=False)
+    return {
+        "fixed_z": pictures.grid(pictures.to_uint8(generator(z, training=False)), columns=8),
+        "reconstructions": pictures.pairs_grid(pictures.to_uint8(real), pictures.to_uint8(reconstruction)),
+        "z_x2": pictures.grid(pictures.to_uint8(generator(2.0 * z, training=False)), columns=8),
+        "z_x3": pictures.grid(pictures.to_uint8(generator(3.0 * z, training=False)), columns=8),
+    }
