@@ -1,0 +1,246 @@
+"""The embedded default dataset: a synthetic MVTec-style category drawn from scratch (no download, no TensorFlow).
+
+The "product" is a round machined flange seen from above: a bright rim, a brushed face with fine turning
+rings and radial brush streaks, four bolt holes and a dark centre bore, on a darker background. Every good
+image varies a little like real photos do (position +-3 % of the size, rotation +-8 degrees, brightness and
+contrast +-10 %, sensor noise), so a model has to learn the product rather than memorise one picture.
+
+Defects are drawn onto a freshly generated good image and are local and clearly visible:
+
+* ``scratch`` - a thin (1-2 px) bright or dark line, 20-40 % of the image size long;
+* ``hole``    - a dark filled circle, 4-8 % of the size across;
+* ``stain``   - a blotchy brownish (darker, in gray) patch, 8-15 % of the size across.
+
+The mask returned with each defect covers exactly the pixels the defect may have changed, so every pixel
+outside the mask is identical to the good image it was drawn on.
+
+Everything is seeded per image (``[seed, split, index]``), so a category is byte-identical on every run and
+one split does not change when another split's image count does.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ganspection_tf.errors import GanspectionError
+
+DEFECT_TYPES = ("scratch", "hole", "stain")
+# Written into every generated category: overwrite=True only ever deletes folders carrying it.
+_MARKER = ".ganspection-synthetic"
+_METAL_TINT = np.array([1.0, 0.97, 0.92], dtype=np.float32)  # warm steel, RGB
+_BACKGROUND_TINT = np.array([0.92, 1.0, 1.12], dtype=np.float32)  # cool dark conveyor
+_STAIN_TINT = np.array([0.80, 0.62, 0.45], dtype=np.float32)  # rust / oil, RGB
+_SPLIT_TRAIN, _SPLIT_TEST_GOOD, _SPLIT_FIRST_DEFECT = 0, 1, 2
+
+
+def write_synthetic_category(
+    out_dir: Path | str,
+    name: str = "widget",
+    image_size: int = 128,
+    n_train: int = 60,
+    n_test_good: int = 12,
+    n_test_per_defect: int = 8,
+    defects: tuple[str, ...] = DEFECT_TYPES,
+    channels: int = 3,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``<out_dir>/<name>`` in MVTec-AD layout and return that category folder.
+
+    Files: ``train/good/000.png ...``, ``test/good/...``, ``test/<defect>/...`` and
+    ``ground_truth/<defect>/<NNN>_mask.png`` (8-bit gray, 0 or 255). An existing non-empty folder is refused
+    unless ``overwrite`` is set and the folder was written by this function (it carries a marker file), so
+    user data is never deleted.
+    """
+    _check_arguments(image_size, n_train, defects, channels, seed)
+    category = Path(out_dir) / name
+    _prepare_folder(category, overwrite)
+    for i in range(n_train):
+        good = generate_good(_rng(seed, _SPLIT_TRAIN, i), image_size, channels)
+        _write_png(category / "train" / "good" / f"{i:03d}.png", good)
+    for i in range(n_test_good):
+        good = generate_good(_rng(seed, _SPLIT_TEST_GOOD, i), image_size, channels)
+        _write_png(category / "test" / "good" / f"{i:03d}.png", good)
+    for kind in defects:
+        split = _SPLIT_FIRST_DEFECT + DEFECT_TYPES.index(kind)  # keyed by kind, not by position in `defects`
+        for i in range(n_test_per_defect):
+            rng = _rng(seed, split, i)
+            img, mask = apply_defect(generate_good(rng, image_size, channels), kind, rng)
+            _write_png(category / "test" / kind / f"{i:03d}.png", img)
+            _write_png(category / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
+    (category / _MARKER).write_text("written by ganspection_tf.data.synthetic.write_synthetic_category\n")
+    return category
+
+
+def generate_good(rng: np.random.Generator, size: int = 128, channels: int = 3) -> np.ndarray:
+    """One defect-free product image, ``uint8 (size, size, channels)``, RGB or gray."""
+    luminance, part_coverage = _draw_part(rng, size)
+    contrast, brightness = rng.uniform(0.9, 1.1, size=2)
+    luminance = (luminance - 100.0) * contrast + 100.0 * brightness
+    if channels == 1:
+        pixels = luminance[..., np.newaxis]
+    else:
+        cover = part_coverage[..., np.newaxis]
+        pixels = luminance[..., np.newaxis] * (_METAL_TINT * cover + _BACKGROUND_TINT * (1.0 - cover))
+    pixels = pixels + rng.normal(0.0, 2.0, size=pixels.shape)  # sensor noise, independent per channel
+    return _to_uint8(pixels)
+
+
+def apply_defect(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a ``kind`` defect on a copy of ``img``; return it and its mask (``uint8 (H, W)``, 0 or 255).
+
+    Only pixels inside the mask are changed.
+    """
+    if kind not in DEFECT_TYPES:
+        raise GanspectionError(f"unknown defect type {kind!r}; use one of {', '.join(DEFECT_TYPES)}")
+    height, width = img.shape[:2]
+    size = min(height, width)
+    centre = _point_on_face(rng, width, height, size)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    out = img.astype(np.float32)
+    region = {"scratch": _draw_scratch, "hole": _draw_hole, "stain": _draw_stain}[kind](out, mask, centre, size, rng)
+    defective = img.copy()
+    defective[region] = _to_uint8(out[region])
+    return defective, mask
+
+
+# --- drawing ---------------------------------------------------------------------------------------------
+
+
+def _draw_part(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gray-level picture of the flange (float32) and its anti-aliased coverage (1 on the part, 0 off it)."""
+    cx, cy = size / 2.0 + rng.uniform(-0.03, 0.03, size=2) * size
+    angle = np.deg2rad(rng.uniform(-8.0, 8.0))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    radius = np.hypot(xx - cx, yy - cy)
+    theta = np.arctan2(yy - cy, xx - cx) - angle
+
+    background = 42.0 + 12.0 * yy / size  # uneven lighting
+    rim = 195.0 + 8.0 * np.cos(theta + np.pi / 4)  # lit from the upper left
+    face = 150.0 + 4.0 * np.sin(2 * np.pi * radius / (0.035 * size)) + 3.0 * _brush_streaks(rng, theta)
+
+    part = _disk(radius, 0.38 * size)
+    picture = _paint(background, rim, part)
+    picture = _paint(picture, face, _disk(radius, 0.33 * size))
+    for k in range(4):
+        bolt_angle = angle + np.pi / 4 + k * np.pi / 2
+        bx, by = cx + 0.235 * size * np.cos(bolt_angle), cy + 0.235 * size * np.sin(bolt_angle)
+        picture = _paint(picture, 35.0, _disk(np.hypot(xx - bx, yy - by), 0.028 * size))
+    picture = _paint(picture, 18.0, _disk(radius, 0.09 * size))  # centre bore
+    return picture, part
+
+
+def _brush_streaks(rng: np.random.Generator, theta: np.ndarray) -> np.ndarray:
+    """Radial streaks: unit-variance noise that depends only on the angle, so it rotates with the part."""
+    bins = 720
+    streaks = rng.normal(0.0, 1.0, size=bins).astype(np.float32)
+    index = ((theta / (2 * np.pi)) % 1.0 * bins).astype(np.int64) % bins
+    return streaks[index]
+
+
+def _disk(distance: np.ndarray, radius: float) -> np.ndarray:
+    """Anti-aliased coverage of a disk: 1 inside, 0 outside, a 1-px ramp on the edge."""
+    return np.clip(radius - distance + 0.5, 0.0, 1.0)
+
+
+def _paint(below: np.ndarray, colour, coverage: np.ndarray) -> np.ndarray:
+    return below * (1.0 - coverage) + colour * coverage
+
+
+def _point_on_face(rng: np.random.Generator, width: int, height: int, size: int) -> tuple[int, int]:
+    """A point on the flange face: between the bore and the rim, allowing for the part's position jitter."""
+    distance = rng.uniform(0.14, 0.27) * size
+    direction = rng.uniform(0.0, 2 * np.pi)
+    return int(round(width / 2 + distance * np.cos(direction))), int(round(height / 2 + distance * np.sin(direction)))
+
+
+def _draw_scratch(out, mask, centre, size, rng) -> np.ndarray:
+    half = rng.uniform(0.2, 0.4) * size / 2
+    direction = rng.uniform(0.0, np.pi)
+    dx, dy = half * np.cos(direction), half * np.sin(direction)
+    start = (int(round(centre[0] - dx)), int(round(centre[1] - dy)))
+    end = (int(round(centre[0] + dx)), int(round(centre[1] + dy)))
+    cv2.line(mask, start, end, 255, thickness=int(rng.integers(1, 3)), lineType=cv2.LINE_8)
+    region = mask > 0
+    level = 235.0 if rng.random() < 0.5 else 25.0  # polished-bright or dirt-dark
+    out[region] = level + rng.normal(0.0, 6.0, size=(int(region.sum()), 1))
+    return region
+
+
+def _draw_hole(out, mask, centre, size, rng) -> np.ndarray:
+    radius = max(2, int(round(rng.uniform(0.02, 0.04) * size)))
+    cv2.circle(mask, centre, radius, 255, thickness=-1, lineType=cv2.LINE_8)
+    region = mask > 0
+    out[region] = rng.uniform(8.0, 22.0) + rng.normal(0.0, 3.0, size=(int(region.sum()), 1))
+    return region
+
+
+def _draw_stain(out, mask, centre, size, rng) -> np.ndarray:
+    radius = rng.uniform(0.04, 0.075) * size
+    for _ in range(4):  # overlapping blobs make an irregular outline
+        offset = rng.uniform(-0.6, 0.6, size=2) * radius
+        blob_centre = (int(round(centre[0] + offset[0])), int(round(centre[1] + offset[1])))
+        cv2.circle(mask, blob_centre, max(2, int(round(radius * rng.uniform(0.5, 0.9)))), 255, thickness=-1)
+    region = mask > 0
+    # Smooth low-frequency variation makes the patch blotchy rather than flat.
+    coarse = rng.normal(0.0, 1.0, size=(6, 6)).astype(np.float32)
+    blotches = cv2.resize(coarse, mask.shape[::-1], interpolation=cv2.INTER_CUBIC)
+    strength = np.clip(0.9 + 0.12 * blotches[region], 0.7, 1.1)[:, np.newaxis]
+    tint = _STAIN_TINT if out.shape[2] == 3 else _STAIN_TINT.mean(keepdims=True)
+    out[region] = out[region] * (1.0 - strength * (1.0 - tint))
+    return region
+
+
+# --- files -----------------------------------------------------------------------------------------------
+
+
+def _rng(seed: int, split: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, split, index])
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = img[..., 0] if img.ndim == 3 and img.shape[2] == 1 else img
+    if pixels.ndim == 3:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)  # OpenCV writes BGR
+    ok, encoded = cv2.imencode(".png", pixels)
+    if not ok:
+        raise GanspectionError(f"{path}: could not encode the PNG; check free disk space")
+    encoded.tofile(path)  # tofile, unlike cv2.imwrite, copes with non-ASCII paths
+
+
+def _prepare_folder(category: Path, overwrite: bool) -> None:
+    if not category.exists() or not any(category.iterdir()):
+        return
+    if not overwrite:
+        raise GanspectionError(
+            f"{category}: already exists and is not empty; delete it or choose another output folder"
+        )
+    if not (category / _MARKER).is_file():
+        raise GanspectionError(
+            f"{category}: was not written by the synthetic generator, so it is not deleted; "
+            "choose another output folder"
+        )
+    shutil.rmtree(category)
+
+
+def _check_arguments(image_size, n_train, defects, channels, seed) -> None:
+    if channels not in (1, 3):
+        raise GanspectionError(f"channels must be 1 or 3, got {channels!r}")
+    if int(image_size) != image_size or image_size < 32:
+        raise GanspectionError(f"synthetic image size must be an integer >= 32, got {image_size!r}")
+    if n_train < 1:
+        raise GanspectionError(f"the synthetic category needs at least 1 training image, got n_train={n_train}")
+    unknown = [d for d in defects if d not in DEFECT_TYPES]
+    if unknown:
+        raise GanspectionError(f"unknown defect type(s) {', '.join(map(repr, unknown))}; use {', '.join(DEFECT_TYPES)}")
+    if int(seed) != seed or seed < 0:
+        raise GanspectionError(f"seed must be a non-negative integer, got {seed!r}")
