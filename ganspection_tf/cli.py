@@ -124,7 +124,7 @@ def demo(out, steps, image_size):
     from ganspection_tf.training import TrainConfig, train as run_training
 
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="ganspection-demo-"))
-    data = synthetic.write_synthetic_category(out / "data", name="widget", image_size=128)
+    data = synthetic.write_synthetic_category(out / "data", name="widget", image_size=128, overwrite=True)
     click.echo(f"synthetic category written to {data}")
     config = TrainConfig(
         data=str(data), image_size=image_size, width=16, latent_dim=32, steps=steps, batch_size=16,

@@ -140,8 +140,13 @@ class WassersteinBiGAN(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         step = self.g_optimizer.iterations
 
-        for i in range(self.critic_steps):
-            critic_logs = self._critic_update(real, batch, step, 2 * i, replicas)
+        # E and G are fixed during the critic updates: encode once, generate every update's fakes in one call.
+        real_z = self.encoder(real, training=True)
+        draws = [2 * i for i in range(self.critic_steps)]
+        zs = [self._replica_noise(step, draw, batch, [self.latent_dim]) for draw in draws]
+        fakes = ops.split(self.generator(ops.concatenate(zs, axis=0), training=True), self.critic_steps, axis=0)
+        for draw, z, fake in zip(draws, zs, fakes):
+            critic_logs = self._critic_update(real, real_z, z, fake, step, draw, batch, replicas)
         generator_logs = self._encoder_generator_update(real, batch, step, 2 * self.critic_steps, replicas)
         self._update_moving_averages(step)
 
@@ -149,10 +154,7 @@ class WassersteinBiGAN(keras.Model):
             self.loss_trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
 
-    def _critic_update(self, real, batch, step, draw, replicas):
-        z = self._replica_noise(step, draw, batch, [self.latent_dim])
-        real_z = self.encoder(real, training=True)
-        fake = self.generator(z, training=True)
+    def _critic_update(self, real, real_z, z, fake, step, draw, batch, replicas):
         with tf.GradientTape() as tape:
             real_value, _ = self.critic([real, real_z], training=True)
             fake_value, _ = self.critic([fake, z], training=True)
