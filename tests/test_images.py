@@ -1,15 +1,15 @@
 """Decoding, channel handling, resizing and the file/frame agreement of ganspection_tf.images."""
 
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
+
+from corpus import PNG_GRAY, PNG_GRAY_ALPHA, PNG_RGB, PNG_RGBA, random_rgb, write_raw_png
 
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.images import (
@@ -22,30 +22,6 @@ from ganspection_tf.images import (
     resize_image,
     to_unit_range,
 )
-
-PNG_GRAY, PNG_RGB, PNG_GRAY_ALPHA, PNG_RGBA = 0, 2, 4, 6
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-
-def write_raw_png(path, pixels: np.ndarray, colour_type: int, claimed_size=None):
-    """A PNG written by hand, so 16-bit and odd layouts do not depend on what an encoder supports."""
-    height, width = pixels.shape[:2]
-    depth = 16 if pixels.dtype == np.uint16 else 8
-    rows = pixels.astype(">u2" if depth == 16 else np.uint8).reshape(height, -1)
-    scanlines = b"".join(b"\x00" + row.tobytes() for row in rows)  # filter type 0 on every row
-    width, height = claimed_size or (width, height)
-    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
-    chunks = _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(scanlines)) + _png_chunk(b"IEND", b"")
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
-    return path
-
-
-def random_rgb(shape=(20, 30, 3), seed=0):
-    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
-
 
 # --- decoding --------------------------------------------------------------------------------------------
 

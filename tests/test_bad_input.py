@@ -1,0 +1,167 @@
+"""The bad-input corpus driven through the CLI: exit status 2, one line naming the file or option, no traceback,
+and nothing already in the run folder lost. Odd-but-valid images are converted, unreadable ones skipped with
+one warning when training.
+"""
+
+import shutil
+
+import numpy as np
+import pytest
+from conftest import tiny_settings
+from corpus import (
+    bomb_png,
+    gray_png,
+    one_pixel_png,
+    palette_png,
+    random_rgb,
+    rgba_png,
+    sixteen_bit_png,
+    text_named_png,
+    truncated_png,
+    zero_byte,
+)
+
+from ganspection_tf import training
+from ganspection_tf.cli import main
+
+TINY_FLAGS = [
+    "--image-size", "32", "--width", "8", "--latent-dim", "8", "--critic-steps", "1", "--batch-size", "4",
+    "--steps", "2", "--log-every", "2", "--checkpoint-every", "2", "--sample-every", "2", "--no-jit",
+]
+
+
+def run_cli(capfd, *args):
+    code = main([str(arg) for arg in args])
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *names):
+    assert code == 2, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    for name in names:
+        assert str(name) in errors[0], (name, errors[0])
+
+
+def snapshot(folder):
+    return {path.relative_to(folder): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.fixture
+def messy_category(synthetic_category, tmp_path):
+    """A copy of the synthetic category whose train/good holds every kind of awkward file."""
+    category = tmp_path / "messy"
+    shutil.copytree(synthetic_category, category)
+    good = category / "train" / "good"
+    like = random_rgb((48, 48, 3), seed=4)
+    unreadable = [zero_byte(good / "empty.png"), truncated_png(good / "cut.png"), text_named_png(good / "text.png"),
+                  bomb_png(good / "bomb.png")]
+    odd = [sixteen_bit_png(good / "deep.png", like), rgba_png(good / "alpha.png", like),
+           palette_png(good / "palette.png", like), gray_png(good / "gray.png", like), one_pixel_png(good / "dot.png")]
+    return category, unreadable, odd
+
+
+def test_training_skips_unreadable_files_with_one_warning_and_converts_odd_ones(messy_category, tmp_path, capfd):
+    category, unreadable, odd = messy_category
+    code, out, err = run_cli(capfd, "train", "--data", category, "--out", tmp_path / "run", "--val-fraction", "0",
+                             *TINY_FLAGS)
+    assert code == 0, err
+    warnings = [line for line in (out + err).splitlines() if line.startswith("warning: skipped")]
+    assert len(warnings) == 1
+    assert "skipped 4 unreadable" in warnings[0]
+    for path in unreadable:
+        assert path.name in warnings[0]
+    splits = training.artifacts.read_json(tmp_path / "run" / "splits.json")
+    used = {name.rsplit("/", 1)[-1] for name in splits["train"]}
+    assert {path.name for path in odd} <= used  # converted, not rejected
+    assert training.read_run_config(tmp_path / "run")["train"]["channels"] == 3  # gray image in an RGB category
+
+
+def test_training_stops_when_no_image_is_readable(tmp_path, capfd):
+    good = tmp_path / "broken" / "train" / "good"
+    good.mkdir(parents=True)
+    zero_byte(good / "a.png")
+    text_named_png(good / "b.png")
+    code, _, err = run_cli(capfd, "train", "--data", tmp_path / "broken", "--out", tmp_path / "run", *TINY_FLAGS)
+    assert_one_line_error(code, err, "good")
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing_folder", "missing_category", "empty_train", "not_mvtec", "unwritable_out", "conflicting_options",
+     "batch_larger_than_data"],
+)
+def test_bad_data_and_options_fail_in_one_line(case, synthetic_category, tmp_path, capfd):
+    data, extra, names = synthetic_category, [], []
+    out = tmp_path / "run"
+    if case == "missing_folder":
+        data = tmp_path / "nowhere"
+        names = [data]
+    elif case == "missing_category":
+        data, extra, names = synthetic_category.parent, ["--category", "gearbox"], ["gearbox"]
+    elif case == "empty_train":
+        data = tmp_path / "empty"
+        (data / "train" / "good").mkdir(parents=True)
+        names = ["train"]
+    elif case == "not_mvtec":
+        data = tmp_path / "documents"
+        data.mkdir()
+        (data / "readme.txt").write_text("hello")
+        names = [data]
+    elif case == "unwritable_out":
+        blocker = tmp_path / "a-file"
+        blocker.write_text("not a folder")
+        out = blocker / "run"
+        names = ["--out", blocker]
+    elif case == "conflicting_options":
+        extra, names = ["--strategy", "default", "--devices", "/cpu:0"], ["--devices"]
+    elif case == "batch_larger_than_data":
+        extra, names = ["--batch-size", "64"], ["--batch-size"]  # bigger than the 32 training images
+    code, _, err = run_cli(capfd, "train", "--data", data, "--out", out, *TINY_FLAGS, *extra)
+    assert_one_line_error(code, err, *names)
+
+
+def test_unknown_option_is_a_one_line_usage_error(synthetic_category, tmp_path, capfd):
+    code, _, err = run_cli(capfd, "train", "--data", synthetic_category, "--out", tmp_path, "--colour", "3")
+    assert code == 2
+    assert "Traceback" not in err and "--colour" in err
+
+
+def test_training_into_a_used_folder_keeps_everything(synthetic_category, tmp_path, capfd):
+    run = tmp_path / "run"
+    assert run_cli(capfd, "train", "--data", synthetic_category, "--out", run, *TINY_FLAGS)[0] == 0
+    before = snapshot(run)
+    code, _, err = run_cli(capfd, "train", "--data", synthetic_category, "--out", run, *TINY_FLAGS)
+    assert_one_line_error(code, err, run, "--resume")
+    assert snapshot(run) == before
+
+
+def test_truncated_model_is_refused_in_one_line(synthetic_category, tmp_path):
+    run = tmp_path / "run"
+    training.train(training.TrainConfig(data=str(synthetic_category), **tiny_settings(steps=2)), run, verbose=0,
+                   log=lambda *_: None)
+    model_file = run / "model.keras"
+    model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 3])
+    with pytest.raises(training.GanspectionError, match="model.keras") as caught:
+        training.load_model(run)
+    assert "\n" not in str(caught.value)
+
+
+def test_debug_flag_shows_the_traceback(tmp_path, capfd):
+    code, _, err = run_cli(capfd, "--debug", "train", "--data", tmp_path / "nowhere", "--out", tmp_path / "r",
+                           *TINY_FLAGS)
+    assert code == 2 and "Traceback" in err and "error: " in err
+
+
+def test_images_written_by_the_corpus_really_are_odd(tmp_path):
+    # Guards the corpus itself: the odd-but-valid files must keep their odd layout on disk.
+    from PIL import Image
+
+    like = random_rgb((8, 8, 3))
+    assert sixteen_bit_png(tmp_path / "a.png", like).read_bytes()[24] == 16  # IHDR bit depth
+    assert Image.open(rgba_png(tmp_path / "b.png", like)).mode == "RGBA"
+    assert Image.open(palette_png(tmp_path / "c.png", like)).mode == "P"
+    assert Image.open(gray_png(tmp_path / "d.png", like)).mode == "L"
+    assert np.asarray(Image.open(one_pixel_png(tmp_path / "e.png"))).shape == (1, 1, 3)
