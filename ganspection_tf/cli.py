@@ -98,14 +98,24 @@ def train_options(function):
 
 @cli.command()
 @train_options
-def train(out, resume, **options):
+@click.pass_context
+def train(context, out, resume, **options):
     """Train an anomaly model on defect-free images."""
     require_train_extra("train")
     from ganspection_tf.training import TrainConfig, train as run_training
 
     options["data"] = str(options["data"])
     options["devices"] = options["devices"].split(",") if options["devices"] else None
-    run_training(TrainConfig(**options), out, resume=resume)
+    # On --resume only what the user typed counts as a change to the stored run, not the options' defaults.
+    typed = {name: value for name, value in options.items()
+             if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    config = TrainConfig(**options)
+    run_training(config, out, resume=resume, verbose=_progress_verbosity(), overrides=typed)
+
+
+def _progress_verbosity():
+    """Keras' live progress bar on a terminal; one line per log interval in a log file."""
+    return 1 if sys.stdout.isatty() else 2
 
 
 # ------------------------------------------------------------------------------------------------ demo
@@ -130,8 +140,137 @@ def demo(out, steps, image_size):
         data=str(data), image_size=image_size, width=16, latent_dim=32, steps=steps, batch_size=16,
         log_every=50, checkpoint_every=100, sample_every=100,
     )
-    run_dir = run_training(config, out / "run")
+    run_dir = run_training(config, out / "run", verbose=_progress_verbosity())
     click.echo(f"samples: {run_dir / 'samples'}")
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--data", default=None, type=click.Path(path_type=Path),
+              help="Labelled test data in MVTec layout (default: the run's own category).")
+@click.option("--category", default=None, help="Category name under a dataset root given with --data.")
+@click.option("--max-fpr", default=None, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Target false-positive rate on the good validation images (default 0.01); recalibrates.")
+@click.option("--method", default=None, type=click.Choice(["weighted", "mahalanobis"]),
+              help="How the terms are combined (default weighted); recalibrates.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+def evaluate(run_dir, data, category, max_fpr, method, batch_size):
+    """Metrics of a trained run on a labelled test split; writes RUN_DIR/eval/ with report.html."""
+    require_train_extra("evaluate")
+    from ganspection_tf.evaluate import evaluate_run
+
+    metrics = evaluate_run(run_dir, data=data, category=category, log=_echo_to_stderr, batch_size=batch_size,
+                           method=method, max_fpr=max_fpr)
+    click.echo(f"image AUROC {metrics['image_auroc']:.3f} (combined score, {metrics['data']['test_images']} "
+               f"test images of {metrics['data']['root']})")
+    click.echo(f"report: {metrics['report']}")
+
+
+def _echo_to_stderr(message):
+    click.echo(message, err=True)
+
+
+# ------------------------------------------------------------------------------------------------ score
+
+SCORE_FIELDS = ("path", "score", "latent", "cycle", "reconstruction", "critic_feature", "critic", "anomalous")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--format", "output_format", default="csv", show_default=True, type=click.Choice(["csv", "jsonl"]))
+@click.option("--output", default=None, type=click.Path(path_type=Path, dir_okay=False),
+              help="File to write the rows to (default: standard output).")
+@click.option("--heatmaps", default=None, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for heatmap overlay PNGs (<name>_heatmap.png, original image size).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+def score(run_dir, paths, output_format, output, heatmaps, batch_size):
+    """Score image files and folders: one row per image with the score, every term and the verdict.
+
+    Unreadable files are reported on stderr as they come and get no row; the other images are still scored,
+    and the command then exits with status 2 naming the first one, so a script cannot miss them.
+    """
+    require_train_extra("score")
+    from ganspection_tf import artifacts, scoring, training
+
+    files = _image_files(paths)
+    model = training.load_model(run_dir)
+    term_model = scoring.build_term_model(model)
+    calibration = scoring.ensure_calibration(run_dir, model, log=_echo_to_stderr, term_model=term_model)
+    if heatmaps is not None:
+        artifacts.ensure_writable_folder(heatmaps, option="--heatmaps")
+    results = scoring.score_files(files, term_model, calibration, batch_size, keep_originals=heatmaps is not None)
+    if output is None:
+        failed = _write_rows(results, sys.stdout, output_format, heatmaps)
+    else:
+        with artifacts.atomic_path(output) as temporary, open(temporary, "w", encoding="utf-8", newline="") as handle:
+            with click.progressbar(results, length=len(files), label="scoring", file=sys.stderr) as bar:
+                failed = _write_rows(bar, handle, output_format, heatmaps)
+    if failed:
+        raise GanspectionError(
+            f"{failed[0]}: unreadable, {len(failed)} of {len(files)} images have no row (listed above); "
+            "fix or remove them and score those again"
+        )
+
+
+def _image_files(paths):
+    """Files as given and the images directly inside given folders, in order; missing paths are refused."""
+    from ganspection_tf.images import list_images
+
+    files = []
+    for path in paths:
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise GanspectionError(f"{path}: folder holds no .png/.jpg/.jpeg/.bmp images; check the path")
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            raise GanspectionError(f"{path}: no such file or folder; check the path")
+    return files
+
+
+def _write_rows(results, handle, output_format, heatmaps):
+    """Writes one row per scored image as it comes (flushing per row) and returns the unreadable paths."""
+    import csv
+    import json
+
+    writer = csv.DictWriter(handle, fieldnames=SCORE_FIELDS, lineterminator="\n") if output_format == "csv" else None
+    if writer:
+        writer.writeheader()
+    failed, used_names = [], set()
+    for result in results:
+        if result.error is not None:
+            click.echo(f"error: {result.error}", err=True)
+            failed.append(result.path)
+            continue
+        row = {"path": str(result.path), "score": result.score, **result.terms, "anomalous": result.anomalous}
+        if writer:
+            writer.writerow({**{k: f"{v:.7g}" for k, v in row.items() if isinstance(v, float)},
+                             "path": row["path"], "anomalous": "yes" if result.anomalous else "no"})
+        else:
+            handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        if heatmaps is not None:
+            _write_heatmap(result, heatmaps, used_names)
+    return failed
+
+
+def _write_heatmap(result, folder, used_names):
+    from ganspection_tf import artifacts
+    from ganspection_tf.calibration import anomaly_map, heatmap_overlay
+
+    name, count = f"{result.path.stem}_heatmap.png", 1
+    while name in used_names:  # the same file name in two folders
+        count += 1
+        name = f"{result.path.stem}_{count}_heatmap.png"
+    used_names.add(name)
+    amap = anomaly_map(result.error_map, result.original_hw)
+    artifacts.write_png(folder / name, heatmap_overlay(result.original, amap))
 
 
 # ------------------------------------------------------------------------------------------------ entry

@@ -99,15 +99,37 @@ def config_hash(config_dict) -> str:
 # -------------------------------------------------------------------------------------------- entry point
 
 
-def train(config: TrainConfig, out, resume=False, verbose=1, log=print) -> Path:
-    """Trains (or resumes) a run in folder `out` and returns it."""
+# What --resume may change; everything else belongs to the run and must match what it was trained with.
+RESUMABLE_FIELDS = ("steps", "learning_rate", "strategy", "devices", "keep_checkpoints", "log_every",
+                    "checkpoint_every", "sample_every", "jit_compile")
+
+
+def train(config: TrainConfig, out, resume=False, verbose=1, log=print, overrides=None, extra_callbacks=None) -> Path:
+    """Trains (or resumes) a run in folder `out` and returns it.
+
+    On --resume the stored config wins; `overrides` (field → value, default: steps, strategy and devices of
+    `config`) names what the user asked to change, which must be in RESUMABLE_FIELDS. `extra_callbacks` (Keras
+    callbacks) run after the built-in ones, e.g. a wall-clock budget that sets ``model.stop_training``.
+    """
     run_dir = Path(out)
-    config = _reconcile_with_existing_run(config, run_dir, resume)
+    # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything, and only the chief may
+    # refuse a used run folder (the other workers would see the config.json the chief has just written).
+    strategy, strategy_name = distribute.make_strategy(config.strategy, config.devices)
+    if overrides is None:
+        overrides = {name: getattr(config, name) for name in ("steps", "strategy", "devices")}
+    config = _reconcile_with_existing_run(config, run_dir, resume, overrides, chief=distribute.is_chief(strategy))
     _set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
 
-    strategy, strategy_name = distribute.make_strategy(config.strategy, config.devices)
     folder = distribute.writing_folder(run_dir, strategy)
+    try:
+        return _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbose, log, extra_callbacks)
+    finally:
+        distribute.discard_worker_folder(folder, run_dir)
+
+
+def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbose, log, extra_callbacks=None):
+    """The body of `train`: this process writes into `folder` (the run folder on the chief)."""
     artifacts.ensure_writable_folder(folder)
     images, splits = _load_training_images(config, log)
     if config.channels is None:
@@ -116,7 +138,10 @@ def train(config: TrainConfig, out, resume=False, verbose=1, log=print) -> Path:
     with strategy.scope():
         model = build_model(config)
     checkpoints = _checkpoint_manager(model, folder, config.keep_checkpoints)
-    start_step = _restore(checkpoints, resume, log)
+    start_step = _restore(checkpoints, run_dir, resume, log)
+    for optimizer in (model.d_optimizer, model.g_optimizer):
+        optimizer.learning_rate = config.learning_rate  # a checkpoint restores the old rate; --resume may change it
+    distribute.check_same_step_everywhere(strategy, start_step, run_dir / "checkpoints")
     if start_step >= config.steps:
         log(f"{run_dir}: already trained for {start_step} steps (--steps {config.steps}); nothing to do")
         return run_dir
@@ -144,20 +169,22 @@ def train(config: TrainConfig, out, resume=False, verbose=1, log=print) -> Path:
         SampleWriter(folder, _sample_inputs(images, config), config.sample_every, config.steps, config.latent_dim),
         keras.callbacks.CSVLogger(str(folder / "history.csv"), append=start_step > 0),
         keras.callbacks.TensorBoard(log_dir=str(folder / "logs"), write_graph=False, update_freq="epoch"),
+        *(extra_callbacks or []),
     ]
     log(
         f"training {config.steps - start_step} steps from step {start_step} on {len(images)} images, "
         f"{strategy_name} strategy × {strategy.num_replicas_in_sync} replicas, global batch {global_batch}"
     )
     started = time.time()
-    model.fit(
-        dataset,
-        epochs=config.steps // epoch_steps,
-        initial_epoch=start_step // epoch_steps,
-        steps_per_epoch=epoch_steps,
-        callbacks=callbacks,
-        verbose=verbose,
-    )
+    with distribute.explain_lost_workers(strategy, run_dir / "checkpoints"):
+        model.fit(
+            dataset,
+            epochs=config.steps // epoch_steps,
+            initial_epoch=start_step // epoch_steps,
+            steps_per_epoch=epoch_steps,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
     elapsed = time.time() - started
     step = int(model.step.numpy())
     if guard.reason:
@@ -186,8 +213,24 @@ def build_model(config: TrainConfig) -> WassersteinBiGAN:
 def _optimizer(config):
     kwargs = dict(learning_rate=config.learning_rate, beta_1=config.beta_1, beta_2=config.beta_2)
     if config.weight_decay:
-        return keras.optimizers.AdamW(weight_decay=config.weight_decay, **kwargs)
-    return keras.optimizers.Adam(**kwargs)
+        optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **kwargs)
+    else:
+        optimizer = keras.optimizers.Adam(**kwargs)
+    # float16 gradients underflow: scale the loss up (train_step calls scale_loss) and the gradients back down.
+    return StepCountingLossScaleOptimizer(optimizer) if config.precision == "mixed_float16" else optimizer
+
+
+@keras.saving.register_keras_serializable(package="ganspection_tf")
+class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras' dynamic loss scaling, except that a step skipped for non-finite gradients still counts.
+
+    The model's step counter is the optimizer's `iterations`, which Keras leaves unchanged on a skipped step;
+    it would then lag behind fit's steps and put checkpoints, samples and the final save off the requested steps.
+    """
+
+    def _stateful_handle_non_finite_grads(self):
+        super()._stateful_handle_non_finite_grads()
+        self.inner_optimizer.iterations.assign_add(1)
 
 
 def load_model(run_dir) -> WassersteinBiGAN:
@@ -198,9 +241,8 @@ def load_model(run_dir) -> WassersteinBiGAN:
     try:
         return keras.models.load_model(path, safe_mode=True)
     except Exception as error:  # Keras raises many types for a truncated or foreign archive.
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise GanspectionError(
-            f"{path}: cannot load the model ({first_line[:200]}); it is truncated or from another version — "
+            f"{path}: cannot load the model ({_first_line(error)}); it is truncated or from another version — "
             "retrain, or restore it with 'ganspection-tf train --resume'"
         ) from None
 
@@ -212,11 +254,11 @@ def read_run_config(run_dir) -> dict:
 # -------------------------------------------------------------------------------------------- set-up helpers
 
 
-def _reconcile_with_existing_run(config, run_dir, resume):
-    """A new run refuses a used folder; --resume takes the stored config, keeping only the new --steps."""
+def _reconcile_with_existing_run(config, run_dir, resume, overrides, chief=True):
+    """A new run refuses a used folder; --resume takes the stored config plus the allowed `overrides`."""
     stored = run_dir / CONFIG_FILE
     if not resume:
-        if stored.exists():
+        if stored.exists() and chief:
             raise GanspectionError(
                 f"{run_dir}: already holds a run; pass --resume to continue it, or choose another --out"
             )
@@ -224,8 +266,15 @@ def _reconcile_with_existing_run(config, run_dir, resume):
     if not stored.exists():
         return config  # nothing to resume: start fresh (makes a restarted cluster job idempotent)
     previous = TrainConfig.from_dict(artifacts.read_json(stored, "run config")["train"])
-    previous.steps = config.steps
-    previous.strategy, previous.devices = config.strategy, config.devices
+    for name, value in overrides.items():
+        if name in RESUMABLE_FIELDS:
+            setattr(previous, name, value)
+        elif value != getattr(previous, name):
+            option = "--" + name.replace("_", "-")
+            raise GanspectionError(
+                f"{option} {value} conflicts with the run in {run_dir} (trained with {getattr(previous, name)}); "
+                f"drop {option} when resuming, or start a new run in another --out"
+            )
     return previous
 
 
@@ -289,13 +338,21 @@ def _checkpoint_manager(model, folder, keep):
     return tf.train.CheckpointManager(checkpoint, str(folder / "checkpoints"), max_to_keep=max(1, keep))
 
 
-def _restore(checkpoints, resume, log):
-    if not resume or checkpoints.latest_checkpoint is None:
+def _restore(checkpoints, run_dir, resume, log):
+    # Every worker restores the chief's checkpoint (in the run folder); the other workers only write theirs
+    # into throw-away folders.
+    latest = tf.train.latest_checkpoint(str(Path(run_dir) / "checkpoints")) if resume else None
+    if latest is None:
         return 0
-    checkpoints.checkpoint.restore(checkpoints.latest_checkpoint).assert_existing_objects_matched()
+    checkpoints.checkpoint.restore(latest).assert_existing_objects_matched()
     step = int(checkpoints.checkpoint.model.step.numpy())
-    log(f"resumed from {checkpoints.latest_checkpoint} at step {step}")
+    log(f"resumed from {latest} at step {step}")
     return step
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def _write_status(run_dir, state, step, **details):
@@ -360,7 +417,13 @@ class CheckpointWriter(keras.callbacks.Callback):
         step = int(self.model.step.numpy())
         if self.guard.reason or (step % self.every and step != self.final_step):
             return
-        self.manager.save(checkpoint_number=step)
+        try:
+            self.manager.save(checkpoint_number=step)
+        except (tf.errors.OpError, OSError) as error:
+            raise GanspectionError(
+                f"{self.manager.directory}: could not write the step-{step} checkpoint "
+                f"({_first_line(error)}); the previous checkpoint is kept. Free disk space, then --resume"
+            ) from None
         with artifacts.atomic_path(self.model_path) as temporary:
             self.model.save(temporary)
 

@@ -137,6 +137,12 @@ def test_training_into_a_used_folder_keeps_everything(synthetic_category, tmp_pa
     assert_one_line_error(code, err, run, "--resume")
     assert snapshot(run) == before
 
+    changed_architecture = [flag if flag != "8" else "16" for flag in TINY_FLAGS]  # --width 16, --latent-dim 16
+    code, _, err = run_cli(capfd, "train", "--data", synthetic_category, "--out", run, "--resume",
+                           *changed_architecture)
+    assert_one_line_error(code, err, "conflicts", run)
+    assert snapshot(run) == before
+
 
 def test_truncated_model_is_refused_in_one_line(synthetic_category, tmp_path):
     run = tmp_path / "run"

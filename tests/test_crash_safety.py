@@ -1,0 +1,114 @@
+"""Nothing already written is lost: kill -9 mid-run then --resume, the divergence guard, a full disk."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import tiny_settings
+
+from ganspection_tf import artifacts, training
+from ganspection_tf.errors import GanspectionError
+
+
+def quiet(*_args, **_kwargs):
+    pass
+
+
+def latest_checkpoint_step(run_dir):
+    index = run_dir / "checkpoints" / "checkpoint"
+    if not index.exists():
+        return 0
+    first_line = index.read_text().splitlines()[0]  # model_checkpoint_path: "ckpt-N"
+    return int(first_line.rsplit("-", 1)[1].rstrip('"'))
+
+
+def test_kill_minus_nine_then_resume_reaches_the_same_final_step(synthetic_category, tmp_path):
+    run_dir, steps = tmp_path / "run", 40
+    command = [sys.executable, "-m", "ganspection_tf.cli", "train", "--data", str(synthetic_category), "--out",
+               str(run_dir), "--image-size", "32", "--width", "8", "--latent-dim", "8", "--critic-steps", "1",
+               "--batch-size", "8", "--steps", str(steps), "--log-every", "2", "--checkpoint-every", "2",
+               "--sample-every", "40", "--no-jit"]
+    worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while latest_checkpoint_step(run_dir) < 4 and worker.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert worker.poll() is None, "training ended before it could be killed: " + worker.stderr.read()[-500:]
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == -signal.SIGKILL
+    killed_at = latest_checkpoint_step(run_dir)
+    assert 4 <= killed_at < steps
+
+    messages = []
+    config = training.TrainConfig(data=str(synthetic_category), **tiny_settings(steps=steps))
+    training.train(config, run_dir, resume=True, verbose=0, log=messages.append)
+
+    resumed_from = [m for m in messages if m.startswith("resumed from")]
+    assert resumed_from and int(resumed_from[0].rsplit(" ", 1)[1]) >= killed_at  # at most one interval lost
+    model = training.load_model(run_dir)
+    assert int(model.step) == steps
+    assert int(model.d_optimizer.iterations) == steps  # optimizer state carried across the kill
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+
+
+def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(synthetic_category, tmp_path):
+    run_dir = tmp_path / "run"
+    config = training.TrainConfig(data=str(synthetic_category), **tiny_settings(steps=2))
+    training.train(config, run_dir, verbose=0, log=quiet)
+    good_model = (run_dir / "model.keras").read_bytes()
+
+    # Resume with an absurd learning rate: Adam moves every weight by ~1e10 and the critic runs away at once.
+    with pytest.raises(GanspectionError, match="diverged at step 3") as caught:
+        training.train(training.TrainConfig(data=str(synthetic_category)), run_dir, resume=True, verbose=0,
+                       log=quiet, overrides={"steps": 10, "learning_rate": 1e10})
+
+    assert "\n" not in str(caught.value)
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "diverged" and status["reason"]
+    assert latest_checkpoint_step(run_dir) == 2
+    assert (run_dir / "model.keras").read_bytes() == good_model
+    assert int(training.load_model(run_dir).step) == 2
+
+
+def test_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
+    target = tmp_path / "metadata.json"
+    artifacts.write_json(target, {"version": 1})
+
+    def disk_full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(GanspectionError, match="disk is full"):
+        artifacts.write_json(target, {"version": 2})
+    assert json.loads(target.read_text()) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metadata.json"]  # no temporary file left behind
+
+
+def test_a_full_disk_during_training_keeps_the_last_model(synthetic_category, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    real_replace = os.replace
+    saved = []
+
+    def replace_until_disk_fills(source, target):
+        if str(target).endswith("model.keras"):
+            if saved:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            saved.append(target)
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_until_disk_fills)
+    config = training.TrainConfig(data=str(synthetic_category), **tiny_settings(steps=4))
+    with pytest.raises(GanspectionError, match="disk is full"):
+        training.train(config, run_dir, verbose=0, log=quiet)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert int(training.load_model(run_dir).step) == 2
+    assert not list(run_dir.glob(".model.keras.*"))
