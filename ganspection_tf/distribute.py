@@ -5,8 +5,11 @@ the strategy. ``auto`` picks MultiWorkerMirroredStrategy when ``TF_CONFIG`` desc
 when the machine has more than one GPU, else the default (single-device) strategy.
 """
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -84,9 +87,73 @@ def is_chief(strategy) -> bool:
 def writing_folder(run_dir, strategy) -> Path:
     """Where this process writes: the run folder for the chief, a throw-away folder for the other workers.
 
-    Every worker must take part in saving (variables are read collectively), but only the chief's copy is kept.
+    Every worker must take part in saving (metric variables are read collectively, and variables created in
+    the scope are broadcast from the chief), but only the chief's copy is kept; see `discard_worker_folder`.
     """
     if is_chief(strategy):
         return Path(run_dir)
     task_type, task_id = task_of(strategy)
     return Path(tempfile.mkdtemp(prefix=f"ganspection-{task_type}{task_id}-"))
+
+
+def discard_worker_folder(folder, run_dir):
+    """Deletes a non-chief worker's throw-away folder (TensorFlow's multi-worker saving pattern)."""
+    if Path(folder).resolve() != Path(run_dir).resolve():
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def in_multi_worker_mode(strategy=None) -> bool:
+    strategy = strategy or tf.distribute.get_strategy()
+    extended = strategy.extended
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and extended._in_multi_worker_mode()
+
+
+def reducible_logs(logs: dict) -> dict:
+    """`train_step` logs in a shape Keras can reduce across workers.
+
+    Keras 3 reduces fit's logs over a multi-worker cluster with ``strategy.reduce("MEAN", value, axis=0)``, which
+    fails on scalars ("Invalid reduction dimension 0", tensorflow/tensorflow#72388). A length-1 axis makes that
+    reduction a plain mean over the workers, returned as a scalar. Elsewhere the logs stay scalars.
+    """
+    if not in_multi_worker_mode():
+        return logs
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+
+def check_same_step_everywhere(strategy, step: int, checkpoints):
+    """Stops with a clear message when the workers restored different steps (instead of hanging later).
+
+    Every worker restores the chief's latest checkpoint, so the run folder must be the same shared folder on
+    every machine; a worker that cannot see it would start from step 0 while the chief resumes.
+    """
+    if not in_multi_worker_mode(strategy):
+        return
+    local = tf.constant([step], tf.int64)
+    steps = strategy.gather(tf.function(lambda: strategy.run(tf.identity, (local,)))(), axis=0).numpy().tolist()
+    if len(set(steps)) > 1:
+        raise GanspectionError(
+            f"{checkpoints}: the workers resumed from different steps ({sorted(set(steps))}); --out must be the "
+            "same shared folder on every worker (see README 'Scale out')"
+        )
+
+
+
+@contextlib.contextmanager
+def explain_lost_workers(strategy, checkpoints):
+    """Turns "a worker is gone" during multi-worker training into a one-line error that says how to go on.
+
+    When a worker dies, TensorFlow's coordination service stops receiving its heartbeats (about 10 s) and
+    aborts the collectives on the survivors, which then raise UnavailableError; a stalled collective raises
+    DeadlineExceededError. Either way this process must end (non-zero) so that the job is restarted.
+    """
+    if not in_multi_worker_mode(strategy):
+        yield
+        return
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError) as error:
+        reason = re.sub(r"\{\{[^}]*\}\}\s*", "", str(error)).strip().splitlines()[0][:200]
+        raise GanspectionError(
+            f"lost contact with the cluster ({reason}); restart every worker with the same command and --resume: "
+            f"training continues from the last checkpoint in {checkpoints}"
+        ) from error

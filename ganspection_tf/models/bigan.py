@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from ganspection_tf import distribute
 from ganspection_tf.models import networks
 
 NOISE_DRAWS_PER_STEP = 32  # room for critic_steps ≤ 15 (two draws each) plus the generator's draw
@@ -152,7 +153,8 @@ class WassersteinBiGAN(keras.Model):
 
         for name, value in {**critic_logs, **generator_logs}.items():
             self.loss_trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        logs = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        return distribute.reducible_logs(logs)  # a workaround for multi-worker fit, see there
 
     def _critic_update(self, real, real_z, z, fake, step, draw, batch, replicas):
         with tf.GradientTape() as tape:
@@ -163,8 +165,9 @@ class WassersteinBiGAN(keras.Model):
             # The drift term (Karras et al. 2018) keeps the critic's values near 0 so they cannot run away.
             drift = ops.mean(ops.square(real_value))
             loss = -wasserstein + self.gp_weight * penalty + self.drift_weight * drift
-            # Gradients of the replicas are summed: scale so the sum is the gradient of the global mean.
-            scaled = loss / replicas
+            # Gradients of the replicas are summed: scale so the sum is the gradient of the global mean; under
+            # mixed_float16 also multiply by the loss scale that the LossScaleOptimizer divides out.
+            scaled = self.d_optimizer.scale_loss(loss / replicas)
         grads = tape.gradient(scaled, self.critic.trainable_variables)
         self.d_optimizer.apply_gradients(zip(grads, self.critic.trainable_variables))
         return {"critic_loss": loss, "wasserstein": wasserstein, "gradient_penalty": penalty}
@@ -199,7 +202,7 @@ class WassersteinBiGAN(keras.Model):
                 loss = loss + self.rec_weight * rec
             if self.fm_weight:
                 loss = loss + self.fm_weight * _mean_feature_abs_gap(real_features, fake_features)
-            scaled = loss / replicas
+            scaled = self.g_optimizer.scale_loss(loss / replicas)
         grads = tape.gradient(scaled, variables)
         self.g_optimizer.apply_gradients(zip(grads, variables))
         return {"generator_loss": loss, "latent_loss": latent, "rec_loss": rec}
