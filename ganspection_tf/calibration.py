@@ -1,0 +1,319 @@
+"""Turning the five score terms into one calibrated anomaly score, and error maps into pixel maps.
+
+numpy and OpenCV only, no TensorFlow: the camera-side runtime imports this module and must combine the terms
+exactly like the workstation does. The TensorFlow side (``scoring.py``) computes the terms; this module only
+does arithmetic on them.
+
+Combined score of an image with term vector t (in ``Calibration.terms`` order), u = (t − mean) / std:
+
+* ``weighted``:     score = Σ_i weights_i · u_i                 (a dot product)
+* ``mahalanobis``:  score = ‖u · whiteningᵀ‖₂                   (a matrix product and a Euclidean norm)
+
+mean and std are measured on the good validation images held out of training (never on test images), so
+u_i says "how many validation standard deviations above a typical good part" the term is. The whitening
+matrix is the inverse square root of the Ledoit–Wolf shrunk covariance of u, so the Mahalanobis score
+discounts terms that move together. It is two-sided: a term far *below* its validation mean counts too.
+
+Threshold (image is anomalous when score > threshold), chosen on the validation scores for ``max_fpr``:
+
+* with at least 1/max_fpr validation images, the empirical (1 − max_fpr) quantile: the lowest observed
+  validation score with at most max_fpr of the validation images above it;
+* with fewer, that quantile is just the maximum, which underestimates the population quantile (the maximum
+  of 30 Gaussian draws sits near 2.0 σ, the 99 % quantile at 2.3 σ). Then the threshold is the larger of the
+  validation maximum and the Gaussian estimate mean + z(1 − max_fpr) · std of the validation scores: no
+  validation image is flagged, and the tail is extrapolated instead of cut at the last observed point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ganspection_tf.errors import GanspectionError
+
+TERMS = ("latent", "cycle", "reconstruction", "critic_feature", "critic")
+METHODS = ("weighted", "mahalanobis")
+# Measured (see benchmarks/RESULTS.md and the report of issue 3): the pixel-space terms carry the signal on
+# both the synthetic category and MVTec bottle; latent and critic terms are noisy at our training budgets,
+# so they get a small weight instead of none (they still help for global defects the reconstruction hides).
+DEFAULT_WEIGHTS = {"latent": 0.25, "cycle": 0.5, "reconstruction": 1.0, "critic_feature": 0.5, "critic": 0.25}
+DEFAULT_MAX_FPR = 0.01
+MIN_VALIDATION_IMAGES = 2  # one image has no spread: standardisation would be meaningless
+STD_FLOOR_RELATIVE = 1e-3  # a term constant on validation must not blow up into huge z-scores
+STD_FLOOR_ABSOLUTE = 1e-8
+# Smoothing of the per-pixel error map, in model pixels, before upsampling (suppresses single-pixel noise
+# of the generator; a defect spans several model pixels).
+DEFAULT_MAP_SIGMA = 1.0
+# Mean absolute error (images in [-1, 1]) shown as the hottest colour in heatmap overlays: a fixed scale, so
+# two overlays can be compared; per-image normalisation would make every good part look defective.
+HEATMAP_FULL_SCALE = 0.5
+
+_FIELD_TYPES = {
+    "terms": list,
+    "mean": list,
+    "std": list,
+    "weights": list,
+    "method": str,
+    "threshold": (int, float),
+    "max_fpr": (int, float),
+    "n_validation": int,
+    "config_hash": str,
+}
+_OPTIONAL_FIELDS = {"whitening", "model_step"}
+
+
+@dataclass
+class Calibration:
+    """Everything needed to turn a term vector into a score and a yes/no, stored as ``calibration.json``."""
+
+    terms: list[str]
+    mean: list[float]
+    std: list[float]
+    weights: list[float]
+    method: str
+    whitening: list[list[float]] | None
+    threshold: float
+    max_fpr: float
+    n_validation: int
+    config_hash: str
+    model_step: int | None = None  # the training step of the model the terms came from (stale-file check)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values, source="calibration") -> Calibration:
+        """Validates keys, types and shapes; a bad dict raises a one-line GanspectionError naming `source`."""
+        if not isinstance(values, dict):
+            raise _invalid(source, f"expected a JSON object, got {type(values).__name__}")
+        missing = sorted(set(_FIELD_TYPES) - set(values))
+        unknown = sorted(set(values) - set(_FIELD_TYPES) - _OPTIONAL_FIELDS)
+        if missing or unknown:
+            raise _invalid(source, f"missing keys {missing}" if missing else f"unknown keys {unknown}")
+        for key, kind in _FIELD_TYPES.items():
+            if not isinstance(values[key], kind) or isinstance(values[key], bool):
+                raise _invalid(source, f"'{key}' has type {type(values[key]).__name__}")
+        calibration = cls(**{key: values[key] for key in _FIELD_TYPES}, whitening=values.get("whitening"),
+                          model_step=values.get("model_step"))
+        problem = calibration._problem()
+        if problem:
+            raise _invalid(source, problem)
+        return calibration
+
+    def standardize(self, term_matrix) -> np.ndarray:
+        """(N, T) terms in ``terms`` order → (N, T) validation z-scores."""
+        matrix = np.asarray(term_matrix, dtype=np.float64)
+        if matrix.ndim != 2 or matrix.shape[1] != len(self.terms):
+            raise GanspectionError(
+                f"expected a term matrix of shape (N, {len(self.terms)}) in the order {self.terms}, got {matrix.shape}"
+            )
+        return (matrix - np.asarray(self.mean)) / np.asarray(self.std)
+
+    def combine(self, term_matrix) -> np.ndarray:
+        """(N, T) terms → (N,) combined anomaly scores (higher = more anomalous)."""
+        standardized = self.standardize(term_matrix)
+        if self.method == "mahalanobis":
+            whitened = standardized @ np.asarray(self.whitening).T
+            return np.sqrt(np.sum(np.square(whitened), axis=1))
+        return standardized @ np.asarray(self.weights)
+
+    def is_anomalous(self, scores) -> np.ndarray:
+        return np.asarray(scores) > self.threshold
+
+    def _problem(self) -> str | None:
+        count = len(self.terms)
+        if count == 0 or not all(isinstance(t, str) for t in self.terms) or len(set(self.terms)) != count:
+            return "'terms' must be a non-empty list of distinct names"
+        unknown = [t for t in self.terms if t not in TERMS]
+        if unknown:
+            return f"unknown terms {unknown}; known: {list(TERMS)}"
+        for key in ("mean", "std", "weights"):
+            vector = getattr(self, key)
+            if len(vector) != count or not _all_finite_numbers(vector):
+                return f"'{key}' must hold {count} finite numbers"
+        if min(self.std) <= 0:
+            return "'std' must be positive"
+        if self.method not in METHODS:
+            return f"'method' is {self.method!r}; use one of {list(METHODS)}"
+        if self.method == "mahalanobis" and not _is_square_matrix(self.whitening, count):
+            return f"'whitening' must be a {count}x{count} matrix of finite numbers for method 'mahalanobis'"
+        if self.method == "weighted" and self.whitening is not None:
+            return "'whitening' must be null for method 'weighted'"
+        if not math.isfinite(self.threshold):
+            return "'threshold' must be finite"
+        if not 0.0 < self.max_fpr < 1.0:
+            return "'max_fpr' must be in (0, 1)"
+        if self.n_validation < 1:
+            return "'n_validation' must be at least 1"
+        if self.model_step is not None and (not isinstance(self.model_step, int) or isinstance(self.model_step, bool)):
+            return "'model_step' must be an integer or null"
+        return None
+
+
+def fit_calibration(
+    term_matrix_val,
+    terms=TERMS,
+    weights=None,
+    method="weighted",
+    max_fpr=DEFAULT_MAX_FPR,
+    config_hash="",
+    model_step=None,
+) -> Calibration:
+    """Fits standardisation, fusion and threshold on the terms of good validation images ONLY.
+
+    `weights` is a dict {term: α} (missing terms get 0) or a list in `terms` order; None → DEFAULT_WEIGHTS.
+    """
+    terms = list(terms)
+    matrix = np.asarray(term_matrix_val, dtype=np.float64)
+    _check_fit_inputs(matrix, terms, method, max_fpr)
+    mean = matrix.mean(axis=0)
+    std = _floored_std(matrix, mean)
+    standardized = (matrix - mean) / std
+    whitening = _whitening_matrix(standardized) if method == "mahalanobis" else None
+    calibration = Calibration(
+        terms=terms,
+        mean=mean.tolist(),
+        std=std.tolist(),
+        weights=weight_vector(weights, terms),
+        method=method,
+        whitening=whitening.tolist() if whitening is not None else None,
+        threshold=0.0,
+        max_fpr=float(max_fpr),
+        n_validation=len(matrix),
+        config_hash=config_hash,
+        model_step=model_step,
+    )
+    calibration.threshold = validation_threshold(calibration.combine(matrix), max_fpr)
+    return calibration
+
+
+def validation_threshold(scores, max_fpr=DEFAULT_MAX_FPR) -> float:
+    """The decision threshold for combined validation scores (see the module docstring for the rule)."""
+    scores = np.sort(np.asarray(scores, dtype=np.float64))
+    allowed_above = math.floor(len(scores) * max_fpr + 1e-9)  # validation images that may lie above
+    if allowed_above >= 1:
+        return float(scores[len(scores) - 1 - allowed_above])  # the lowest observed score leaving that many
+    spread = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
+    gaussian_tail = float(np.mean(scores)) + statistics.NormalDist().inv_cdf(1.0 - max_fpr) * spread
+    return max(float(scores[-1]), gaussian_tail)
+
+
+def weight_vector(weights, terms=TERMS):
+    """Weights as a list in `terms` order from a dict {term: α} (missing → 0), a list, or None (defaults)."""
+    if weights is None:
+        weights = DEFAULT_WEIGHTS
+    if isinstance(weights, dict):
+        unknown = [t for t in weights if t not in TERMS]
+        if unknown:
+            raise GanspectionError(f"weights for unknown terms {unknown}; choose from {', '.join(TERMS)}")
+        vector = [float(weights.get(term, 0.0)) for term in terms]
+    else:
+        vector = [float(w) for w in weights]
+        if len(vector) != len(terms):
+            raise GanspectionError(f"expected {len(terms)} weights (one per term {terms}), got {len(vector)}")
+    if not all(math.isfinite(w) for w in vector) or not any(vector):
+        raise GanspectionError(f"weights must be finite and not all zero, got {vector}")
+    return vector
+
+
+def ledoit_wolf_covariance(samples) -> np.ndarray:
+    """Ledoit & Wolf (2004) shrinkage towards a scaled identity, for few samples of a few terms.
+
+    S is the sample covariance (1/n), m = tr(S)/p; the shrinkage b²/d² weighs how noisy S is (b², the spread
+    of the per-sample outer products around S) against how far S is from m·I (d²), both in the p-normalised
+    Frobenius norm.
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    n, p = x.shape
+    sample_cov = x.T @ x / n
+    scale = np.trace(sample_cov) / p
+    distance = np.sum(np.square(sample_cov - scale * np.eye(p))) / p
+    noise = (np.sum(np.sum(np.square(x), axis=1) ** 2) - n * np.sum(np.square(sample_cov))) / (n * n * p)
+    shrinkage = 0.0 if distance == 0 else min(noise, distance) / distance
+    return shrinkage * scale * np.eye(p) + (1.0 - shrinkage) * sample_cov
+
+
+def anomaly_map(error_map, out_hw, sigma=DEFAULT_MAP_SIGMA) -> np.ndarray:
+    """Per-pixel error at model resolution (S, S) → smoothed float32 map of size out_hw = (height, width).
+
+    Smoothing happens at model resolution (sigma in model pixels), then bilinear upsampling to the original
+    image, so the map lines up with the photo whatever its size.
+    """
+    error = np.asarray(error_map, dtype=np.float32)
+    if error.ndim == 3 and error.shape[-1] == 1:
+        error = error[..., 0]
+    if error.ndim != 2:
+        raise GanspectionError(f"expected an error map of shape (S, S), got {error.shape}")
+    if sigma and sigma > 0:
+        error = cv2.GaussianBlur(error, (0, 0), sigmaX=float(sigma), borderType=cv2.BORDER_REFLECT)
+    height, width = int(out_hw[0]), int(out_hw[1])
+    return cv2.resize(error, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def heatmap_overlay(image_uint8, amap, full_scale=HEATMAP_FULL_SCALE, opacity=0.5) -> np.ndarray:
+    """RGB uint8 picture: the image with the anomaly map as a JET colour layer (fixed scale `full_scale`)."""
+    image = np.asarray(image_uint8)
+    if image.ndim == 2 or image.shape[-1] == 1:
+        image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2)
+    level = np.clip(np.asarray(amap, np.float32) / float(full_scale), 0.0, 1.0)
+    colours = cv2.applyColorMap(np.rint(level * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    blended = (1.0 - opacity) * image.astype(np.float32) + opacity * colours.astype(np.float32)
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _invalid(source, problem):
+    return GanspectionError(f"{source}: invalid calibration ({problem}); delete it and run 'ganspection-tf evaluate' "
+                            "on the run folder to recompute it")
+
+
+def _all_finite_numbers(vector) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vector)
+
+
+def _is_square_matrix(matrix, size) -> bool:
+    return (
+        isinstance(matrix, list)
+        and len(matrix) == size
+        and all(isinstance(row, list) and len(row) == size and _all_finite_numbers(row) for row in matrix)
+    )
+
+
+def _check_fit_inputs(matrix, terms, method, max_fpr):
+    if method not in METHODS:
+        raise GanspectionError(f"--method {method}: unknown; choose one of {', '.join(METHODS)}")
+    if not 0.0 < max_fpr < 1.0:
+        raise GanspectionError(f"--max-fpr {max_fpr}: must be between 0 and 1 (e.g. 0.01)")
+    unknown = [t for t in terms if t not in TERMS]
+    if unknown or not terms:
+        raise GanspectionError(f"unknown score terms {unknown}; choose from {', '.join(TERMS)}")
+    if matrix.ndim != 2 or matrix.shape[1] != len(terms):
+        raise GanspectionError(f"expected validation terms of shape (N, {len(terms)}), got {matrix.shape}")
+    if len(matrix) < MIN_VALIDATION_IMAGES:
+        raise GanspectionError(
+            f"calibration needs at least {MIN_VALIDATION_IMAGES} good validation images, got {len(matrix)}; "
+            "retrain with a larger --val-fraction or more training images"
+        )
+    if not np.all(np.isfinite(matrix)):
+        raise GanspectionError("the model produced NaN/Inf score terms on validation images; the run has diverged")
+
+
+def _floored_std(matrix, mean):
+    std = matrix.std(axis=0, ddof=1)
+    return np.maximum(std, np.maximum(STD_FLOOR_RELATIVE * np.abs(mean), STD_FLOOR_ABSOLUTE))
+
+
+def _whitening_matrix(standardized):
+    """Symmetric inverse square root of the shrunk covariance (ZCA whitening)."""
+    covariance = ledoit_wolf_covariance(standardized)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    eigenvalues = np.maximum(eigenvalues, 1e-6 * max(float(eigenvalues.max()), 1e-12))
+    return (eigenvectors / np.sqrt(eigenvalues)) @ eigenvectors.T

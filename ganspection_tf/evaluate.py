@@ -1,0 +1,447 @@
+"""`ganspection-tf evaluate`: how well a trained run separates defects from good parts, on a labelled test split.
+
+Writes ``RUN_DIR/eval/`` (every file atomically):
+
+    metrics.json          image AUROC / AUPR (overall and per defect type) for every term and the combined
+                          score, F1 at the calibrated threshold, F1-max (labelled "oracle": its threshold is
+                          chosen on the test set), pixel AUROC and AU-PRO (FPR ≤ 0.3, normalised)
+    scores.csv            one row per test image: path, defect type, label, combined score, every term
+    roc.png               ROC curves of the combined score and every term
+    score_histograms.png  per-class score histograms, one panel per score, with the threshold
+    heatmaps.png          image | reconstruction | heatmap | ground truth, worst and best cases
+    report.html           all of the above with a metrics table, for a quality engineer
+
+The calibration comes from :func:`scoring.ensure_calibration` (good validation images only) BEFORE any test
+image is read. The evaluation refuses unreadable test images and defect images without masks instead of
+dropping them: a metric over silently dropped files is a wrong metric. Test images stream through the model
+in batches; what is kept per image is its terms and its pixel map at ``PIXEL_EVAL_SIZE``².
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+from sklearn import metrics as skm
+
+from ganspection_tf import artifacts, scoring, training
+from ganspection_tf.calibration import DEFAULT_MAP_SIGMA, anomaly_map, fit_calibration
+from ganspection_tf.data import mvtec, pipeline
+from ganspection_tf.errors import GanspectionError
+from ganspection_tf.images import read_image, resize_image
+
+EVAL_FOLDER = "eval"
+COMBINED = "combined"
+# Pixel metrics are computed on maps and masks resized to this square size (masks with nearest neighbour):
+# MVTec images are up to 1024², and 256² keeps the per-image memory at 320 kB while thin defects survive.
+PIXEL_EVAL_SIZE = 256
+PRO_FPR_LIMIT = 0.3
+CASES_PER_GROUP = 3
+DISPLAY_SIZE = 128
+# The max of the smoothed anomaly map as an image score: reported as a diagnostic, not fused into "combined".
+MAP_MAX = "map_max (diagnostic)"
+
+
+def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32, method=None, max_fpr=None) -> dict:
+    """Evaluates `run_dir` on the test split of its own category (or of `data` / `category`); returns metrics.
+
+    The returned dict is what ``eval/metrics.json`` holds, plus ``"report"``: the path of ``report.html``.
+    """
+    run_dir = Path(run_dir)
+    category_found = _test_category(run_dir, data, category, log)  # lists files only: no test image is read yet
+    model = training.load_model(run_dir)
+    term_model = scoring.build_term_model(model)
+    calibration = scoring.ensure_calibration(
+        run_dir, model, log=log, term_model=term_model, method=method, max_fpr=max_fpr
+    )
+    out = artifacts.ensure_writable_folder(run_dir / EVAL_FOLDER, option="RUN_DIR")
+    scored = _score_test_split(category_found.test, term_model, calibration, batch_size)
+    fusions = _alternative_fusions(run_dir, term_model, calibration, scored["terms"], log)
+
+    metrics = {
+        "run": str(run_dir),
+        "model_step": scoring.model_step(model),
+        "data": _data_summary(category_found),
+        "calibration": {k: v for k, v in calibration.to_dict().items() if k not in ("whitening",)},
+        "image": image_metrics(scored["labels"], scored["defects"], _scores_by_name(scored, fusions)),
+        "threshold": threshold_metrics(scored["labels"], scored["combined"], calibration.threshold),
+        "oracle": oracle_f1(scored["labels"], scored["combined"]),
+        "pixel": pixel_metrics(scored["masks"], scored["maps"]),
+    }
+    metrics["image_auroc"] = metrics["image"][COMBINED]["auroc"]
+    _write_report_files(out, metrics, scored, category_found, model, term_model)
+    metrics["report"] = str(out / "report.html")
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+
+def image_metrics(labels, defects, scores_by_name) -> dict:
+    """{name: {"auroc", "aupr", "per_defect_auroc": {defect: AUROC of good vs that defect}}} (scikit-learn)."""
+    labels, defects = np.asarray(labels), np.asarray(defects)
+    good = labels == 0
+    result = {}
+    for name, scores in scores_by_name.items():
+        scores = np.asarray(scores, dtype=np.float64)
+        per_defect = {}
+        for defect in sorted(set(defects[labels == 1].tolist())):
+            chosen = good | (defects == defect)
+            per_defect[defect] = float(skm.roc_auc_score(labels[chosen], scores[chosen]))
+        result[name] = {
+            "auroc": float(skm.roc_auc_score(labels, scores)),
+            "aupr": float(skm.average_precision_score(labels, scores)),
+            "per_defect_auroc": per_defect,
+        }
+    return result
+
+
+def threshold_metrics(labels, scores, threshold) -> dict:
+    """F1, precision, recall and the test false-positive rate when "anomalous" means score > threshold."""
+    labels = np.asarray(labels)
+    predicted = np.asarray(scores) > threshold
+    return {
+        "value": float(threshold),
+        "f1": float(skm.f1_score(labels, predicted, zero_division=0)),
+        "precision": float(skm.precision_score(labels, predicted, zero_division=0)),
+        "recall": float(skm.recall_score(labels, predicted, zero_division=0)),
+        "false_positive_rate": float(np.mean(predicted[labels == 0])) if np.any(labels == 0) else None,
+    }
+
+
+def oracle_f1(labels, scores) -> dict:
+    """The best F1 over all thresholds ON THE TEST SET: an upper bound, not a threshold to deploy."""
+    precision, recall, thresholds = skm.precision_recall_curve(labels, scores)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0)
+    best = int(np.argmax(f1[:-1])) if len(thresholds) else 0  # the last point has no threshold
+    return {
+        "label": "oracle",
+        "note": "F1-max with the threshold chosen on the test set itself; an upper bound, not deployable",
+        "f1_max": float(f1[best]),
+        "threshold": float(thresholds[best]) if len(thresholds) else None,
+    }
+
+
+def pixel_metrics(masks, maps, fpr_limit=PRO_FPR_LIMIT) -> dict | None:
+    """Pixel AUROC (scikit-learn) and AU-PRO up to `fpr_limit`, or None when no test image has a defect pixel."""
+    if masks is None or not np.any(masks):
+        return None
+    return {
+        "auroc": float(skm.roc_auc_score(masks.ravel(), maps.ravel())),
+        "au_pro": au_pro(masks, maps, fpr_limit),
+        "pro_fpr_limit": fpr_limit,
+        "resolution": int(masks.shape[1]),
+        "map_sigma": DEFAULT_MAP_SIGMA,
+    }
+
+
+def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, PRO) at every distinct threshold, from the highest score down, starting at (0, 0).
+
+    A pixel is predicted defective when its score ≥ the threshold. PRO (per-region overlap, Bergmann et al.
+    2021) is the mean over all ground-truth regions — 8-connected components of every mask — of the fraction
+    of the region predicted defective; the FPR is over all defect-free pixels of all images. Sorting the pixels
+    once gives both curves exactly: each background pixel adds 1/n_background to the FPR, each pixel of region
+    k adds 1/(area_k · n_regions) to the PRO.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    scores = np.asarray(maps, dtype=np.float32).ravel()
+    region_weight = _region_weights(masks).ravel()
+    background = ~masks.ravel()
+    if not background.any() or not region_weight.any():
+        raise GanspectionError("PRO needs both defect and defect-free pixels in the ground truth masks")
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    fpr = np.cumsum(background[order]) / background.sum()
+    pro = np.cumsum(region_weight[order])
+    del order
+    # Pixels with equal scores switch together: keep the curve point after the last of each run of ties.
+    last_of_ties = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]
+    return np.r_[0.0, fpr[last_of_ties]], np.r_[0.0, pro[last_of_ties]]
+
+
+def au_pro(masks, maps, fpr_limit=PRO_FPR_LIMIT) -> float:
+    """Area under the PRO curve for FPR in [0, fpr_limit], divided by fpr_limit (1.0 = perfect)."""
+    fpr, pro = pro_curve(masks, maps)
+    inside = int(np.searchsorted(fpr, fpr_limit, side="right"))  # fpr is non-decreasing
+    if inside < len(fpr):  # interpolate the point where the curve crosses the limit
+        f0, f1, p0, p1 = fpr[inside - 1], fpr[inside], pro[inside - 1], pro[inside]
+        crossing = p0 + (p1 - p0) * (fpr_limit - f0) / (f1 - f0) if f1 > f0 else p1
+        fpr, pro = np.r_[fpr[:inside], fpr_limit], np.r_[pro[:inside], crossing]
+    return float(skm.auc(fpr, pro) / fpr_limit)
+
+
+def _region_weights(masks):
+    weights = np.zeros(masks.shape, dtype=np.float64)
+    regions = []
+    for index, mask in enumerate(masks):
+        count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+        regions += [(index, labels == region) for region in range(1, count)]
+    for index, region in regions:
+        weights[index][region] = 1.0 / (region.sum() * len(regions))
+    return weights
+
+
+# --------------------------------------------------------------------------------------------- test split
+
+
+def _test_category(run_dir, data, category, log):
+    """The labelled test split: the run's own category unless `data` is given; refuses incomplete splits."""
+    if data is None:
+        splits = artifacts.read_json(Path(run_dir) / training.SPLITS_FILE, what="split list")
+        data = splits["root"]
+    found = mvtec.scan_category(data, category)
+    if not found.test:
+        raise GanspectionError(
+            f"{found.root}: no test images to evaluate on; pass --data pointing at an MVTec-style category with "
+            "test/good/ and test/<defect>/ folders"
+        )
+    missing = found.missing_masks()
+    if missing:
+        raise GanspectionError(
+            f"{missing[0]}: defect image without a mask ({len(missing)} such); add "
+            f"ground_truth/<defect>/<name>_mask.png or remove the image — evaluation does not drop files silently"
+        )
+    labels = {t.label for t in found.test}
+    if labels != {0, 1}:
+        kind = "defect" if 1 not in labels else "good"
+        raise GanspectionError(f"{found.root}/test: no {kind} images; AUROC needs both good and defect images")
+    orphans = found.orphan_masks()
+    if orphans:
+        log(f"warning: {len(orphans)} mask(s) under {found.root / 'ground_truth'} belong to no test image "
+            f"(first: {orphans[0]}); ignored")
+    return found
+
+
+def _score_test_split(test, term_model, calibration, batch_size):
+    """Streams the test images through the model; keeps terms, scores and PIXEL_EVAL_SIZE² maps and masks."""
+    _, size, _, channels = term_model.input_shape
+    count, side = len(test), PIXEL_EVAL_SIZE
+    maps = np.empty((count, side, side), dtype=np.float32)
+    masks = np.zeros((count, side, side), dtype=bool)
+    terms = {name: np.empty(count, dtype=np.float64) for name in scoring.TERMS}
+    map_max = np.empty(count, dtype=np.float64)
+    for start in range(0, count, batch_size):
+        batch = test[start : start + batch_size]
+        images, _ = pipeline.load_images([t.path for t in batch], size, channels, skip_unreadable=False)
+        values = scoring.compute_terms(term_model, images, batch_size)
+        for offset, item in enumerate(batch):
+            index = start + offset
+            for name in scoring.TERMS:
+                terms[name][index] = values[name][offset]
+            maps[index] = anomaly_map(values["error_map"][offset], (side, side))
+            map_max[index] = maps[index].max()
+            if item.mask is not None:
+                masks[index] = read_mask(item.mask, side)
+    combined = calibration.combine(scoring.term_matrix(terms, calibration.terms))
+    return {
+        "paths": [t.path for t in test],
+        "defects": [t.defect for t in test],
+        "labels": np.array([t.label for t in test]),
+        "terms": terms,
+        "combined": combined,
+        "anomalous": calibration.is_anomalous(combined),
+        "map_max": map_max,
+        "maps": maps,
+        "masks": masks,
+        "threshold": calibration.threshold,
+    }
+
+
+def read_mask(path, side) -> np.ndarray:
+    """A ground-truth mask as a bool (side, side) array (nearest neighbour keeps thin defects)."""
+    mask = read_image(path, channels=1)[..., 0]
+    return cv2.resize(mask, (side, side), interpolation=cv2.INTER_NEAREST) > 127
+
+
+def _alternative_fusions(run_dir, term_model, calibration, test_terms, log):
+    """Test scores of the fusions not chosen, fitted on the same validation terms (for comparison only)."""
+    validation = scoring.term_matrix(scoring.validation_terms(run_dir, term_model, log))
+    test_matrix = scoring.term_matrix(test_terms)
+    candidates = {
+        "fusion: weighted, default α": dict(method="weighted"),
+        "fusion: weighted, equal α": dict(method="weighted", weights=[1.0] * len(scoring.TERMS)),
+        "fusion: mahalanobis": dict(method="mahalanobis"),
+    }
+    return {name: fit_calibration(validation, scoring.TERMS, max_fpr=calibration.max_fpr, **options).combine(test_matrix)
+            for name, options in candidates.items()}
+
+
+def _scores_by_name(scored, fusions):
+    return {COMBINED: scored["combined"], **scored["terms"], MAP_MAX: scored["map_max"], **fusions}
+
+
+def _data_summary(category):
+    defects = {}
+    for item in category.test:
+        defects[item.defect] = defects.get(item.defect, 0) + 1
+    return {"root": str(category.root), "category": category.name, "test_images": len(category.test),
+            "per_class": defects}
+
+
+# --------------------------------------------------------------------------------------------- report files
+
+
+def _write_report_files(out, metrics, scored, category, model, term_model):
+    artifacts.write_json(out / "metrics.json", metrics)
+    artifacts.write_text(out / "scores.csv", _scores_csv(scored))
+    _save_figure(out / "roc.png", _roc_figure(scored))
+    _save_figure(out / "score_histograms.png", _histogram_figure(scored))
+    _save_figure(out / "heatmaps.png", _heatmap_figure(scored, category, model, term_model))
+    artifacts.write_text(out / "report.html", _report_html(metrics))
+
+
+def _scores_csv(scored):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "defect", "label", "score", *scoring.TERMS, "anomalous"])
+    for i, path in enumerate(scored["paths"]):
+        terms = [f"{scored['terms'][name][i]:.7g}" for name in scoring.TERMS]
+        anomalous = "yes" if scored["anomalous"][i] else "no"
+        writer.writerow([str(path), scored["defects"][i], int(scored["labels"][i]), f"{scored['combined'][i]:.7g}",
+                         *terms, anomalous])
+    return buffer.getvalue()
+
+
+def _new_figure(width, height):
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend (Agg canvas)
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _save_figure(target, figure):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    with artifacts.atomic_path(target) as temporary:
+        figure.savefig(temporary, format="png")
+
+
+def _roc_figure(scored):
+    figure = _new_figure(6.5, 5.5)
+    axes = figure.subplots()
+    for name, scores in {COMBINED: scored["combined"], **scored["terms"]}.items():
+        fpr, tpr, _ = skm.roc_curve(scored["labels"], scores)
+        auroc = skm.roc_auc_score(scored["labels"], scores)
+        axes.plot(fpr, tpr, linewidth=2.5 if name == COMBINED else 1.2, label=f"{name} (AUROC {auroc:.3f})")
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    axes.set(xlabel="false positive rate (good parts flagged)", ylabel="true positive rate (defects found)",
+             title="Image-level ROC on the test split", xlim=(0, 1), ylim=(0, 1.01))
+    axes.legend(loc="lower right", fontsize=8)
+    return figure
+
+
+def _histogram_figure(scored):
+    panels = {COMBINED: scored["combined"], **scored["terms"]}
+    figure = _new_figure(12, 7)
+    defects = np.asarray(scored["defects"])
+    classes = ["good"] + sorted(set(defects.tolist()) - {"good"})
+    for axes, (name, scores) in zip(figure.subplots(2, 3).ravel(), panels.items()):
+        bins = np.histogram_bin_edges(scores, bins=30)
+        for kind in classes:
+            axes.hist(scores[defects == kind], bins=bins, histtype="step", linewidth=1.5, label=kind)
+        if name == COMBINED:
+            axes.axvline(scored["threshold"], color="black", linestyle="--", linewidth=1, label="threshold")
+        axes.set(title=name, xlabel="score", ylabel="images")
+    figure.axes[0].legend(fontsize=8)
+    return figure
+
+
+def _chosen_cases(scored):
+    """(title, index) rows: worst first (missed defects, false alarms), then the best of each class."""
+    order = np.argsort(scored["combined"], kind="stable")
+    labels = scored["labels"]
+    defects = [i for i in order if labels[i] == 1]
+    goods = [i for i in order if labels[i] == 0]
+    k = CASES_PER_GROUP
+    groups = [("worst: missed defect", defects[:k]), ("worst: false alarm", goods[::-1][:k]),
+              ("best: found defect", defects[::-1][:k]), ("best: clean good", goods[:k])]
+    return [(title, int(i)) for title, indices in groups for i in indices]
+
+
+def _heatmap_figure(scored, category, model, term_model):
+    cases = _chosen_cases(scored)
+    _, size, _, channels = term_model.input_shape
+    paths = [scored["paths"][index] for _, index in cases]
+    model_images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=False)
+    reconstructions = scoring.reconstruct(model, model_images)
+    error_maps = scoring.compute_terms(term_model, model_images)["error_map"]
+    shown_maps = [anomaly_map(e, (DISPLAY_SIZE, DISPLAY_SIZE)) for e in error_maps]
+    top = max(float(np.max(shown_maps)), 1e-6)  # one colour scale for the whole grid: rows stay comparable
+
+    figure = _new_figure(8.4, 2.2 * len(cases))
+    grid = np.atleast_2d(figure.subplots(len(cases), 4))
+    by_path = {t.path: t for t in category.test}
+    for row, ((title, index), recon, shown) in enumerate(zip(cases, reconstructions, shown_maps)):
+        item = by_path[scored["paths"][index]]
+        picture = resize_image(read_image(item.path, channels), DISPLAY_SIZE)
+        truth = read_mask(item.mask, DISPLAY_SIZE) if item.mask is not None else np.zeros((DISPLAY_SIZE,) * 2, bool)
+        panels = [(picture, None), (resize_image(recon, DISPLAY_SIZE), None), (shown, "inferno"), (truth, "gray")]
+        for column, (image, colour_map) in enumerate(panels):
+            axes = grid[row, column]
+            image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+            kwargs = {"vmin": 0, "vmax": top} if colour_map == "inferno" else {}
+            axes.imshow(image, cmap=colour_map or ("gray" if image.ndim == 2 else None), **kwargs)
+            axes.set_xticks([])
+            axes.set_yticks([])
+        grid[row, 0].set_title(f"{title}: {item.defect}/{item.path.name}  score {scored['combined'][index]:.3g}",
+                               fontsize=8, loc="left")
+    for column, name in enumerate(("image", "reconstruction", "heatmap", "ground truth")):
+        grid[-1, column].set_xlabel(name)
+    return figure
+
+
+def _report_html(metrics):
+    image = metrics["image"]
+    defects = sorted(next(iter(image.values()))["per_defect_auroc"])
+    header = "".join(f"<th>AUROC {html.escape(d)}</th>" for d in defects)
+    rows = []
+    for name, values in image.items():
+        cells = "".join(f"<td>{values['per_defect_auroc'][d]:.3f}</td>" for d in defects)
+        style = ' class="main"' if name == COMBINED else ""
+        rows.append(f"<tr{style}><td>{html.escape(name)}</td><td>{values['auroc']:.3f}</td>"
+                    f"<td>{values['aupr']:.3f}</td>{cells}</tr>")
+    threshold, oracle, pixel = metrics["threshold"], metrics["oracle"], metrics["pixel"]
+    pixel_text = (f"pixel AUROC {pixel['auroc']:.3f}, AU-PRO (FPR ≤ {pixel['pro_fpr_limit']}) {pixel['au_pro']:.3f}"
+                  if pixel else "no ground-truth masks with defect pixels: pixel metrics not computed")
+    calibration = metrics["calibration"]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>GANspection-TF evaluation</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}
+tr.main{{font-weight:bold;background:#eef}}</style></head><body>
+<h1>Evaluation of {html.escape(metrics['run'])}</h1>
+<p>Data: {html.escape(metrics['data']['root'])} — {metrics['data']['test_images']} test images
+{html.escape(json.dumps(metrics['data']['per_class']))}; model step {metrics['model_step']}.</p>
+<p>Calibration: {html.escape(calibration['method'])} fusion fitted on {calibration['n_validation']} good validation
+images held out of training (never on test images); threshold {threshold['value']:.4g} for a target false-positive
+rate of {calibration['max_fpr']:g}.</p>
+<h2>Image level</h2>
+<p><b>Image AUROC (combined): {metrics['image_auroc']:.3f}</b>. At the calibrated threshold: F1 {threshold['f1']:.3f},
+precision {threshold['precision']:.3f}, recall {threshold['recall']:.3f}, false-positive rate on good test images
+{_maybe(threshold['false_positive_rate'])}. Oracle F1-max (threshold chosen on the test set, not deployable):
+{oracle['f1_max']:.3f}.</p>
+<table><tr><th>score</th><th>AUROC</th><th>AUPR</th>{header}</tr>
+{chr(10).join(rows)}
+</table>
+<p>"{MAP_MAX}" is the maximum of the smoothed anomaly map; the "fusion" rows are the other ways of combining the
+terms, fitted on the same validation images, for comparison. Neither is the score the threshold applies to.</p>
+<h2>Pixel level</h2><p>{pixel_text}</p>
+<h2>Figures</h2>
+<p><img src="roc.png" alt="ROC curves"></p>
+<p><img src="score_histograms.png" alt="score histograms per class" style="max-width:100%"></p>
+<p><img src="heatmaps.png" alt="heatmaps of the worst and best cases" style="max-width:100%"></p>
+<p>Files: <a href="metrics.json">metrics.json</a> · <a href="scores.csv">scores.csv</a> ·
+<a href="roc.png">roc.png</a> · <a href="score_histograms.png">score_histograms.png</a> ·
+<a href="heatmaps.png">heatmaps.png</a></p>
+</body></html>
+"""
+
+
+def _maybe(value):
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,331 @@
+"""Score terms (TF side), the numpy-only calibration, and ensure_calibration's use of validation images only."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from sklearn.covariance import ledoit_wolf  # noqa: E402
+
+from ganspection_tf import calibration as cal  # noqa: E402
+from ganspection_tf import scoring  # noqa: E402
+from ganspection_tf.data import pipeline  # noqa: E402
+from ganspection_tf.data.synthetic import write_synthetic_category  # noqa: E402
+from ganspection_tf.errors import GanspectionError  # noqa: E402
+from ganspection_tf.training import TrainConfig, build_model, train  # noqa: E402
+
+TINY = dict(image_size=32, width=8, latent_dim=8, critic_steps=1, batch_size=8, jit_compile=False)
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    keras.utils.set_random_seed(0)
+    return build_model(TrainConfig(data="unused", channels=3, **TINY))
+
+
+@pytest.fixture(scope="module")
+def term_model(tiny_model):
+    return scoring.build_term_model(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(1).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A run folder with a model.keras (two steps: these tests are about files, not about accuracy)."""
+    root = tmp_path_factory.mktemp("scoring")
+    data = write_synthetic_category(root / "data", image_size=32, n_train=20, n_test_good=2, n_test_per_defect=1)
+    config = TrainConfig(data=str(data), steps=2, log_every=2, checkpoint_every=2, sample_every=2, **TINY)
+    return train(config, root / "run", verbose=0, log=lambda *a: None)
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+def validation_matrix(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, 1))
+    # Correlated, differently scaled terms, like the real ones.
+    return np.hstack([base + 0.3 * rng.normal(size=(n, 1)), 5 + 2 * base, rng.normal(size=(n, 3)) * [1, 10, 0.1]])
+
+
+# --------------------------------------------------------------------------------------------- term model
+
+
+def test_term_model_outputs_match_their_definitions(tiny_model, term_model, images):
+    encoder, generator, critic = tiny_model.scoring_networks()
+    x = images.astype(np.float32) / 127.5 - 1
+    numpy = keras.ops.convert_to_numpy
+    z = numpy(encoder(x))
+    recon = numpy(generator(z))
+    value, features = (numpy(t) for t in critic([x, z]))
+    _, recon_features = (numpy(t) for t in critic([recon, z]))
+    expected = {
+        "latent": np.abs(np.linalg.norm(z, axis=1) - math.sqrt(8)),
+        "cycle": np.mean((z - numpy(encoder(recon))) ** 2, axis=1),
+        "reconstruction": np.mean(np.abs(x - recon), axis=(1, 2, 3)),
+        "critic_feature": np.mean(np.abs(features - recon_features), axis=1),
+        "critic": -value[:, 0],
+        "error_map": np.mean(np.abs(x - recon), axis=3),
+    }
+    terms = scoring.compute_terms(term_model, images)
+    assert set(terms) == set(scoring.TERMS) | {"error_map"}
+    for name, values in expected.items():
+        np.testing.assert_allclose(terms[name], values, rtol=1e-4, atol=1e-5, err_msg=name)
+    assert terms["error_map"].shape == (5, 32, 32)
+
+
+def test_ema_weights_are_used_for_scoring(tiny_model, term_model, images):
+    """The term model reads the EMA copies, not the raw (trained) encoder weights."""
+    ema_encoder = tiny_model.scoring_networks()[0]
+    # Nudge the raw encoder: the terms must not move, because scoring uses the averaged copy.
+    kernel = tiny_model.encoder.get_layer("enc_latent").kernel
+    before = scoring.compute_terms(scoring.build_term_model(tiny_model), images)
+    kernel.assign(kernel + 1.0)
+    try:
+        after = scoring.compute_terms(scoring.build_term_model(tiny_model), images)
+    finally:
+        kernel.assign(kernel - 1.0)
+    np.testing.assert_allclose(after["latent"], before["latent"], rtol=1e-5)
+    assert ema_encoder.name == "ema_encoder"
+
+
+def test_compute_terms_does_not_depend_on_batching(term_model, images):
+    whole = scoring.compute_terms(term_model, images, batch_size=32)
+    pieces = scoring.compute_terms(term_model, images, batch_size=2)
+    for name in whole:
+        np.testing.assert_allclose(pieces[name], whole[name], rtol=1e-5, atol=1e-6)
+
+
+def test_term_model_is_plain_serializable_keras(term_model, images, tmp_path):
+    layer_types = {type(layer).__name__ for layer in term_model._flatten_layers()}
+    assert "Lambda" not in layer_types
+    path = tmp_path / "terms.keras"
+    term_model.save(path)
+    reloaded = keras.models.load_model(path, safe_mode=True)
+    original, restored = scoring.compute_terms(term_model, images), scoring.compute_terms(reloaded, images)
+    for name in original:
+        np.testing.assert_allclose(restored[name], original[name], rtol=1e-6)
+
+
+def test_compute_terms_refuses_float_input(term_model):
+    with pytest.raises(GanspectionError, match="uint8"):
+        scoring.compute_terms(term_model, np.zeros((1, 32, 32, 3), np.float32))
+
+
+# --------------------------------------------------------------------------------------------- calibration
+
+
+def test_calibration_module_never_imports_tensorflow():
+    code = "import sys, ganspection_tf.calibration; sys.exit('tensorflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_weighted_combination_is_standardised_weighted_sum():
+    val = validation_matrix()
+    weights = [1.0, 0.5, 0.0, 2.0, 0.25]
+    fitted = cal.fit_calibration(val, weights=weights)
+    mean, std = val.mean(axis=0), val.std(axis=0, ddof=1)
+    np.testing.assert_allclose(fitted.mean, mean)
+    np.testing.assert_allclose(fitted.std, std)
+    point = val[:3] + 1.0
+    np.testing.assert_allclose(fitted.combine(point), ((point - mean) / std) @ weights)
+
+
+def test_weights_dict_fills_missing_terms_with_zero():
+    fitted = cal.fit_calibration(validation_matrix(), weights={"reconstruction": 2.0})
+    assert fitted.weights == [0.0, 0.0, 2.0, 0.0, 0.0]
+    assert cal.fit_calibration(validation_matrix()).weights == [cal.DEFAULT_WEIGHTS[t] for t in cal.TERMS]
+
+
+def test_ledoit_wolf_matches_scikit_learn():
+    samples = validation_matrix(25)
+    expected, _ = ledoit_wolf(samples)
+    np.testing.assert_allclose(cal.ledoit_wolf_covariance(samples), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_mahalanobis_score_is_the_distance_under_the_shrunk_covariance():
+    val = validation_matrix()
+    fitted = cal.fit_calibration(val, method="mahalanobis")
+    standardized = (val - val.mean(axis=0)) / val.std(axis=0, ddof=1)
+    inverse = np.linalg.inv(cal.ledoit_wolf_covariance(standardized))
+    point = val[:4] * 1.5
+    u = fitted.standardize(point)
+    expected = np.sqrt(np.einsum("ni,ij,nj->n", u, inverse, u))
+    np.testing.assert_allclose(fitted.combine(point), expected, rtol=1e-6)
+    assert np.asarray(fitted.whitening).shape == (5, 5)
+
+
+def test_constant_term_gets_a_floored_std():
+    val = validation_matrix()
+    val[:, 1] = 3.0
+    fitted = cal.fit_calibration(val)
+    assert fitted.std[1] == pytest.approx(3.0 * cal.STD_FLOOR_RELATIVE)
+    assert np.all(np.isfinite(fitted.combine(val)))
+
+
+def test_threshold_is_the_empirical_quantile_with_enough_images():
+    scores = np.random.default_rng(0).normal(size=1000)
+    threshold = cal.validation_threshold(scores, max_fpr=0.01)
+    assert threshold in scores  # an observed score ("higher" quantile)
+    assert np.mean(scores > threshold) <= 0.01
+    assert np.mean(scores >= threshold) > 0.01  # the lowest such threshold
+
+
+def test_threshold_with_few_images_extrapolates_above_the_maximum():
+    scores = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    gaussian = scores.mean() + 2.3263478740408408 * scores.std(ddof=1)  # z(0.99)
+    assert cal.validation_threshold(scores, max_fpr=0.01) == pytest.approx(gaussian)
+    outlier = np.r_[np.zeros(49), 100.0]  # one far outlier: the maximum is above the Gaussian estimate
+    assert cal.validation_threshold(outlier, max_fpr=0.01) == 100.0
+
+
+def test_fitted_threshold_flags_no_validation_image():
+    val = validation_matrix(30)
+    for method in cal.METHODS:
+        fitted = cal.fit_calibration(val, method=method, max_fpr=0.01)
+        assert not fitted.is_anomalous(fitted.combine(val)).any()
+
+
+def test_calibration_round_trips_through_json():
+    for method in cal.METHODS:
+        fitted = cal.fit_calibration(validation_matrix(), method=method, config_hash="abc", model_step=7)
+        restored = cal.Calibration.from_dict(json.loads(json.dumps(fitted.to_dict())))
+        assert restored == fitted
+        np.testing.assert_array_equal(restored.combine(validation_matrix()), fitted.combine(validation_matrix()))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.pop("threshold"), "missing keys"),
+        (lambda d: d.update(extra=1), "unknown keys"),
+        (lambda d: d.update(threshold="high"), "'threshold' has type str"),
+        (lambda d: d.update(n_validation=True), "'n_validation' has type bool"),
+        (lambda d: d.update(mean=d["mean"][:2]), "'mean' must hold 5"),
+        (lambda d: d.update(std=[0.0] * 5), "'std' must be positive"),
+        (lambda d: d.update(weights=[float("nan")] * 5), "'weights' must hold 5 finite"),
+        (lambda d: d.update(method="median"), "'method'"),
+        (lambda d: d.update(method="mahalanobis"), "'whitening' must be a 5x5"),
+        (lambda d: d.update(terms=["latent"] * 5), "distinct"),
+        (lambda d: d.update(terms=["latent", "cycle", "reconstruction", "critic_feature", "bogus"]), "unknown terms"),
+        (lambda d: d.update(max_fpr=1.5), "'max_fpr'"),
+    ],
+)
+def test_corrupt_calibration_dicts_are_refused_naming_the_source(change, message):
+    values = cal.fit_calibration(validation_matrix()).to_dict()
+    change(values)
+    with pytest.raises(GanspectionError, match=message) as error:
+        cal.Calibration.from_dict(values, source="run/calibration.json")
+    assert str(error.value).startswith("run/calibration.json: invalid calibration") and "\n" not in str(error.value)
+
+
+def test_fit_refuses_a_single_validation_image():
+    with pytest.raises(GanspectionError, match="at least 2 good validation images"):
+        cal.fit_calibration(validation_matrix()[:1])
+
+
+def test_anomaly_map_smooths_and_upsamples():
+    error = np.zeros((32, 32), np.float32)
+    error[10, 20] = 1.0
+    amap = cal.anomaly_map(error, (90, 120), sigma=1.0)
+    assert amap.shape == (90, 120) and amap.dtype == np.float32
+    peak_row, peak_col = np.unravel_index(np.argmax(amap), amap.shape)
+    assert abs(peak_row - 10.5 * 90 / 32) <= 3 and abs(peak_col - 20.5 * 120 / 32) <= 3
+    assert amap.max() < 0.5  # the single-pixel spike is spread out
+    np.testing.assert_allclose(cal.anomaly_map(error, (32, 32), sigma=0), error)
+
+
+def test_heatmap_overlay_keeps_the_image_size():
+    overlay = cal.heatmap_overlay(np.zeros((40, 50, 1), np.uint8), np.ones((40, 50), np.float32))
+    assert overlay.shape == (40, 50, 3) and overlay.dtype == np.uint8
+
+
+# --------------------------------------------------------------------------------------------- ensure_calibration
+
+
+def private_category(run_dir, tmp_path):
+    """Points the run at a private copy of its data, so a test may damage the data."""
+    splits = json.loads((run_dir / "splits.json").read_text())
+    category = Path(shutil.copytree(splits["root"], tmp_path / "category"))
+    splits["root"] = str(category)
+    splits["validation"] = [str(category / "train" / "good" / Path(p).name) for p in splits["validation"]]
+    (run_dir / "splits.json").write_text(json.dumps(splits))
+    return category, splits
+
+
+def test_ensure_calibration_reads_only_validation_images(run_copy, tmp_path, monkeypatch):
+    category, splits = private_category(run_copy, tmp_path)
+    validation_names = {Path(p).name for p in splits["validation"]}
+    read = []
+    original = pipeline.read_image
+
+    def recording_reader(path, *args, **kwargs):
+        read.append(Path(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "read_image", recording_reader)
+    test_images = list((category / "test").rglob("*.png"))
+    assert test_images
+    for test_image in test_images:  # reading any test image would now fail
+        test_image.write_bytes(b"not an image")
+    fitted = scoring.ensure_calibration(run_copy, log=lambda *a: None)
+    assert fitted.n_validation == len(validation_names) >= 2
+    assert {p.name for p in read} == validation_names
+    assert all(p.parent == category / "train" / "good" for p in read)
+    assert cal.Calibration.from_dict(json.loads((run_copy / "calibration.json").read_text())) == fitted
+
+
+def test_ensure_calibration_reuses_a_matching_file_and_refits_a_stale_one(run_copy, monkeypatch):
+    first = scoring.ensure_calibration(run_copy, log=lambda *a: None)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("images were read although calibration.json matches")
+
+    monkeypatch.setattr(pipeline, "load_images", no_reading)
+    assert scoring.ensure_calibration(run_copy, log=lambda *a: None) == first
+    monkeypatch.undo()
+
+    stale = first.to_dict() | {"config_hash": "something-else", "threshold": 123.0}
+    (run_copy / "calibration.json").write_text(json.dumps(stale))
+    assert scoring.ensure_calibration(run_copy, log=lambda *a: None) == first
+    refit = scoring.ensure_calibration(run_copy, log=lambda *a: None, method="mahalanobis", max_fpr=0.05)
+    assert (refit.method, refit.max_fpr) == ("mahalanobis", 0.05)
+
+
+def test_ensure_calibration_recomputes_a_corrupt_file_with_a_warning(run_copy):
+    (run_copy / "calibration.json").write_text("{not json")
+    messages = []
+    fitted = scoring.ensure_calibration(run_copy, log=messages.append)
+    assert any("corrupt" in m and "recomputing" in m for m in messages)
+    assert cal.Calibration.from_dict(json.loads((run_copy / "calibration.json").read_text())) == fitted
+
+
+def test_ensure_calibration_finds_validation_images_listed_relative_to_another_folder(run_copy):
+    splits = json.loads((run_copy / "splits.json").read_text())
+    splits["validation"] = [f"../elsewhere/train/good/{Path(p).name}" for p in splits["validation"]]
+    (run_copy / "splits.json").write_text(json.dumps(splits))
+    assert scoring.ensure_calibration(run_copy, log=lambda *a: None).n_validation == len(splits["validation"])
+
+
+def test_ensure_calibration_refuses_a_run_without_validation_images(run_copy):
+    splits = json.loads((run_copy / "splits.json").read_text())
+    (run_copy / "splits.json").write_text(json.dumps(splits | {"validation": []}))
+    with pytest.raises(GanspectionError, match="--val-fraction"):
+        scoring.ensure_calibration(run_copy, log=lambda *a: None)
