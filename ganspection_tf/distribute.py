@@ -11,8 +11,10 @@ import os
 import re
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from ganspection_tf.errors import GanspectionError
@@ -120,22 +122,34 @@ def reducible_logs(logs: dict) -> dict:
     return {name: tf.reshape(value, [1]) for name, value in logs.items()}
 
 
-def check_same_step_everywhere(strategy, step: int, checkpoints):
-    """Stops with a clear message when the workers restored different steps (instead of hanging later).
+# What the workers of a cluster must agree on before training, and what to fix when they do not.
+DISAGREEMENTS = {
+    "restored_step": "the workers resumed from different checkpoint steps ({values}); --out must be the same "
+    "shared folder on every worker",
+    "training_images": "the workers decoded different training images (checksums {values}); every worker needs "
+    "the same --data at the same path and the same options",
+}
 
-    Every worker restores the chief's latest checkpoint, so the run folder must be the same shared folder on
-    every machine; a worker that cannot see it would start from step 0 while the chief resumes.
+
+def check_workers_agree(strategy, **facts: int):
+    """Stops with a one-line error when the workers differ in any of `facts` (names from DISAGREEMENTS).
+
+    Workers that restored different steps, or read different images, would otherwise train out of step and
+    hang in a collective, or silently mix data sets. Outside a cluster this does nothing.
     """
     if not in_multi_worker_mode(strategy):
         return
-    local = tf.constant([step], tf.int64)
-    steps = strategy.gather(tf.function(lambda: strategy.run(tf.identity, (local,)))(), axis=0).numpy().tolist()
-    if len(set(steps)) > 1:
-        raise GanspectionError(
-            f"{checkpoints}: the workers resumed from different steps ({sorted(set(steps))}); --out must be the "
-            "same shared folder on every worker (see README 'Scale out')"
-        )
+    local = tf.constant([list(facts.values())], tf.int64)
+    gathered = strategy.gather(tf.function(lambda: strategy.run(tf.identity, (local,)))(), axis=0).numpy()
+    for column, name in enumerate(facts):
+        values = sorted({int(value) for value in gathered[:, column]})
+        if len(values) > 1:
+            raise GanspectionError(DISAGREEMENTS[name].format(values=", ".join(map(str, values))))
 
+
+def images_checksum(images) -> int:
+    """A cheap fingerprint of the decoded training images (CRC-32 of the array bytes)."""
+    return zlib.crc32(memoryview(np.ascontiguousarray(images)).cast("B"))
 
 
 @contextlib.contextmanager

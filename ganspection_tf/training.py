@@ -141,7 +141,9 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
     start_step = _restore(checkpoints, run_dir, resume, log)
     for optimizer in (model.d_optimizer, model.g_optimizer):
         optimizer.learning_rate = config.learning_rate  # a checkpoint restores the old rate; --resume may change it
-    distribute.check_same_step_everywhere(strategy, start_step, run_dir / "checkpoints")
+    distribute.check_workers_agree(
+        strategy, restored_step=start_step, training_images=distribute.images_checksum(images)
+    )
     if start_step >= config.steps:
         log(f"{run_dir}: already trained for {start_step} steps (--steps {config.steps}); nothing to do")
         return run_dir
