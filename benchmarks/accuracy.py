@@ -35,11 +35,14 @@ class WallClockBudget(keras.callbacks.Callback):
     def __init__(self, seconds):
         super().__init__()
         self.seconds = seconds
-        self.started = self.last = None
+        self.started = self.last = self.finished = None
         self.stopped_at_step = None
 
     def on_train_begin(self, logs=None):
         self.started = self.last = time.monotonic()
+
+    def on_train_end(self, logs=None):
+        self.finished = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.monotonic()
@@ -50,7 +53,10 @@ class WallClockBudget(keras.callbacks.Callback):
 
     @property
     def elapsed(self):
-        return time.monotonic() - self.started if self.started else 0.0
+        """Seconds of training (fit), not counting the evaluation after it."""
+        if self.started is None:
+            return 0.0
+        return (self.finished or time.monotonic()) - self.started
 
 
 @click.command()

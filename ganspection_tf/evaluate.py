@@ -26,14 +26,15 @@ import json
 from pathlib import Path
 
 import cv2
+import keras
 import numpy as np
 from sklearn import metrics as skm
 
 from ganspection_tf import artifacts, scoring, training
-from ganspection_tf.calibration import DEFAULT_MAP_SIGMA, anomaly_map, fit_calibration
+from ganspection_tf.calibration import anomaly_map, fit_calibration, ledoit_wolf_covariance, map_sigma
 from ganspection_tf.data import mvtec, pipeline
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.images import read_image, resize_image
+from ganspection_tf.images import read_image, resize_image, to_unit_range
 
 EVAL_FOLDER = "eval"
 COMBINED = "combined"
@@ -43,8 +44,13 @@ PIXEL_EVAL_SIZE = 256
 PRO_FPR_LIMIT = 0.3
 CASES_PER_GROUP = 3
 DISPLAY_SIZE = 128
-# The max of the smoothed anomaly map as an image score: reported as a diagnostic, not fused into "combined".
+# Candidate scores outside the five terms, reported for comparison and NOT fused into "combined" (the exported
+# model computes the five terms only): the maximum of the smoothed anomaly map, the Mahalanobis distance of the
+# code E(x) from a Gaussian fitted (Ledoit-Wolf) to the codes of the good validation images, and the sum of
+# the two standardised on those validation images.
 MAP_MAX = "map_max (diagnostic)"
+LATENT_MAHALANOBIS = "latent_mahalanobis (diagnostic)"
+DIAGNOSTIC_FUSION = "map_max + latent_mahalanobis (diagnostic)"
 
 
 def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32, method=None, max_fpr=None) -> dict:
@@ -60,18 +66,19 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
         run_dir, model, log=log, term_model=term_model, method=method, max_fpr=max_fpr
     )
     out = artifacts.ensure_writable_folder(run_dir / EVAL_FOLDER, option="RUN_DIR")
-    scored = _score_test_split(category_found.test, term_model, calibration, batch_size)
-    fusions = _alternative_fusions(run_dir, term_model, calibration, scored["terms"], log)
+    encoder = model.scoring_networks()[0]
+    scored = _score_test_split(category_found.test, term_model, encoder, calibration, batch_size)
+    comparisons = _comparison_scores(_validation_reference(run_dir, term_model, encoder), scored, calibration)
 
     metrics = {
         "run": str(run_dir),
         "model_step": scoring.model_step(model),
         "data": _data_summary(category_found),
         "calibration": {k: v for k, v in calibration.to_dict().items() if k not in ("whitening",)},
-        "image": image_metrics(scored["labels"], scored["defects"], _scores_by_name(scored, fusions)),
+        "image": image_metrics(scored["labels"], scored["defects"], {COMBINED: scored["combined"], **scored["terms"], **comparisons}),
         "threshold": threshold_metrics(scored["labels"], scored["combined"], calibration.threshold),
         "oracle": oracle_f1(scored["labels"], scored["combined"]),
-        "pixel": pixel_metrics(scored["masks"], scored["maps"]),
+        "pixel": pixel_metrics(scored["masks"], scored["maps"], sigma=map_sigma(model.image_size)),
     }
     metrics["image_auroc"] = metrics["image"][COMBINED]["auroc"]
     _write_report_files(out, metrics, scored, category_found, model, term_model)
@@ -127,7 +134,7 @@ def oracle_f1(labels, scores) -> dict:
     }
 
 
-def pixel_metrics(masks, maps, fpr_limit=PRO_FPR_LIMIT) -> dict | None:
+def pixel_metrics(masks, maps, fpr_limit=PRO_FPR_LIMIT, sigma=None) -> dict | None:
     """Pixel AUROC (scikit-learn) and AU-PRO up to `fpr_limit`, or None when no test image has a defect pixel."""
     if masks is None or not np.any(masks):
         return None
@@ -136,7 +143,7 @@ def pixel_metrics(masks, maps, fpr_limit=PRO_FPR_LIMIT) -> dict | None:
         "au_pro": au_pro(masks, maps, fpr_limit),
         "pro_fpr_limit": fpr_limit,
         "resolution": int(masks.shape[1]),
-        "map_sigma": DEFAULT_MAP_SIGMA,
+        "map_sigma_model_pixels": sigma,
     }
 
 
@@ -218,18 +225,20 @@ def _test_category(run_dir, data, category, log):
     return found
 
 
-def _score_test_split(test, term_model, calibration, batch_size):
-    """Streams the test images through the model; keeps terms, scores and PIXEL_EVAL_SIZE² maps and masks."""
+def _score_test_split(test, term_model, encoder, calibration, batch_size):
+    """Streams the test images through the model; keeps terms, codes, scores, PIXEL_EVAL_SIZE² maps and masks."""
     _, size, _, channels = term_model.input_shape
     count, side = len(test), PIXEL_EVAL_SIZE
     maps = np.empty((count, side, side), dtype=np.float32)
     masks = np.zeros((count, side, side), dtype=bool)
     terms = {name: np.empty(count, dtype=np.float64) for name in scoring.TERMS}
     map_max = np.empty(count, dtype=np.float64)
+    codes = np.empty((count, encoder.output_shape[-1]), dtype=np.float64)
     for start in range(0, count, batch_size):
         batch = test[start : start + batch_size]
         images, _ = pipeline.load_images([t.path for t in batch], size, channels, skip_unreadable=False)
         values = scoring.compute_terms(term_model, images, batch_size)
+        codes[start : start + len(batch)] = _encode(encoder, images)
         for offset, item in enumerate(batch):
             index = start + offset
             for name in scoring.TERMS:
@@ -247,6 +256,7 @@ def _score_test_split(test, term_model, calibration, batch_size):
         "combined": combined,
         "anomalous": calibration.is_anomalous(combined),
         "map_max": map_max,
+        "codes": codes,
         "maps": maps,
         "masks": masks,
         "threshold": calibration.threshold,
@@ -259,21 +269,56 @@ def read_mask(path, side) -> np.ndarray:
     return cv2.resize(mask, (side, side), interpolation=cv2.INTER_NEAREST) > 127
 
 
-def _alternative_fusions(run_dir, term_model, calibration, test_terms, log):
-    """Test scores of the fusions not chosen, fitted on the same validation terms (for comparison only)."""
-    validation = scoring.term_matrix(scoring.validation_terms(run_dir, term_model, log))
-    test_matrix = scoring.term_matrix(test_terms)
-    candidates = {
-        "fusion: weighted, default α": dict(method="weighted"),
-        "fusion: weighted, equal α": dict(method="weighted", weights=[1.0] * len(scoring.TERMS)),
-        "fusion: mahalanobis": dict(method="mahalanobis"),
+def _encode(encoder, images_uint8):
+    return keras.ops.convert_to_numpy(encoder(to_unit_range(images_uint8), training=False)).astype(np.float64)
+
+
+def _validation_reference(run_dir, term_model, encoder):
+    """Terms, map maxima and codes of the good validation images (the same images the calibration used)."""
+    _, size, _, channels = term_model.input_shape
+    images, _ = pipeline.load_images(scoring.validation_paths(run_dir), size, channels, skip_unreadable=True)
+    values = scoring.compute_terms(term_model, images)
+    side = PIXEL_EVAL_SIZE
+    return {
+        "terms": scoring.term_matrix(values),
+        "map_max": np.array([anomaly_map(error, (side, side)).max() for error in values["error_map"]]),
+        "codes": _encode(encoder, images),
     }
-    return {name: fit_calibration(validation, scoring.TERMS, max_fpr=calibration.max_fpr, **options).combine(test_matrix)
-            for name, options in candidates.items()}
 
 
-def _scores_by_name(scored, fusions):
-    return {COMBINED: scored["combined"], **scored["terms"], MAP_MAX: scored["map_max"], **fusions}
+def _comparison_scores(reference, scored, calibration):
+    """Test scores of the fusions not chosen and of the diagnostic scores, all fitted on validation images."""
+    test_matrix = scoring.term_matrix(scored["terms"])
+    candidates = {
+        "fusion: weighted, default α": {"method": "weighted"},
+        "fusion: weighted, equal α": {"method": "weighted", "weights": [1.0] * len(scoring.TERMS)},
+        "fusion: mahalanobis": {"method": "mahalanobis"},
+    }
+    fusions = {
+        name: fit_calibration(reference["terms"], scoring.TERMS, max_fpr=calibration.max_fpr, **options).combine(
+            test_matrix
+        )
+        for name, options in candidates.items()
+    }
+    latent_validation, latent_test = latent_mahalanobis(reference["codes"], scored["codes"])
+    fused = _standardized(reference["map_max"], scored["map_max"]) + _standardized(latent_validation, latent_test)
+    return {MAP_MAX: scored["map_max"], LATENT_MAHALANOBIS: latent_test, DIAGNOSTIC_FUSION: fused, **fusions}
+
+
+def latent_mahalanobis(reference_codes, codes):
+    """Mahalanobis distances of the reference codes and of `codes` from a Ledoit-Wolf Gaussian of the reference."""
+    mean = reference_codes.mean(axis=0)
+    precision = np.linalg.pinv(ledoit_wolf_covariance(reference_codes))
+
+    def distance(z):
+        centred = z - mean
+        return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", centred, precision, centred), 0.0))
+
+    return distance(reference_codes), distance(codes)
+
+
+def _standardized(reference, values):
+    return (values - reference.mean()) / max(reference.std(ddof=1), 1e-12)
 
 
 def _data_summary(category):
@@ -429,8 +474,10 @@ precision {threshold['precision']:.3f}, recall {threshold['recall']:.3f}, false-
 <table><tr><th>score</th><th>AUROC</th><th>AUPR</th>{header}</tr>
 {chr(10).join(rows)}
 </table>
-<p>"{MAP_MAX}" is the maximum of the smoothed anomaly map; the "fusion" rows are the other ways of combining the
-terms, fitted on the same validation images, for comparison. Neither is the score the threshold applies to.</p>
+<p>The "fusion" rows are the other ways of combining the five terms; the "(diagnostic)" rows are candidate scores
+outside them: the maximum of the smoothed anomaly map, the Mahalanobis distance of the code E(x) from a Gaussian
+fitted to the codes of the good validation images, and the two summed after standardisation on those images. All
+are fitted on the same validation images and shown for comparison only: the threshold applies to "combined".</p>
 <h2>Pixel level</h2><p>{pixel_text}</p>
 <h2>Figures</h2>
 <p><img src="roc.png" alt="ROC curves"></p>

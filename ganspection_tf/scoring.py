@@ -2,10 +2,12 @@
 
 For an image x in [-1, 1], z = E(x), x̂ = G(z) (the reconstruction), f(·, z) = the critic's joint features:
 
-* ``latent``          |‖z‖₂ − √d|: distance of the code from the shell where N(0, I) codes of dimension d
-                      concentrate. Chosen over the N(0, I) negative log-likelihood ½‖z‖², which only sees
-                      codes that are too long: an encoder that meets an unfamiliar part can as well map it
-                      close to the origin, which the NLL would call the most normal code of all.
+* ``latent``          ½‖z‖₂²: the negative log-likelihood of z under the N(0, I) prior, without its constant.
+                      Chosen over the distance |‖z‖ − √d| from the shell where N(0, I) codes concentrate after
+                      measuring both: the trained encoder's codes sit well inside that shell (‖z‖ ≈ 5.3 for
+                      d = 64 on MVTec bottle, 1.4 for d = 8 on the synthetic part) and anomalies lengthen them,
+                      i.e. move them TOWARDS the shell, so the shell distance ranked defects as more normal
+                      (image AUROC 0.41 on bottle, 0.19 synthetic) where the NLL ranks them right (0.60, 0.81).
 * ``cycle``           mean_j (z − E(x̂))_j²: does the reconstruction encode back to the same code?
 * ``reconstruction``  mean |x − x̂| over pixels and channels.
 * ``critic_feature``  mean |f(x, z) − f(x̂, z)| over the feature units (the reconstruction paired with the same
@@ -19,7 +21,6 @@ layers), so it saves with safe_mode and converts to TFLite for the camera.
 
 from __future__ import annotations
 
-import math
 import os
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -71,12 +72,11 @@ class MeanGap(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="ganspection_tf")
-class NormDeviation(layers.Layer):
-    """|‖z‖₂ − √d| for codes z of dimension d."""
+class GaussianNLL(layers.Layer):
+    """½‖z‖₂²: the N(0, I) negative log-likelihood of codes z up to the constant (d/2)·log 2π."""
 
     def call(self, z):
-        norm = ops.sqrt(ops.sum(ops.square(z), axis=-1))
-        return ops.abs(norm - math.sqrt(z.shape[-1]))
+        return 0.5 * ops.sum(ops.square(z), axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="ganspection_tf")
@@ -98,7 +98,7 @@ def build_term_model(model) -> keras.Model:
     _, reconstruction_features = critic([reconstruction, code])
     # Layer names get a suffix: the critic sub-model is already called "critic" (names must be unique).
     outputs = {
-        "latent": NormDeviation(name="latent_term")(code),
+        "latent": GaussianNLL(name="latent_term")(code),
         "cycle": MeanGap(squared=True, name="cycle_term")([code, cycled_code]),
         "reconstruction": MeanGap(name="reconstruction_term")([image, reconstruction]),
         "critic_feature": MeanGap(name="critic_feature_term")([features, reconstruction_features]),

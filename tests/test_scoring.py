@@ -1,7 +1,6 @@
 """Score terms (TF side), the numpy-only calibration, and ensure_calibration's use of validation images only."""
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -77,7 +76,7 @@ def test_term_model_outputs_match_their_definitions(tiny_model, term_model, imag
     value, features = (numpy(t) for t in critic([x, z]))
     _, recon_features = (numpy(t) for t in critic([recon, z]))
     expected = {
-        "latent": np.abs(np.linalg.norm(z, axis=1) - math.sqrt(8)),
+        "latent": 0.5 * np.sum(z**2, axis=1),
         "cycle": np.mean((z - numpy(encoder(recon))) ** 2, axis=1),
         "reconstruction": np.mean(np.abs(x - recon), axis=(1, 2, 3)),
         "critic_feature": np.mean(np.abs(features - recon_features), axis=1),
@@ -250,6 +249,13 @@ def test_anomaly_map_smooths_and_upsamples():
     assert abs(peak_row - 10.5 * 90 / 32) <= 3 and abs(peak_col - 20.5 * 120 / 32) <= 3
     assert amap.max() < 0.5  # the single-pixel spike is spread out
     np.testing.assert_allclose(cal.anomaly_map(error, (32, 32), sigma=0), error)
+
+
+def test_default_smoothing_scales_with_the_model_resolution():
+    error = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    np.testing.assert_allclose(cal.anomaly_map(error, (64, 64)), cal.anomaly_map(error, (64, 64), sigma=2.0))
+    small = error[:32, :32]
+    np.testing.assert_allclose(cal.anomaly_map(small, (32, 32)), cal.anomaly_map(small, (32, 32), sigma=1.0))
 
 
 def test_heatmap_overlay_keeps_the_image_size():
