@@ -69,13 +69,14 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
     encoder = model.scoring_networks()[0]
     scored = _score_test_split(category_found.test, term_model, encoder, calibration, batch_size)
     comparisons = _comparison_scores(_validation_reference(run_dir, term_model, encoder), scored, calibration)
+    all_scores = {COMBINED: scored["combined"], **scored["terms"], **comparisons}
 
     metrics = {
         "run": str(run_dir),
         "model_step": scoring.model_step(model),
         "data": _data_summary(category_found),
         "calibration": {k: v for k, v in calibration.to_dict().items() if k not in ("whitening",)},
-        "image": image_metrics(scored["labels"], scored["defects"], {COMBINED: scored["combined"], **scored["terms"], **comparisons}),
+        "image": image_metrics(scored["labels"], scored["defects"], all_scores),
         "threshold": threshold_metrics(scored["labels"], scored["combined"], calibration.threshold),
         "oracle": oracle_f1(scored["labels"], scored["combined"]),
         "pixel": pixel_metrics(scored["masks"], scored["maps"], sigma=map_sigma(model.image_size)),
@@ -124,7 +125,8 @@ def threshold_metrics(labels, scores, threshold) -> dict:
 def oracle_f1(labels, scores) -> dict:
     """The best F1 over all thresholds ON THE TEST SET: an upper bound, not a threshold to deploy."""
     precision, recall, thresholds = skm.precision_recall_curve(labels, scores)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(precision), where=total > 0)
     best = int(np.argmax(f1[:-1])) if len(thresholds) else 0  # the last point has no threshold
     return {
         "label": "oracle",

@@ -212,7 +212,12 @@ def test_calibration_never_reads_test_images(run_with_private_data, monkeypatch)
     (run / "calibration.json").unlink(missing_ok=True)
     read = []
     original = pipeline.read_image
-    monkeypatch.setattr(pipeline, "read_image", lambda path, *a, **k: read.append(Path(path)) or original(path, *a, **k))
+
+    def recording_reader(path, *args, **kwargs):
+        read.append(Path(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "read_image", recording_reader)
     for image in (category / "test").rglob("*.png"):
         image.write_bytes(b"\x89PNG broken")
     with pytest.raises(GanspectionError, match="cannot read image") as error:
