@@ -1,8 +1,12 @@
-"""Choosing the tf.distribute strategy, and who writes the run folder.
+"""Choosing the tf.distribute strategy, who writes the run folder, and what a cluster's workers must agree on.
 
 One code path: the model is built and compiled inside ``strategy.scope()`` and trained by ``model.fit``, whatever
 the strategy. ``auto`` picks MultiWorkerMirroredStrategy when ``TF_CONFIG`` describes a cluster, MirroredStrategy
 when the machine has more than one GPU, else the default (single-device) strategy.
+
+In a cluster only the chief keeps what it writes (`writing_folder`, `discard_worker_folder`); every worker
+restores the chief's checkpoint on --resume (`check_workers_agree` stops a cluster whose workers differ), and a
+lost worker ends the survivors with a one-line "restart with --resume" error (`explain_lost_workers`).
 """
 
 import contextlib
@@ -42,7 +46,11 @@ def resolve_strategy_name(name="auto") -> str:
 
 
 def make_strategy(name="auto", devices=None):
-    """Returns (strategy, resolved name). `devices` (e.g. ["/gpu:0", "/gpu:1"]) applies to mirrored only."""
+    """Returns (strategy, resolved name). `devices` (e.g. ["/gpu:0", "/gpu:1"]) applies to mirrored only.
+
+    Call it before any other TensorFlow op: MultiWorkerMirroredStrategy configures the runtime for collectives
+    (and waits for every worker of the cluster to start).
+    """
     name = resolve_strategy_name(name)
     if devices and name != "mirrored":
         raise GanspectionError(f"--devices works with --strategy mirrored, not {name}; drop one of the two")
@@ -52,6 +60,8 @@ def make_strategy(name="auto", devices=None):
         return tf.distribute.MirroredStrategy(devices=devices or None), name
     if not _cluster_from_tf_config():
         raise GanspectionError("--strategy multiworker needs TF_CONFIG describing the cluster; see README 'Scale out'")
+    # No collective timeout: a dead worker is detected by the coordination service's heartbeats (about 10 s),
+    # and TensorFlow documents `timeout_seconds` as a debugging aid that starts a thread per collective.
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
     )
@@ -105,6 +115,7 @@ def discard_worker_folder(folder, run_dir):
 
 
 def in_multi_worker_mode(strategy=None) -> bool:
+    """True for a MultiWorkerMirroredStrategy with more than one worker (Keras asks the same private question)."""
     strategy = strategy or tf.distribute.get_strategy()
     extended = strategy.extended
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and extended._in_multi_worker_mode()

@@ -143,7 +143,7 @@ def test_two_workers_train_and_only_the_chief_keeps_artifacts(tmp_path, syntheti
 def test_a_killed_worker_does_not_lose_the_run(tmp_path, synthetic_category):
     from ganspection_tf.training import load_model
 
-    out, steps = tmp_path / "run", 40
+    out, steps = tmp_path / "run", 24
     command = train_command(synthetic_category, out, steps=steps, checkpoint_every=4)
 
     with Cluster(tmp_path / "first", command) as cluster:
