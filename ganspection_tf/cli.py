@@ -5,6 +5,7 @@ Every expected failure is a `GanspectionError`: printed as one line ``error: …
 (base) install runs ``camera`` without TensorFlow and tells what to install for the rest.
 """
 
+import json
 import os
 import sys
 import tempfile
@@ -271,6 +272,60 @@ def _write_heatmap(result, folder, used_names):
     used_names.add(name)
     amap = anomaly_map(result.error_map, result.original_hw)
     artifacts.write_png(folder / name, heatmap_overlay(result.original, amap))
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--tflite", is_flag=True, help="Export a LiteRT (TFLite) edge bundle (the only format for now).")
+@click.option("--quantize", default="int8", show_default=True,
+              type=click.Choice(["none", "float16", "dynamic", "int8"]),
+              help="int8: integer networks calibrated on good images (score arithmetic stays float).")
+@click.option("--score", "score_name", default="combined", show_default=True,
+              type=click.Choice(["latent", "critic", "combined"]),
+              help="latent: encoder only; critic: encoder + critic; combined: all terms, with heatmaps.")
+@click.option("--calibration", "calibration_dir", default=None, type=click.Path(path_type=Path),
+              help="Folder of good images for int8 calibration (default: the run's training images).")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
+@click.option("--force", is_flag=True, help="Write the bundle even when the parity gate fails.")
+def export(run_dir, tflite, quantize, score_name, calibration_dir, out, force):
+    """Export a trained run to an edge bundle (model.tflite + metadata.json) and check its parity."""
+    if not tflite:
+        raise GanspectionError("export needs --tflite (LiteRT is the only export format for now)")
+    require_train_extra("export")
+    from ganspection_tf.export import export_bundle
+
+    report = export_bundle(run_dir, out, quantize=quantize, score=score_name, calibration_dir=calibration_dir,
+                           force=force, log=_echo_to_stderr)
+    figures = {key: report[key] for key in ("max_abs_diff", "spearman", "auroc_keras", "auroc_tflite", "passed")}
+    click.echo(json.dumps({"bundle": str(out), "images": report["images"], "evaluation": report["evaluation"],
+                           **figures}))
+
+
+# ------------------------------------------------------------------------------------------------ camera
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--source", required=True, help="Camera index (0), video file, rtsp:// URL or folder of images.")
+@click.option("--out", "out", default=None, type=click.Path(path_type=Path),
+              help="JSON-lines file, one line per frame (default: stdout).")
+@click.option("--save-anomalies", default=None, type=click.Path(path_type=Path),
+              help="Folder for anomalous frames, with the heatmap and the score drawn on them.")
+@click.option("--max-frames", default=None, type=click.IntRange(1), help="Stop after this many scored frames.")
+@click.option("--threads", default=None, type=click.IntRange(1), help="LiteRT threads (default: LiteRT's choice).")
+@click.option("--color-order", default="bgr", show_default=True, type=click.Choice(["bgr", "rgb"]),
+              help="Channel order of the frames the capture delivers (OpenCV: bgr).")
+def camera(bundle, source, out, save_anomalies, max_frames, threads, color_order):
+    """Score frames of a camera, video, stream or image folder with an edge bundle (no TensorFlow needed)."""
+    from ganspection_tf.camera import run_camera
+    from ganspection_tf.edge import EdgeScorer
+
+    scorer = EdgeScorer(bundle, threads=threads)
+    run_camera(scorer, source, out=out, save_anomalies=save_anomalies, max_frames=max_frames,
+               color_order=color_order)
 
 
 # ------------------------------------------------------------------------------------------------ entry

@@ -1,0 +1,223 @@
+"""The camera-side scorer: an edge bundle (``model.tflite`` + ``metadata.json``) run with LiteRT, no TensorFlow.
+
+This module owns the bundle format; ``export.py`` (TensorFlow side) writes it, :class:`EdgeScorer` reads it.
+It imports numpy, OpenCV, Pillow, ``ai_edge_litert`` and the TF-free package modules only, so it runs on the
+base install (a test checks that ``tensorflow`` never appears in ``sys.modules``).
+
+A frame is scored like the workstation scores a file:
+
+1. ``images.frame_to_rgb`` (BGR(A) from OpenCV or RGB(A), 1/3/4 channels, to the bundle's channel count),
+2. ``images.resize_image`` (cv2.INTER_AREA stretch to the model size — the training resize rule),
+3. the TFLite model (uint8 in; it scales to [-1, 1] itself) computes the raw score terms,
+4. ``Calibration.combine`` turns the terms into the score in numpy, and ``score > threshold`` decides.
+
+Step 4 runs in float64 numpy on purpose: a full-integer model would clip its output at the range seen on the
+representative images, so every strongly anomalous frame would get the same capped score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+from ganspection_tf import __version__, images
+from ganspection_tf.artifacts import read_json
+from ganspection_tf.calibration import TERMS, Calibration, anomaly_map
+from ganspection_tf.errors import GanspectionError
+
+BUNDLE_FORMAT = "ganspection-tf-edge-bundle"
+FORMAT_VERSION = 1
+MODEL_FILE, METADATA_FILE, PARITY_FILE = "model.tflite", "metadata.json", "parity.json"
+INPUT_NAME, ERROR_MAP_OUTPUT = "image", "error_map"
+SCORES = ("latent", "critic", "combined")
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+RESIZE_RULE = "cv2.INTER_AREA stretch to image_size x image_size (aspect ratio not kept)"
+NORMALISATION = "uint8 RGB/gray input; the model computes x / 127.5 - 1 itself"
+
+# key -> accepted Python type(s) of metadata.json; anything else is refused with a one-line error.
+_REQUIRED_KEYS = {
+    "format": str,
+    "format_version": int,
+    "image_size": int,
+    "channels": int,
+    "color_order": str,
+    "resize": str,
+    "normalisation": str,
+    "score": str,
+    "terms": list,
+    "outputs": list,
+    "heatmap": bool,
+    "calibration": dict,
+    "threshold": (int, float),
+    "quantization": str,
+    "package_version": str,
+    "config_hash": str,
+    "model_sha256": str,
+}
+_FIX = "re-export it with 'ganspection-tf export RUN_DIR --tflite --out BUNDLE_DIR'"
+
+
+@dataclass
+class EdgeResult:
+    """One scored frame: ``heatmap`` is a float32 map at the frame's size (or None), latency covers steps 1-4."""
+
+    score: float
+    anomalous: bool
+    terms: dict[str, float]
+    heatmap: np.ndarray | None
+    latency_ms: float
+
+
+class EdgeScorer:
+    """Loads and checks a bundle, then scores uint8 frames of any size with 1, 3 or 4 channels."""
+
+    def __init__(self, bundle_dir, threads: int | None = None):
+        self.bundle_dir = Path(bundle_dir)
+        self.metadata = read_metadata(self.bundle_dir)
+        self.calibration = Calibration.from_dict(self.metadata["calibration"], source=str(self._metadata_path))
+        self.image_size = self.metadata["image_size"]
+        self.channels = self.metadata["channels"]
+        self.terms = list(self.metadata["terms"])
+        self.threshold = float(self.calibration.threshold)
+        self.has_heatmap = bool(self.metadata["heatmap"])
+        self._runner = self._load_model(threads)
+
+    @property
+    def _metadata_path(self) -> Path:
+        return self.bundle_dir / METADATA_FILE
+
+    def preprocess(self, frame, color_order: str = "bgr") -> np.ndarray:
+        """Steps 1-2: the exact uint8 ``(S, S, C)`` array the model sees (the training pipeline's pixels)."""
+        rgb = images.frame_to_rgb(frame, color_order, channels=self.channels)
+        return images.resize_image(rgb, self.image_size)
+
+    def score(self, frame, color_order: str = "bgr", heatmap: bool = False) -> EdgeResult:
+        """Score one frame; ``heatmap=True`` adds the anomaly map at the frame's size (combined bundles only)."""
+        started = time.perf_counter()
+        if heatmap and not self.has_heatmap:
+            raise GanspectionError(
+                f"{self._metadata_path}: this bundle was exported with --score {self.metadata['score']}, which has "
+                "no reconstruction to draw a heatmap from; export with --score combined for heatmaps"
+            )
+        outputs = self.run_model(self.preprocess(frame, color_order))
+        terms = {name: float(outputs[name][0]) for name in self.terms}
+        score = float(self.calibration.combine(np.array([[terms[name] for name in self.terms]]))[0])
+        amap = None
+        if heatmap:
+            height, width = np.asarray(frame).shape[:2]
+            amap = anomaly_map(outputs[ERROR_MAP_OUTPUT][0], (height, width))  # the workstation's smoothing
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        return EdgeResult(score, bool(score > self.threshold), terms, amap, latency_ms)
+
+    def score_file(self, path, heatmap: bool = False) -> EdgeResult:
+        """Score an image file, decoded like the training images (``images.read_image``, RGB)."""
+        return self.score(images.read_image(path), color_order="rgb", heatmap=heatmap)
+
+    def run_model(self, image_uint8: np.ndarray) -> dict[str, np.ndarray]:
+        """Step 3 alone: raw model outputs (terms of shape (1,), error map (1, S, S)) of a preprocessed image."""
+        batch = np.ascontiguousarray(image_uint8, dtype=np.uint8)[np.newaxis]
+        return self._runner(**{INPUT_NAME: batch})
+
+    # ------------------------------------------------------------------------------------------------ loading
+
+    def _load_model(self, threads):
+        path = self.bundle_dir / MODEL_FILE
+        data = _read_model_bytes(path)
+        if hashlib.sha256(data).hexdigest() != self.metadata["model_sha256"]:
+            raise GanspectionError(f"{path}: does not match the checksum in {METADATA_FILE} (corrupted or "
+                                   f"replaced); {_FIX}")
+        if threads is not None and (int(threads) != threads or threads < 1):
+            raise GanspectionError(f"--threads {threads}: must be a positive integer")
+        try:
+            interpreter = Interpreter(model_content=data, num_threads=threads)
+            runner = interpreter.get_signature_runner()
+        except (ValueError, RuntimeError) as error:
+            raise GanspectionError(f"{path}: LiteRT cannot load it ({_first_line(error)}); {_FIX}") from None
+        self._check_signature(runner, path)
+        self._interpreter = interpreter  # the runner needs the interpreter alive
+        return runner
+
+    def _check_signature(self, runner, path):
+        inputs, outputs = runner.get_input_details(), runner.get_output_details()
+        expected_shape = [1, self.image_size, self.image_size, self.channels]
+        details = inputs.get(INPUT_NAME)
+        if details is None or list(details["shape"]) != expected_shape or details["dtype"] != np.uint8:
+            raise GanspectionError(
+                f"{path}: input does not match {METADATA_FILE} (expected uint8 {expected_shape}, "
+                f"got {_describe(details)}); {_FIX}"
+            )
+        missing = [name for name in self.metadata["outputs"] if name not in outputs]
+        if missing:
+            raise GanspectionError(f"{path}: lacks the outputs {missing} listed in {METADATA_FILE}; {_FIX}")
+
+
+def read_metadata(bundle_dir) -> dict:
+    """``metadata.json`` of a bundle, checked for format, version, keys and types (one-line errors)."""
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise GanspectionError(f"{bundle_dir}: no such bundle folder; {_FIX}")
+    path = bundle_dir / METADATA_FILE
+    metadata = read_json(path, what="bundle metadata")
+    if not isinstance(metadata, dict) or metadata.get("format") != BUNDLE_FORMAT:
+        raise GanspectionError(f"{path}: not a ganspection-tf edge bundle (no \"format\": \"{BUNDLE_FORMAT}\"); "
+                               f"point at a folder written by 'ganspection-tf export', or {_FIX}")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise GanspectionError(f"{path}: bundle format version {version!r}, this ganspection-tf {__version__} reads "
+                               f"version {FORMAT_VERSION}; {_FIX} (or install the matching ganspection-tf)")
+    problem = _metadata_problem(metadata)
+    if problem:
+        raise GanspectionError(f"{path}: invalid bundle metadata ({problem}); {_FIX}")
+    return metadata
+
+
+def _metadata_problem(metadata) -> str | None:
+    missing = sorted(key for key in _REQUIRED_KEYS if key not in metadata)
+    if missing:
+        return f"missing keys {missing}"
+    for key, kind in _REQUIRED_KEYS.items():
+        value = metadata[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            return f"'{key}' has type {type(value).__name__}"
+    if metadata["image_size"] < 1 or metadata["channels"] not in (1, 3):
+        return f"image_size {metadata['image_size']} / channels {metadata['channels']} out of range"
+    if metadata["color_order"] != "rgb":
+        return f"color_order {metadata['color_order']!r}; the model input is always RGB"
+    if metadata["score"] not in SCORES or metadata["quantization"] not in QUANTIZATIONS:
+        return f"unknown score {metadata['score']!r} or quantization {metadata['quantization']!r}"
+    terms = metadata["terms"]
+    if not terms or any(term not in TERMS for term in terms):
+        return f"'terms' {terms} must be names from {list(TERMS)}"
+    if metadata["calibration"].get("terms") != terms:
+        return "'terms' differs from the calibration's terms"
+    if metadata["calibration"].get("threshold") != metadata["threshold"]:
+        return "'threshold' differs from the calibration's threshold"
+    required_outputs = terms + ([ERROR_MAP_OUTPUT] if metadata["heatmap"] else [])
+    if sorted(metadata["outputs"]) != sorted(required_outputs):
+        return f"'outputs' {metadata['outputs']} must be {required_outputs}"
+    return None
+
+
+def _read_model_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise GanspectionError(f"{path}: missing from the bundle; {_FIX}") from None
+    except OSError as error:
+        raise GanspectionError(f"{path}: cannot read it ({error.strerror}); check the file permissions") from None
+
+
+def _describe(details) -> str:
+    if details is None:
+        return f"no input named '{INPUT_NAME}'"
+    return f"{np.dtype(details['dtype']).name} {list(details['shape'])}"
+
+
+def _first_line(error) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,214 @@
+"""The camera-side `EdgeScorer`: metadata checks, frame preprocessing parity, scoring, no TensorFlow."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from edge_support import exported_bundle  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from ganspection_tf import edge  # noqa: E402
+from ganspection_tf.calibration import Calibration  # noqa: E402
+from ganspection_tf.errors import GanspectionError  # noqa: E402
+from ganspection_tf.images import read_image  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, synthetic_category):
+    return exported_bundle(tmp_path_factory, synthetic_category, "int8", "combined")[0]
+
+
+@pytest.fixture(scope="module")
+def scorer(bundle):
+    return edge.EdgeScorer(bundle)
+
+
+@pytest.fixture
+def bundle_copy(bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    return copy
+
+
+def edit_metadata(folder, change):
+    path = folder / "metadata.json"
+    metadata = json.loads(path.read_text())
+    change(metadata)
+    path.write_text(json.dumps(metadata))
+
+
+# ------------------------------------------------------------------------------------------------ metadata
+
+
+def test_metadata_round_trip(bundle, scorer):
+    metadata = edge.read_metadata(bundle)
+    assert metadata == json.loads((bundle / "metadata.json").read_text())
+    assert metadata["format"] == edge.BUNDLE_FORMAT and metadata["format_version"] == edge.FORMAT_VERSION
+    calibration = Calibration.from_dict(metadata["calibration"])
+    assert Calibration.from_dict(calibration.to_dict()) == calibration == scorer.calibration
+    assert (scorer.image_size, scorer.channels, scorer.terms) == (32, 3, list(calibration.terms))
+    assert scorer.threshold == metadata["threshold"] == calibration.threshold
+    assert metadata["resize"] == edge.RESIZE_RULE and "INTER_AREA" in metadata["resize"]
+    for key in ("package_version", "config_hash", "quantization", "score", "normalisation", "outputs"):
+        assert metadata[key], key
+
+
+CORRUPTIONS = {
+    "truncated json": (lambda f: (f / "metadata.json").write_text('{"format": "ganspection-tf-edge-bu'),
+                       "metadata.json: bundle metadata is corrupt"),
+    "foreign json": (lambda f: (f / "metadata.json").write_text('{"class_name": "Functional", "config": {}}'),
+                     "not a ganspection-tf edge bundle"),
+    "json list": (lambda f: (f / "metadata.json").write_text("[1, 2]"), "not a ganspection-tf edge bundle"),
+    "missing file": (lambda f: (f / "metadata.json").unlink(), "metadata.json: bundle metadata not found"),
+    "newer version": (lambda f: edit_metadata(f, lambda m: m.update(format_version=2)), "format version 2"),
+    "missing key": (lambda f: edit_metadata(f, lambda m: m.pop("image_size")), "missing keys \\['image_size'\\]"),
+    "wrong type": (lambda f: edit_metadata(f, lambda m: m.update(channels="3")), "'channels' has type str"),
+    "bool for int": (lambda f: edit_metadata(f, lambda m: m.update(image_size=True)), "'image_size' has type bool"),
+    "terms disagree": (lambda f: edit_metadata(f, lambda m: m.update(terms=["latent"], outputs=["latent"])),
+                       "differs from the calibration"),
+    "broken calibration": (lambda f: edit_metadata(f, lambda m: m["calibration"].update(std=[0, 0, 0, 0, 0])),
+                           "invalid calibration"),
+    "model replaced": (lambda f: (f / "model.tflite").write_bytes(b"TFL3" + b"\0" * 64), "checksum"),
+    "model missing": (lambda f: (f / "model.tflite").unlink(), "model.tflite: missing from the bundle"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_corrupted_or_foreign_bundles_are_refused_in_one_line(case, bundle_copy):
+    corrupt, message = CORRUPTIONS[case]
+    corrupt(bundle_copy)
+    with pytest.raises(GanspectionError, match=message) as error:
+        edge.EdgeScorer(bundle_copy)
+    assert "\n" not in str(error.value)
+
+
+def test_a_model_that_does_not_match_its_metadata_is_refused(bundle_copy, tmp_path_factory, synthetic_category):
+    latent_bundle, _ = exported_bundle(tmp_path_factory, synthetic_category, "int8", "latent")
+    model = (latent_bundle / "model.tflite").read_bytes()  # a valid model, but without the combined outputs
+    (bundle_copy / "model.tflite").write_bytes(model)
+    edit_metadata(bundle_copy, lambda m: m.update(model_sha256=edge.hashlib.sha256(model).hexdigest()))
+    with pytest.raises(GanspectionError, match="lacks the outputs"):
+        edge.EdgeScorer(bundle_copy)
+
+
+def test_a_missing_bundle_folder_is_refused(tmp_path):
+    with pytest.raises(GanspectionError, match="no such bundle folder"):
+        edge.EdgeScorer(tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------------------------------------ preprocessing
+
+
+@pytest.fixture(scope="module")
+def odd_files(tmp_path_factory, synthetic_category):
+    """The same kind of pictures as PNG (RGB, gray, RGBA) and JPEG, in sizes and aspect ratios unlike 32×32."""
+    folder = tmp_path_factory.mktemp("odd_files")
+    source = min((synthetic_category / "test" / "hole").glob("*.png"))
+    picture = Image.open(source).convert("RGB").resize((150, 90))
+    picture.save(folder / "rgb.png")
+    picture.convert("L").save(folder / "gray.png")
+    rgba = picture.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(folder / "rgba.png")
+    picture.save(folder / "photo.jpg", quality=90)
+    picture.resize((31, 47)).save(folder / "small.png")
+    return sorted(folder.iterdir())
+
+
+def test_edge_preprocessing_matches_the_training_pipeline(odd_files, scorer):
+    from ganspection_tf.data.pipeline import load_images
+
+    trained_on, _ = load_images(odd_files, 32, 3)
+    for i, path in enumerate(odd_files):
+        from_camera = scorer.preprocess(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), color_order="bgr")
+        from_file = scorer.preprocess(read_image(path), color_order="rgb")
+        assert from_camera.shape == from_file.shape == (32, 32, 3)
+        assert np.abs(from_camera.astype(int) - trained_on[i]).max() <= 1, path.name
+        np.testing.assert_array_equal(from_file, trained_on[i])
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+def test_frames_of_any_size_and_channel_count_are_scored(scorer):
+    rgb = np.random.default_rng(1).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    bgra = np.concatenate([bgr, np.full((120, 200, 1), 7, np.uint8)], axis=2)
+    reference = scorer.score(rgb, color_order="rgb")
+    assert scorer.score(bgr).score == reference.score == scorer.score(bgra).score
+    assert set(reference.terms) == set(scorer.terms) and reference.latency_ms > 0
+    assert reference.anomalous == (reference.score > scorer.threshold)
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    assert scorer.score(gray).score == scorer.score(gray[..., None]).score
+    with pytest.raises(GanspectionError, match="8-bit"):
+        scorer.score(rgb.astype(np.uint16))
+
+
+def test_heatmap_covers_the_frame(scorer):
+    frame = np.random.default_rng(2).integers(0, 256, (90, 150, 3), dtype=np.uint8)
+    result = scorer.score(frame, heatmap=True)
+    assert result.heatmap.shape == (90, 150) and result.heatmap.dtype == np.float32
+    assert np.all(result.heatmap >= 0) and result.heatmap.max() > 0
+    assert scorer.score(frame).heatmap is None
+
+
+def test_heatmap_needs_a_combined_bundle(tmp_path_factory, synthetic_category):
+    latent = edge.EdgeScorer(exported_bundle(tmp_path_factory, synthetic_category, "int8", "latent")[0])
+    assert not latent.has_heatmap
+    with pytest.raises(GanspectionError, match="--score combined"):
+        latent.score(np.zeros((40, 40, 3), np.uint8), heatmap=True)
+
+
+def test_score_file_equals_scoring_the_decoded_frame(scorer, odd_files):
+    path = odd_files[0]
+    assert scorer.score_file(path).score == scorer.score(cv2.imread(str(path), cv2.IMREAD_UNCHANGED)).score
+
+
+def test_threads_option(bundle):
+    frame = np.full((64, 64, 3), 90, np.uint8)
+    one, two = edge.EdgeScorer(bundle, threads=1), edge.EdgeScorer(bundle, threads=2)
+    assert one.score(frame).score == two.score(frame).score
+    with pytest.raises(GanspectionError, match="--threads"):
+        edge.EdgeScorer(bundle, threads=0)
+
+
+# ------------------------------------------------------------------------------------------------ no TensorFlow
+
+
+def test_scoring_never_imports_tensorflow(bundle, odd_files, tmp_path):
+    """The camera side, CLI included, runs with TensorFlow and Keras made unimportable."""
+    out = tmp_path / "lines.jsonl"
+    script = textwrap.dedent(f"""
+        import sys
+
+        class NoTensorFlow:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
+                    raise ImportError("blocked: " + name)
+
+        sys.meta_path.insert(0, NoTensorFlow())
+        import numpy as np
+        from ganspection_tf.edge import EdgeScorer
+        from ganspection_tf.cli import main
+
+        scorer = EdgeScorer({str(bundle)!r})
+        scorer.score(np.zeros((48, 64, 3), np.uint8), heatmap=True)
+        scorer.score_file({str(odd_files[0])!r})
+        code = main(["camera", {str(bundle)!r}, "--source", {str(odd_files[0].parent)!r}, "--out", {str(out)!r}])
+        assert code == 0, code
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+        assert not loaded, loaded
+        print("no tensorflow")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("no tensorflow")
+    assert len(out.read_text().splitlines()) == len(odd_files)

@@ -1,0 +1,209 @@
+"""`export_bundle` / `ganspection-tf export`: the four quantisations, the parity gate, int8 without a score cap."""
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from edge_support import exported_bundle, quiet, trained_run  # noqa: E402
+
+from ganspection_tf import edge, export, scoring, training  # noqa: E402
+from ganspection_tf.calibration import Calibration, fit_calibration  # noqa: E402
+from ganspection_tf.cli import main  # noqa: E402
+from ganspection_tf.errors import GanspectionError  # noqa: E402
+
+# Spearman ρ of TFLite vs Keras combined scores on the 26 synthetic test images that each mode must reach
+# (measured on this 40-step, width-8, 32 px model: none 1.0, float16 1.0, dynamic ≈ 0.998, int8 ≈ 0.998).
+MIN_SPEARMAN = {"none": 0.999, "float16": 0.995, "dynamic": 0.98, "int8": 0.98}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, synthetic_category):
+    return trained_run(tmp_path_factory, synthetic_category)
+
+
+def bundle(tmp_path_factory, synthetic_category, quantize="int8", score="combined"):
+    return exported_bundle(tmp_path_factory, synthetic_category, quantize, score)
+
+
+# ------------------------------------------------------------------------------------------------ modes
+
+
+@pytest.mark.parametrize("quantize", ["none", "float16", "dynamic", "int8"])
+def test_every_quantisation_exports_and_passes_the_parity_gate(quantize, tmp_path_factory, synthetic_category):
+    out, report = bundle(tmp_path_factory, synthetic_category, quantize)
+    assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "model.tflite", "parity.json"]
+    assert report["passed"] and not report["forced"] and report["auroc_drop"] <= export.AUROC_TOLERANCE
+    assert report["evaluation"] == "test" and report["images"] == 26 and report["skipped"] == []
+    assert report["spearman"] >= MIN_SPEARMAN[quantize], report
+    assert json.loads((out / "parity.json").read_text()) == json.loads(json.dumps(report))
+    metadata = edge.read_metadata(out)
+    assert metadata["quantization"] == quantize and metadata["score"] == "combined" and metadata["heatmap"]
+    if quantize == "none":  # same float arithmetic, different kernels: only rounding noise may differ
+        assert report["max_abs_diff"] < 1e-3
+
+
+def test_converted_models_hold_their_weights(tmp_path_factory, synthetic_category):
+    # A bare tf.Module around Keras 3 layers converts to a weightless graph; the size check must refuse that.
+    sizes = {}
+    for quantize in ("none", "int8"):
+        out, _ = bundle(tmp_path_factory, synthetic_category, quantize)
+        metadata = edge.read_metadata(out)
+        sizes[quantize] = (out / "model.tflite").stat().st_size
+        assert sizes[quantize] >= export.BYTES_PER_WEIGHT[quantize] * metadata["scorer_weights"]
+    assert sizes["int8"] < 0.5 * sizes["none"]
+    with pytest.raises(GanspectionError, match="weights were lost"):
+        export.check_weights_present(b"\0" * 5000, weight_count=100_000, quantize="none")
+
+
+def test_int8_score_is_not_capped_at_the_calibration_range(run_dir, tmp_path_factory, synthetic_category):
+    """Images far from the training data score above every good validation image, each with its own score.
+
+    Plain full-integer conversion clips every tensor at the range of the representative images, so all such
+    images came out with one and the same capped critic term; the float islands must prevent that.
+    """
+    out, _ = bundle(tmp_path_factory, synthetic_category, "int8")
+    scorer = edge.EdgeScorer(out)
+    size = scorer.image_size
+    rng = np.random.default_rng(0)
+    far_off = [
+        rng.integers(0, 256, (size, size, 3), dtype=np.uint8),  # noise
+        np.full((size, size, 3), 255, np.uint8),  # blown-out frame
+        np.repeat(np.kron([[0, 255], [255, 0]], np.ones((size // 2, size // 2), np.uint8))[..., None], 3, axis=2),
+    ]
+    validation = [scorer.score_file(p).score for p in scoring.validation_paths(run_dir)]
+    keras_terms = scoring.compute_terms(scoring.build_term_model(training.load_model(run_dir)), np.stack(far_off))
+    keras_scores = scorer.calibration.combine(scoring.term_matrix(keras_terms, scorer.terms))
+    assert min(keras_scores) > max(validation)  # the premise: Keras sees them as far off
+    lite_scores = np.array([scorer.score(image, color_order="rgb").score for image in far_off])
+    assert min(lite_scores) > max(validation)
+    assert len(set(np.round(lite_scores, 6))) == len(far_off)
+    np.testing.assert_allclose(lite_scores, keras_scores, rtol=0.25)  # no cap: they follow the float scores
+
+
+def test_int8_keeps_the_score_arithmetic_in_float(tmp_path_factory, synthetic_category):
+    from ai_edge_litert.interpreter import Interpreter
+
+    out, _ = bundle(tmp_path_factory, synthetic_category, "int8")
+    interpreter = Interpreter(model_path=str(out / "model.tflite"))
+    dtypes = {d["index"]: d["dtype"] for d in interpreter.get_tensor_details()}
+    producers = {o: op for op in interpreter._get_ops_details() for o in op["outputs"]}
+    names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
+    convs = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
+    assert convs and all(dtypes[op["outputs"][0]] == np.int8 for op in convs)  # the networks are integer
+    for output in interpreter.get_output_details():
+        producer = producers[output["index"]]
+        assert producer["op_name"] != "DEQUANTIZE", names[output["index"]]  # computed in float, not clipped int8
+        assert not any(dtypes.get(i) == np.int8 for i in producer["inputs"])  # float (or int32 axes) in
+    assert "crit_value" in edge.read_metadata(out)["int8_float_layers"]
+
+
+def test_int8_representative_set_is_augmented_to_one_hundred(run_dir, tmp_path, synthetic_category):
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted((synthetic_category / "train" / "good").glob("*.png"))[:7]:
+        (few / path.name).write_bytes(path.read_bytes())
+    images = export.representative_images(run_dir, 32, 3, calibration_dir=few, log=quiet)
+    assert images.shape == (export.MIN_REPRESENTATIVE, 32, 32, 3) and images.dtype == np.uint8
+    assert len({image.tobytes() for image in images}) == export.MIN_REPRESENTATIVE  # copies differ
+    from_run = export.representative_images(run_dir, 32, 3, log=quiet)
+    assert len(from_run) == export.MIN_REPRESENTATIVE  # 32 training images, augmented
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(GanspectionError, match="--calibration"):
+        export.representative_images(run_dir, 32, 3, calibration_dir=empty, log=quiet)
+
+
+# ------------------------------------------------------------------------------------------------ scores
+
+
+def test_latent_score_exports_the_encoder_alone(tmp_path_factory, synthetic_category):
+    out, report = bundle(tmp_path_factory, synthetic_category, "int8", "latent")
+    combined, _ = bundle(tmp_path_factory, synthetic_category, "int8", "combined")
+    metadata = edge.read_metadata(out)
+    assert metadata["terms"] == ["latent"] and metadata["outputs"] == ["latent"] and not metadata["heatmap"]
+    assert metadata["calibration"]["terms"] == ["latent"] and metadata["calibration"]["weights"] == [1.0]
+    assert metadata["scorer_weights"] < 0.1 * edge.read_metadata(combined)["scorer_weights"]  # no G, no D
+    assert report["spearman"] > 0.9
+
+
+def test_combined_bundle_scores_like_the_runs_calibration(run_dir, tmp_path_factory, synthetic_category):
+    out, _ = bundle(tmp_path_factory, synthetic_category, "int8")
+    metadata = edge.read_metadata(out)
+    stored = Calibration.from_dict(json.loads((run_dir / scoring.CALIBRATION_FILE).read_text()))
+    shipped = Calibration.from_dict(metadata["calibration"])
+    # Only the terms with a non-zero weight are computed on the camera; the scores are exactly the same.
+    assert shipped.terms == [t for t, w in zip(stored.terms, stored.weights) if w]
+    assert sorted(metadata["outputs"]) == sorted(shipped.terms + ["error_map"])
+    terms = np.random.default_rng(0).normal(1.0, 0.5, (50, len(stored.terms)))
+    kept = [stored.terms.index(t) for t in shipped.terms]
+    np.testing.assert_array_equal(shipped.combine(terms[:, kept]), stored.combine(terms))
+    assert metadata["threshold"] == stored.threshold and metadata["config_hash"] == stored.config_hash
+    assert metadata["image_size"] == 32 and metadata["channels"] == 3 and metadata["color_order"] == "rgb"
+
+
+def test_terms_that_count_keeps_every_term_for_mahalanobis():
+    matrix = np.random.default_rng(1).normal(size=(30, 5))
+    mahalanobis = fit_calibration(matrix, method="mahalanobis")
+    assert export.terms_that_count(mahalanobis) == mahalanobis
+    weighted = fit_calibration(matrix, weights={"latent": 1.0, "critic": 0.5})
+    assert export.terms_that_count(weighted).terms == ["latent", "critic"]
+
+
+# ------------------------------------------------------------------------------------------------ the gate
+
+
+def test_a_failed_gate_leaves_no_bundle_and_force_writes_one(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "AUROC_TOLERANCE", -1.0)  # no export can pass this
+    out = tmp_path / "bundle"
+    with pytest.raises(GanspectionError, match="parity gate failed.*no bundle written"):
+        export.export_bundle(run_dir, out, quantize="none", score="latent", log=quiet)
+    assert list(tmp_path.iterdir()) == []  # neither the bundle nor a staging folder
+    report = export.export_bundle(run_dir, out, quantize="none", score="latent", force=True, log=quiet)
+    assert report["forced"] and not report["passed"]
+    assert json.loads((out / "parity.json").read_text())["forced"]
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_export_replaces_an_old_bundle_but_not_other_folders(run_dir, tmp_path):
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(GanspectionError, match="holds no edge bundle"):
+        export.export_bundle(run_dir, out, quantize="none", score="latent", log=quiet)
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    export.export_bundle(run_dir, out, quantize="none", score="latent", log=quiet)
+    (out / "extra.txt").write_text("stale")
+    export.export_bundle(run_dir, out, quantize="dynamic", score="latent", log=quiet)
+    assert edge.read_metadata(out)["quantization"] == "dynamic" and not (out / "extra.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_unknown_options_are_refused(run_dir, tmp_path):
+    with pytest.raises(GanspectionError, match="--quantize int4"):
+        export.export_bundle(run_dir, tmp_path / "b", quantize="int4")
+    with pytest.raises(GanspectionError, match="--score"):
+        export.export_bundle(run_dir, tmp_path / "b", score="pixels")
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_export_prints_the_parity_figures(run_dir, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    code = main(["export", str(run_dir), "--tflite", "--quantize", "dynamic", "--score", "latent", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    printed = json.loads(captured.out.strip().splitlines()[-1])
+    assert printed["bundle"] == str(out) and printed["passed"] is True and printed["images"] == 26
+    assert {"max_abs_diff", "spearman", "auroc_keras", "auroc_tflite"} <= set(printed)
+    assert "parity on 26 test images" in captured.err
+
+
+def test_cli_export_requires_the_tflite_flag(run_dir, tmp_path, capsys):
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "b")]) == 2
+    assert "export needs --tflite" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
