@@ -41,7 +41,7 @@ def measure(strategy, replicas, devices, size, width, batch, critic_steps, jit, 
     global_batch = batch * chosen.num_replicas_in_sync
     dataset = pipeline.make_train_dataset(images, global_batch)
     config = TrainConfig(data=data, image_size=size, width=width, batch_size=batch, critic_steps=critic_steps,
-                         jit_compile=jit, channels=3)
+                         jit_compile=jit and distribute.xla_allowed(strategy), channels=3)
     with chosen.scope():
         model = build_model(config)
     started = time.perf_counter()
@@ -119,7 +119,8 @@ def main():
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--batch", type=int, default=16, help="per replica")
     parser.add_argument("--critic-steps", type=int, default=5)
-    parser.add_argument("--xla", action="store_true", help="XLA-compile the step (off by default: compile time)")
+    parser.add_argument("--xla", action="store_true",
+                        help="XLA-compile the step (default strategy only, as in training; off by default)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (tracing)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per configuration")

@@ -68,6 +68,16 @@ def make_strategy(name="auto", devices=None):
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options), name
 
 
+def xla_allowed(strategy_name) -> bool:
+    """Whether fit's step may be XLA-compiled: only on the default strategy.
+
+    Under MirroredStrategy the compiled step fails ("Trying to access resource … located in device CPU:1 from
+    device CPU:0", an XLA known issue with variables on several devices); Keras' own jit_compile="auto" turns
+    XLA off under every tf.distribute strategy, and so do we.
+    """
+    return strategy_name == "default"
+
+
 def _cluster_from_tf_config():
     raw = os.environ.get("TF_CONFIG")
     if not raw:

@@ -135,8 +135,11 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
     if config.channels is None:
         config.channels = int(images.shape[-1])
 
+    jit_compile = config.jit_compile and distribute.xla_allowed(strategy_name)
+    if config.jit_compile and not jit_compile:
+        log(f"XLA is off under the {strategy_name} strategy: TensorFlow cannot compile the distributed step")
     with strategy.scope():
-        model = build_model(config)
+        model = build_model(dataclasses.replace(config, jit_compile=jit_compile))
     checkpoints = _checkpoint_manager(model, folder, config.keep_checkpoints)
     start_step = _restore(checkpoints, run_dir, resume, log)
     for optimizer in (model.d_optimizer, model.g_optimizer):

@@ -146,6 +146,7 @@ def test_fit_under_mirrored_strategy_on_two_devices_writes_a_loadable_run(synthe
         for name in ("critic_loss", "generator_loss", "latent_loss", "wasserstein"):
             assert np.isfinite(float(row[header.index(name)])), name
     assert result["loaded_step"] == 4 and result["reconstruction_finite"]
+    assert "XLA is off under the mirrored strategy: TensorFlow cannot compile the distributed step" in result["log"]
 
 
 # ------------------------------------------------------------------------------------------------ mixed precision

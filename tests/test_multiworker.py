@@ -79,13 +79,13 @@ class Cluster:
         return self.logs[index].read_text(errors="replace")
 
 
-def train_command(data, out, steps, checkpoint_every):
-    """The CLI for a tiny model (32 px, width 8, no XLA), 4 images per replica; --resume makes restarts safe."""
+def train_command(data, out, steps, checkpoint_every, jit="--no-jit"):
+    """The CLI for a tiny model (32 px, width 8), 4 images per replica; --resume makes restarts safe."""
     return [
         sys.executable, "-m", "ganspection_tf.cli", "train", "--data", str(data), "--out", str(out),
         "--image-size", "32", "--width", "8", "--latent-dim", "8", "--critic-steps", "1", "--batch-size", "4",
         "--steps", str(steps), "--log-every", "2", "--checkpoint-every", str(checkpoint_every),
-        "--sample-every", str(checkpoint_every), "--val-fraction", "0.2", "--no-jit",
+        "--sample-every", str(checkpoint_every), "--val-fraction", "0.2", jit,
         "--strategy", "multiworker", "--resume",
     ]  # fmt: skip
 
@@ -126,7 +126,8 @@ def test_two_workers_train_and_only_the_chief_keeps_artifacts(tmp_path, syntheti
     from ganspection_tf.training import load_model
 
     out = tmp_path / "run"
-    with Cluster(tmp_path, train_command(synthetic_category, out, steps=4, checkpoint_every=2)) as cluster:
+    command = train_command(synthetic_category, out, steps=4, checkpoint_every=2, jit="--jit")  # turned off
+    with Cluster(tmp_path, command) as cluster:
         codes = cluster.wait_all()
         assert codes == [0, 0], cluster.log(0)[-3000:] + cluster.log(1)[-3000:]
 
@@ -136,6 +137,7 @@ def test_two_workers_train_and_only_the_chief_keeps_artifacts(tmp_path, syntheti
     assert sorted(path.name for path in (out / "samples").glob("step000004_*.png"))
     assert leftovers(tmp_path) == []  # worker 1 wrote into its own temporary folder and deleted it
     assert "multiworker strategy × 2 replicas, global batch 8" in cluster.log(1)
+    assert "XLA is off under the multiworker strategy" in cluster.log(0)
     model = load_model(out)
     assert int(model.step.numpy()) == 4
 
