@@ -167,3 +167,5 @@ def test_a_killed_worker_does_not_lose_the_run(tmp_path, synthetic_category):
         "state": "finished", "step": steps, "seconds": None
     }
     assert int(load_model(out).step.numpy()) == steps
+    epochs = [int(row.split(",")[0]) for row in (out / "history.csv").read_text().splitlines()[1:]]
+    assert epochs.count(0) == 1 and epochs[-1] == steps // 2 - 1  # one row per 2 steps, never restarted at 0
