@@ -36,6 +36,7 @@ from ganspection_tf.models.bigan import WassersteinBiGAN
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 MODEL_FILE, CONFIG_FILE, SPLITS_FILE, STATUS_FILE = "model.keras", "config.json", "splits.json", "status.json"
 SAMPLE_COUNT = 16
+LOST_CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)
 EXPLODING_CRITIC = 1e4  # |Wasserstein estimate| beyond this means the critic has run away
 
 
@@ -424,6 +425,8 @@ class CheckpointWriter(keras.callbacks.Callback):
             return
         try:
             self.manager.save(checkpoint_number=step)
+        except LOST_CLUSTER_ERRORS:
+            raise  # a lost worker, not a full disk: distribute.explain_lost_workers words it
         except (tf.errors.OpError, OSError) as error:
             raise GanspectionError(
                 f"{self.manager.directory}: could not write the step-{step} checkpoint "
