@@ -154,17 +154,18 @@ def networks(model: keras.Model) -> list[keras.Model]:
 def float_island_layers(model: keras.Model) -> tuple[set[str], set[str]]:
     """(names of all network layers, names of those int8 keeps in float).
 
-    Float: normalisations, and the dense heads whose output leaves their network (encoder code, critic value).
-    The heads are tiny and emit a handful of values per image, exactly the tensors whose int8 clipping would
-    cap the score; normalisations would need an int8 RSQRT, the largest source of error we measured.
+    Float: normalisations, and the layers whose output leaves their network (the encoder's code, the
+    generator's image, the critic's value and features). Those outputs are what the score terms are computed
+    from, so int8 would cap them at the representative range (the critic value is a scalar per image) and
+    round the reconstruction to 256 levels; the layers are small. Normalisations would need an int8 RSQRT.
     """
     norms = (keras.layers.LayerNormalization, keras.layers.GroupNormalization)
     names, islands = set(), set()
     for network in networks(model):
         for layer in network.layers:
             names.add(layer.name)
-            is_head = isinstance(layer, keras.layers.Dense) and any(layer.output is o for o in network.outputs)
-            if isinstance(layer, norms) or is_head:
+            is_output = any(layer.output is output for output in network.outputs)
+            if (isinstance(layer, norms) or is_output) and not isinstance(layer, keras.layers.InputLayer):
                 islands.add(layer.name)
     return names, islands
 

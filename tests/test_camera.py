@@ -10,7 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from edge_support import exported_bundle  # noqa: E402
+from edge_support import edge_category, exported_bundle  # noqa: E402
 
 from ganspection_tf import camera, edge  # noqa: E402
 from ganspection_tf.cli import main  # noqa: E402
@@ -20,8 +20,8 @@ KEYS = {"index", "time", "source", "score", "decision", "latency_ms"}
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, synthetic_category):
-    return exported_bundle(tmp_path_factory, synthetic_category, "int8", "combined")[0]
+def bundle(tmp_path_factory):
+    return exported_bundle(tmp_path_factory, "int8", "combined")[0]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,8 @@ def scorer(bundle):
 
 
 @pytest.fixture(scope="module")
-def test_pictures(synthetic_category):
-    return sorted((synthetic_category / "test").glob("*/*.png"))
+def test_pictures(tmp_path_factory):
+    return sorted((edge_category(tmp_path_factory) / "test").glob("*/*.png"))
 
 
 def write_video(path, pictures, size=(96, 72)):
@@ -104,9 +104,9 @@ def test_anomalous_frames_are_saved_with_heatmap_and_score(bundle, test_pictures
     assert text_box.any()
 
 
-def test_a_latent_bundle_saves_anomalies_without_heatmap(tmp_path_factory, synthetic_category, test_pictures,
+def test_a_latent_bundle_saves_anomalies_without_heatmap(tmp_path_factory, test_pictures,
                                                          tmp_path):
-    scorer = edge.EdgeScorer(exported_bundle(tmp_path_factory, synthetic_category, "int8", "latent")[0])
+    scorer = edge.EdgeScorer(exported_bundle(tmp_path_factory, "int8", "latent")[0])
     scorer.threshold = -1e9
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -217,3 +217,37 @@ def test_cli_camera_errors_are_one_line(bundle, tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
     assert main(["camera", str(bundle), "--source", str(tmp_path / "missing.avi")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------------ base install
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("GANSPECTION_VENV_TEST") != "1",
+                    reason="creates a virtualenv with the base install (~1 min, needs the package index); "
+                           "set GANSPECTION_VENV_TEST=1")
+def test_camera_runs_on_the_base_install_without_tensorflow(bundle, test_pictures, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(repo)], check=True)
+    python, command = str(venv / "bin" / "python"), str(venv / "bin" / "ganspection-tf")
+    assert subprocess.run([python, "-c", "import tensorflow"], capture_output=True, check=False).returncode != 0
+
+    video = write_video(tmp_path / "line.avi", test_pictures[:11])
+    run = subprocess.run([command, "camera", str(bundle), "--source", str(video), "--out", str(tmp_path / "v.jsonl")],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert len(read_lines(tmp_path / "v.jsonl")) == 11
+    folder = test_pictures[0].parent
+    run = subprocess.run([command, "camera", str(bundle), "--source", str(folder)], capture_output=True, text=True,
+                         check=False)
+    assert run.returncode == 0, run.stderr
+    assert len(run.stdout.splitlines()) == len(list(folder.glob("*.png")))
+    refused = subprocess.run([command, "export", "run", "--tflite", "--out", "b"], capture_output=True, text=True,
+                             check=False)
+    assert refused.returncode == 2 and "pip install 'ganspection-tf[train]'" in refused.stderr

@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from edge_support import exported_bundle  # noqa: E402
+from edge_support import edge_category, exported_bundle  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ganspection_tf import edge  # noqa: E402
@@ -22,8 +22,8 @@ from ganspection_tf.images import read_image  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, synthetic_category):
-    return exported_bundle(tmp_path_factory, synthetic_category, "int8", "combined")[0]
+def bundle(tmp_path_factory):
+    return exported_bundle(tmp_path_factory, "int8", "combined")[0]
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +90,8 @@ def test_corrupted_or_foreign_bundles_are_refused_in_one_line(case, bundle_copy)
     assert "\n" not in str(error.value)
 
 
-def test_a_model_that_does_not_match_its_metadata_is_refused(bundle_copy, tmp_path_factory, synthetic_category):
-    latent_bundle, _ = exported_bundle(tmp_path_factory, synthetic_category, "int8", "latent")
+def test_a_model_that_does_not_match_its_metadata_is_refused(bundle_copy, tmp_path_factory):
+    latent_bundle, _ = exported_bundle(tmp_path_factory, "int8", "latent")
     model = (latent_bundle / "model.tflite").read_bytes()  # a valid model, but without the combined outputs
     (bundle_copy / "model.tflite").write_bytes(model)
     edit_metadata(bundle_copy, lambda m: m.update(model_sha256=edge.hashlib.sha256(model).hexdigest()))
@@ -108,10 +108,10 @@ def test_a_missing_bundle_folder_is_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def odd_files(tmp_path_factory, synthetic_category):
+def odd_files(tmp_path_factory):
     """The same kind of pictures as PNG (RGB, gray, RGBA) and JPEG, in sizes and aspect ratios unlike 32×32."""
     folder = tmp_path_factory.mktemp("odd_files")
-    source = min((synthetic_category / "test" / "hole").glob("*.png"))
+    source = min((edge_category(tmp_path_factory) / "test" / "hole").glob("*.png"))
     picture = Image.open(source).convert("RGB").resize((150, 90))
     picture.save(folder / "rgb.png")
     picture.convert("L").save(folder / "gray.png")
@@ -160,8 +160,8 @@ def test_heatmap_covers_the_frame(scorer):
     assert scorer.score(frame).heatmap is None
 
 
-def test_heatmap_needs_a_combined_bundle(tmp_path_factory, synthetic_category):
-    latent = edge.EdgeScorer(exported_bundle(tmp_path_factory, synthetic_category, "int8", "latent")[0])
+def test_heatmap_needs_a_combined_bundle(tmp_path_factory):
+    latent = edge.EdgeScorer(exported_bundle(tmp_path_factory, "int8", "latent")[0])
     assert not latent.has_heatmap
     with pytest.raises(GanspectionError, match="--score combined"):
         latent.score(np.zeros((40, 40, 3), np.uint8), heatmap=True)

@@ -7,36 +7,36 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from edge_support import exported_bundle, quiet, trained_run  # noqa: E402
+from edge_support import edge_category, exported_bundle, quiet, trained_run  # noqa: E402
 
 from ganspection_tf import edge, export, scoring, training  # noqa: E402
 from ganspection_tf.calibration import Calibration, fit_calibration  # noqa: E402
 from ganspection_tf.cli import main  # noqa: E402
 from ganspection_tf.errors import GanspectionError  # noqa: E402
 
-# Spearman ρ of TFLite vs Keras combined scores on the 26 synthetic test images that each mode must reach
+# Spearman ρ of TFLite vs Keras combined scores on the 50 synthetic test images that each mode must reach
 # (measured on this 40-step, width-8, 32 px model: none 1.0, float16 1.0, dynamic ≈ 0.998, int8 ≈ 0.998).
 MIN_SPEARMAN = {"none": 0.999, "float16": 0.995, "dynamic": 0.98, "int8": 0.98}
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, synthetic_category):
-    return trained_run(tmp_path_factory, synthetic_category)
+def run_dir(tmp_path_factory):
+    return trained_run(tmp_path_factory)
 
 
-def bundle(tmp_path_factory, synthetic_category, quantize="int8", score="combined"):
-    return exported_bundle(tmp_path_factory, synthetic_category, quantize, score)
+def bundle(tmp_path_factory, quantize="int8", score="combined"):
+    return exported_bundle(tmp_path_factory, quantize, score)
 
 
 # ------------------------------------------------------------------------------------------------ modes
 
 
 @pytest.mark.parametrize("quantize", ["none", "float16", "dynamic", "int8"])
-def test_every_quantisation_exports_and_passes_the_parity_gate(quantize, tmp_path_factory, synthetic_category):
-    out, report = bundle(tmp_path_factory, synthetic_category, quantize)
+def test_every_quantisation_exports_and_passes_the_parity_gate(quantize, tmp_path_factory):
+    out, report = bundle(tmp_path_factory, quantize)
     assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "model.tflite", "parity.json"]
     assert report["passed"] and not report["forced"] and report["auroc_drop"] <= export.AUROC_TOLERANCE
-    assert report["evaluation"] == "test" and report["images"] == 26 and report["skipped"] == []
+    assert report["evaluation"] == "test" and report["images"] == 50 and report["skipped"] == []
     assert report["spearman"] >= MIN_SPEARMAN[quantize], report
     assert json.loads((out / "parity.json").read_text()) == json.loads(json.dumps(report))
     metadata = edge.read_metadata(out)
@@ -45,11 +45,11 @@ def test_every_quantisation_exports_and_passes_the_parity_gate(quantize, tmp_pat
         assert report["max_abs_diff"] < 1e-3
 
 
-def test_converted_models_hold_their_weights(tmp_path_factory, synthetic_category):
+def test_converted_models_hold_their_weights(tmp_path_factory):
     # A bare tf.Module around Keras 3 layers converts to a weightless graph; the size check must refuse that.
     sizes = {}
     for quantize in ("none", "int8"):
-        out, _ = bundle(tmp_path_factory, synthetic_category, quantize)
+        out, _ = bundle(tmp_path_factory, quantize)
         metadata = edge.read_metadata(out)
         sizes[quantize] = (out / "model.tflite").stat().st_size
         assert sizes[quantize] >= export.BYTES_PER_WEIGHT[quantize] * metadata["scorer_weights"]
@@ -58,20 +58,20 @@ def test_converted_models_hold_their_weights(tmp_path_factory, synthetic_categor
         export.check_weights_present(b"\0" * 5000, weight_count=100_000, quantize="none")
 
 
-def test_int8_score_is_not_capped_at_the_calibration_range(run_dir, tmp_path_factory, synthetic_category):
+def test_int8_score_is_not_capped_at_the_calibration_range(run_dir, tmp_path_factory):
     """Images far from the training data score above every good validation image, each with its own score.
 
     Plain full-integer conversion clips every tensor at the range of the representative images, so all such
     images came out with one and the same capped critic term; the float islands must prevent that.
     """
-    out, _ = bundle(tmp_path_factory, synthetic_category, "int8")
+    out, _ = bundle(tmp_path_factory, "int8")
     scorer = edge.EdgeScorer(out)
     size = scorer.image_size
     rng = np.random.default_rng(0)
     far_off = [
         rng.integers(0, 256, (size, size, 3), dtype=np.uint8),  # noise
         np.full((size, size, 3), 255, np.uint8),  # blown-out frame
-        np.repeat(np.kron([[0, 255], [255, 0]], np.ones((size // 2, size // 2), np.uint8))[..., None], 3, axis=2),
+        np.repeat(np.kron([[0, 255], [255, 0]], np.ones((size // 2, size // 2)))[..., None], 3, 2).astype(np.uint8),
     ]
     validation = [scorer.score_file(p).score for p in scoring.validation_paths(run_dir)]
     keras_terms = scoring.compute_terms(scoring.build_term_model(training.load_model(run_dir)), np.stack(far_off))
@@ -83,16 +83,19 @@ def test_int8_score_is_not_capped_at_the_calibration_range(run_dir, tmp_path_fac
     np.testing.assert_allclose(lite_scores, keras_scores, rtol=0.25)  # no cap: they follow the float scores
 
 
-def test_int8_keeps_the_score_arithmetic_in_float(tmp_path_factory, synthetic_category):
+def test_int8_keeps_the_score_arithmetic_in_float(tmp_path_factory):
     from ai_edge_litert.interpreter import Interpreter
 
-    out, _ = bundle(tmp_path_factory, synthetic_category, "int8")
+    out, _ = bundle(tmp_path_factory, "int8")
     interpreter = Interpreter(model_path=str(out / "model.tflite"))
     dtypes = {d["index"]: d["dtype"] for d in interpreter.get_tensor_details()}
     producers = {o: op for op in interpreter._get_ops_details() for o in op["outputs"]}
     names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
-    convs = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
-    assert convs and all(dtypes[op["outputs"][0]] == np.int8 for op in convs)  # the networks are integer
+    convs = {names[op["outputs"][0]]: dtypes[op["outputs"][0]] for op in interpreter._get_ops_details()
+             if op["op_name"] in ("CONV_2D", "TRANSPOSE_CONV")}
+    integer = [name for name, dtype in convs.items() if dtype == np.int8]
+    assert len(integer) >= len(convs) - 1 >= 8  # the networks are integer …
+    assert all("gen_image" in name for name in convs if name not in integer)  # … but the image the G outputs
     for output in interpreter.get_output_details():
         producer = producers[output["index"]]
         assert producer["op_name"] != "DEQUANTIZE", names[output["index"]]  # computed in float, not clipped int8
@@ -100,10 +103,10 @@ def test_int8_keeps_the_score_arithmetic_in_float(tmp_path_factory, synthetic_ca
     assert "crit_value" in edge.read_metadata(out)["int8_float_layers"]
 
 
-def test_int8_representative_set_is_augmented_to_one_hundred(run_dir, tmp_path, synthetic_category):
+def test_int8_representative_set_is_augmented_to_one_hundred(run_dir, tmp_path, tmp_path_factory):
     few = tmp_path / "few"
     few.mkdir()
-    for path in sorted((synthetic_category / "train" / "good").glob("*.png"))[:7]:
+    for path in sorted((edge_category(tmp_path_factory) / "train" / "good").glob("*.png"))[:7]:
         (few / path.name).write_bytes(path.read_bytes())
     images = export.representative_images(run_dir, 32, 3, calibration_dir=few, log=quiet)
     assert images.shape == (export.MIN_REPRESENTATIVE, 32, 32, 3) and images.dtype == np.uint8
@@ -119,9 +122,9 @@ def test_int8_representative_set_is_augmented_to_one_hundred(run_dir, tmp_path, 
 # ------------------------------------------------------------------------------------------------ scores
 
 
-def test_latent_score_exports_the_encoder_alone(tmp_path_factory, synthetic_category):
-    out, report = bundle(tmp_path_factory, synthetic_category, "int8", "latent")
-    combined, _ = bundle(tmp_path_factory, synthetic_category, "int8", "combined")
+def test_latent_score_exports_the_encoder_alone(tmp_path_factory):
+    out, report = bundle(tmp_path_factory, "int8", "latent")
+    combined, _ = bundle(tmp_path_factory, "int8", "combined")
     metadata = edge.read_metadata(out)
     assert metadata["terms"] == ["latent"] and metadata["outputs"] == ["latent"] and not metadata["heatmap"]
     assert metadata["calibration"]["terms"] == ["latent"] and metadata["calibration"]["weights"] == [1.0]
@@ -129,8 +132,8 @@ def test_latent_score_exports_the_encoder_alone(tmp_path_factory, synthetic_cate
     assert report["spearman"] > 0.9
 
 
-def test_combined_bundle_scores_like_the_runs_calibration(run_dir, tmp_path_factory, synthetic_category):
-    out, _ = bundle(tmp_path_factory, synthetic_category, "int8")
+def test_combined_bundle_scores_like_the_runs_calibration(run_dir, tmp_path_factory):
+    out, _ = bundle(tmp_path_factory, "int8")
     metadata = edge.read_metadata(out)
     stored = Calibration.from_dict(json.loads((run_dir / scoring.CALIBRATION_FILE).read_text()))
     shipped = Calibration.from_dict(metadata["calibration"])
@@ -198,9 +201,9 @@ def test_cli_export_prints_the_parity_figures(run_dir, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     printed = json.loads(captured.out.strip().splitlines()[-1])
-    assert printed["bundle"] == str(out) and printed["passed"] is True and printed["images"] == 26
+    assert printed["bundle"] == str(out) and printed["passed"] is True and printed["images"] == 50
     assert {"max_abs_diff", "spearman", "auroc_keras", "auroc_tflite"} <= set(printed)
-    assert "parity on 26 test images" in captured.err
+    assert "parity on 50 test images" in captured.err
 
 
 def test_cli_export_requires_the_tflite_flag(run_dir, tmp_path, capsys):
