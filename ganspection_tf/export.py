@@ -20,9 +20,10 @@ Steps (``export_bundle``):
 Why float islands in int8: full-integer quantisation clips every tensor at the range it saw on the
 representative (good) images. For the score terms — scalars per image — that means every anomaly beyond the
 good range gets the same capped value (measured: −D(x, z) of four far-off images all came out 0.0, the maximum
-of the good images). Keeping the terms' arithmetic, the networks' output heads (encoder code, critic value) and
-the layer norms in float removes the cap while all convolutions and most dense layers stay int8; int8 layer
-norms (an int8 RSQRT) were also the largest source of error.
+of the good images). The score arithmetic, the layers that produce the networks' outputs (code, image, critic
+value and features) and the layer norms therefore stay float; every other convolution and dense layer is int8.
+Measured on MVTec bottle (64 px, width 32, step 750): float islands ρ 0.997 vs Keras, 3.0 ms, 8.3 MB; int8
+everywhere but the score arithmetic and the critic value ρ 0.996, 4.3 ms (int8 layer norms are slow), 6.0 MB.
 """
 
 from __future__ import annotations

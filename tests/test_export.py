@@ -132,6 +132,15 @@ def test_latent_score_exports_the_encoder_alone(tmp_path_factory):
     assert report["spearman"] > 0.9
 
 
+def test_critic_score_exports_encoder_and_critic(run_dir, tmp_path, tmp_path_factory):
+    out = tmp_path / "critic"
+    report = export.export_bundle(run_dir, out, quantize="none", score="critic", log=quiet)
+    metadata = edge.read_metadata(out)
+    combined = edge.read_metadata(bundle(tmp_path_factory, "int8", "combined")[0])
+    assert metadata["terms"] == ["critic"] and not metadata["heatmap"] and report["max_abs_diff"] < 1e-3
+    assert metadata["scorer_weights"] < combined["scorer_weights"]  # no generator
+
+
 def test_combined_bundle_scores_like_the_runs_calibration(run_dir, tmp_path_factory):
     out, _ = bundle(tmp_path_factory, "int8")
     metadata = edge.read_metadata(out)
