@@ -75,17 +75,19 @@ def run_camera(scorer, source, out=None, save_anomalies=None, max_frames=None, c
     frames = open_source(source, color_order, retries, backoff_s, sleep)
     summary = CameraSummary()
     started = time.perf_counter()
-    with _line_sink(out) as sink:
-        for frame in frames:
-            if frame.pixels is None:
-                summary.unreadable += 1
-                print(f"warning: {frame.label}: skipped ({frame.problem})", file=err)
-                continue
-            _score_frame(scorer, frame, summary, sink, save_anomalies, err)
-            if max_frames is not None and summary.scored >= max_frames:
-                break
-    summary.seconds = time.perf_counter() - started
-    print(summary.describe(), file=err)
+    try:
+        with _line_sink(out) as sink:
+            for frame in frames:
+                if frame.pixels is None:
+                    summary.unreadable += 1
+                    print(f"warning: {frame.label}: skipped ({frame.problem})", file=err)
+                    continue
+                _score_frame(scorer, frame, summary, sink, save_anomalies, err)
+                if max_frames is not None and summary.scored >= max_frames:
+                    break
+    finally:  # also after Ctrl-C or a lost camera: the figures of what was scored are still worth having
+        summary.seconds = time.perf_counter() - started
+        print(summary.describe(), file=err)
     return summary
 
 

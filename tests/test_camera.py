@@ -164,11 +164,11 @@ def test_a_lost_camera_is_reopened_with_backoff(scorer, fake_camera, tmp_path):
 
 def test_a_camera_that_stays_lost_ends_with_a_clear_error(scorer, fake_camera, tmp_path):
     fake_camera.openings = [[FRAME, FRAME]]
-    sleeps = []
+    sleeps, err = [], io.StringIO()
     with pytest.raises(GanspectionError, match="camera 0 was lost .* after 3 reconnection attempts"):
         camera.run_camera(scorer, "0", out=tmp_path / "r.jsonl", retries=3, backoff_s=1, sleep=sleeps.append,
-                          err=io.StringIO())
-    assert sleeps == [1, 2, 4]
+                          err=err)
+    assert sleeps == [1, 2, 4] and "scored 2 frames" in err.getvalue()  # the summary still comes
     assert len(read_lines(tmp_path / "r.jsonl")) == 2  # the frames before the loss were written
 
 
