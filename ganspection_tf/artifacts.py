@@ -14,6 +14,15 @@ from pathlib import Path
 from ganspection_tf.errors import GanspectionError
 
 
+def _default_file_mode():
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_DEFAULT_FILE_MODE = _default_file_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(target, suffix=None):
     """Yields a temporary path beside `target`; renames it over `target` only if the block succeeds."""
@@ -25,6 +34,8 @@ def atomic_path(target, suffix=None):
     temporary = Path(temporary)
     try:
         yield temporary
+        if temporary.is_file():
+            os.chmod(temporary, _DEFAULT_FILE_MODE)  # mkstemp makes files owner-only; artifacts are shared
         os.replace(temporary, target)
     except OSError as error:
         raise _disk_error(target, error) from error

@@ -112,3 +112,10 @@ def test_a_full_disk_during_training_keeps_the_last_model(synthetic_category, tm
     monkeypatch.setattr(os, "replace", real_replace)
     assert int(training.load_model(run_dir).step) == 2
     assert not list(run_dir.glob(".model.keras.*"))
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    target = artifacts.write_json(tmp_path / "metadata.json", {"a": 1}) or tmp_path / "metadata.json"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
