@@ -3,7 +3,9 @@ and nothing already in the run folder lost. Odd-but-valid images are converted, 
 one warning when training.
 """
 
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,3 +173,101 @@ def test_images_written_by_the_corpus_really_are_odd(tmp_path):
     assert Image.open(palette_png(tmp_path / "c.png", like)).mode == "P"
     assert Image.open(gray_png(tmp_path / "d.png", like)).mode == "L"
     assert np.asarray(Image.open(one_pixel_png(tmp_path / "e.png"))).shape == (1, 1, 3)
+
+
+# ------------------------------------------------------------------------------------ evaluate, score, export, camera
+
+
+@pytest.fixture(scope="module")
+def run_and_bundle(synthetic_category, tmp_path_factory):
+    """A tiny trained run on a private copy of the category, and a float bundle exported from it."""
+    from ganspection_tf.export import export_bundle
+
+    root = tmp_path_factory.mktemp("bad-eval")
+    category = Path(shutil.copytree(synthetic_category, root / "widget"))
+    run = root / "run"
+    training.train(training.TrainConfig(data=str(category), **tiny_settings(steps=2)), run, verbose=0,
+                   log=lambda *_: None)
+    bundle = root / "bundle"
+    export_bundle(run, bundle, quantize="none", force=True, log=lambda *_: None)
+    return category, run, bundle
+
+
+def test_evaluation_refuses_a_defect_image_without_its_mask(run_and_bundle, tmp_path, capfd):
+    category, run, _ = run_and_bundle
+    data = Path(shutil.copytree(category, tmp_path / "widget"))
+    mask = sorted((data / "ground_truth" / "hole").iterdir())[0]
+    mask.unlink()
+    before = snapshot(run)
+    code, _, err = run_cli(capfd, "evaluate", run, "--data", data)
+    assert_one_line_error(code, err, mask.name.replace("_mask", ""))
+    assert all(snapshot(run).get(name) == content for name, content in before.items())  # nothing lost
+
+
+def test_evaluation_refuses_an_unreadable_test_image(run_and_bundle, tmp_path, capfd):
+    category, run, _ = run_and_bundle
+    data = Path(shutil.copytree(category, tmp_path / "widget"))
+    broken = sorted((data / "test" / "good").iterdir())[0]
+    truncated_png(broken)
+    code, _, err = run_cli(capfd, "evaluate", run, "--data", data)
+    assert_one_line_error(code, err, broken.name)
+
+
+def test_a_mask_without_its_image_is_only_a_warning(run_and_bundle, tmp_path, capfd):
+    category, run, _ = run_and_bundle
+    data = Path(shutil.copytree(category, tmp_path / "widget"))
+    orphan = sorted((data / "test" / "stain").iterdir())[0]
+    orphan.unlink()
+    copy = Path(shutil.copytree(run, tmp_path / "run"))
+    code, out, err = run_cli(capfd, "evaluate", copy, "--data", data)
+    assert code == 0, err
+    warnings = [line for line in (out + err).splitlines() if line.startswith("warning: ") and "mask" in line]
+    assert len(warnings) == 1 and f"stain/{orphan.stem}_mask.png" in warnings[0]
+    assert "Traceback" not in err
+
+
+def test_truncated_model_is_refused_by_score_and_export(run_and_bundle, tmp_path, capfd):
+    _, run, _ = run_and_bundle
+    copy = Path(shutil.copytree(run, tmp_path / "run"))
+    model_file = copy / "model.keras"
+    model_file.write_bytes(model_file.read_bytes()[:4096])
+    (tmp_path / "img").mkdir()
+    image = one_pixel_png(tmp_path / "img" / "a.png")
+    code, _, err = run_cli(capfd, "score", copy, image)
+    assert_one_line_error(code, err, "model.keras")
+    code, _, err = run_cli(capfd, "export", copy, "--tflite", "--out", tmp_path / "bundle")
+    assert_one_line_error(code, err, "model.keras")
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_export_into_an_unwritable_folder(run_and_bundle, tmp_path, capfd):
+    _, run, _ = run_and_bundle
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = run_cli(capfd, "export", run, "--tflite", "--quantize", "none", "--out", blocker / "bundle")
+    assert_one_line_error(code, err, blocker)
+
+
+@pytest.mark.parametrize("damage", ["other_version", "foreign", "truncated_json", "truncated_model"])
+def test_camera_refuses_a_damaged_bundle(damage, run_and_bundle, tmp_path, capfd):
+    _, _, bundle = run_and_bundle
+    copy = Path(shutil.copytree(bundle, tmp_path / "bundle"))
+    metadata_file = copy / "metadata.json"
+    metadata = json.loads(metadata_file.read_text())
+    culprit = "metadata.json"
+    if damage == "other_version":
+        metadata["format_version"] = 99
+        metadata_file.write_text(json.dumps(metadata))
+    elif damage == "foreign":
+        metadata_file.write_text(json.dumps({"name": "somebody else's model"}))
+    elif damage == "truncated_json":
+        metadata_file.write_text(metadata_file.read_text()[:50])
+    else:
+        model_file = copy / "model.tflite"
+        model_file.write_bytes(model_file.read_bytes()[:1000])
+        culprit = "model.tflite"
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    one_pixel_png(frames / "a.png")
+    code, _, err = run_cli(capfd, "camera", copy, "--source", frames)
+    assert_one_line_error(code, err, culprit)
