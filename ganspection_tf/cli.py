@@ -216,7 +216,8 @@ def _echo_to_stderr(message):
 
 # ------------------------------------------------------------------------------------------------ score
 
-SCORE_FIELDS = ("path", "score", "latent", "cycle", "reconstruction", "critic_feature", "critic", "anomalous")
+SCORE_FIELDS = ("path", "score", "latent", "cycle", "reconstruction", "critic_feature", "critic", "map_max",
+                "latent_mahalanobis", "anomalous")
 
 
 @cli.command()

@@ -8,8 +8,9 @@ A frame is scored like the workstation scores a file:
 
 1. ``images.frame_to_rgb`` (BGR(A) from OpenCV or RGB(A), 1/3/4 channels, to the bundle's channel count),
 2. ``images.resize_image`` (cv2.INTER_AREA stretch to the model size — the training resize rule),
-3. the TFLite model (uint8 in; it scales to [-1, 1] itself) computes the raw score terms,
-4. ``Calibration.combine`` turns the terms into the score in numpy, and ``score > threshold`` decides.
+3. the TFLite model (uint8 in; it scales to [-1, 1] itself) computes the raw outputs (score terms, the code),
+4. ``Calibration.term_matrix`` makes the terms from them (the workstation's function: latent_mahalanobis from
+   the code) and ``Calibration.combine`` the score, in numpy; ``score > threshold`` decides.
 
 Step 4 runs in float64 numpy on purpose: a full-integer model would clip its output at the range seen on the
 representative images, so every strongly anomalous frame would get the same capped score.
@@ -27,7 +28,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from ganspection_tf import __version__, images
 from ganspection_tf.artifacts import read_json
-from ganspection_tf.calibration import TERMS, Calibration, anomaly_map
+from ganspection_tf.calibration import TERMS, Calibration, anomaly_map, outputs_needed
 from ganspection_tf.errors import GanspectionError
 
 BUNDLE_FORMAT = "ganspection-tf-edge-bundle"
@@ -105,8 +106,9 @@ class EdgeScorer:
                 "no reconstruction to draw a heatmap from; export with --score combined for heatmaps"
             )
         outputs = self.run_model(self.preprocess(frame, color_order))
-        terms = {name: float(outputs[name][0]) for name in self.terms}
-        score = float(self.calibration.combine(np.array([[terms[name] for name in self.terms]]))[0])
+        matrix = self.calibration.term_matrix(outputs)
+        terms = {name: float(value) for name, value in zip(self.calibration.terms, matrix[0])}
+        score = float(self.calibration.combine(matrix)[0])
         amap = None
         if heatmap:
             height, width = np.asarray(frame).shape[:2]
@@ -119,7 +121,7 @@ class EdgeScorer:
         return self.score(images.read_image(path), color_order="rgb", heatmap=heatmap)
 
     def run_model(self, image_uint8: np.ndarray) -> dict[str, np.ndarray]:
-        """Step 3 alone: raw model outputs (terms of shape (1,), error map (1, S, S)) of a preprocessed image."""
+        """Step 3 alone: raw model outputs (terms (1,), code (1, d), error map (1, S, S)) of a preprocessed image."""
         batch = np.ascontiguousarray(image_uint8, dtype=np.uint8)[np.newaxis]
         return self._runner(**{INPUT_NAME: batch})
 
@@ -197,7 +199,7 @@ def _metadata_problem(metadata) -> str | None:
         return "'terms' differs from the calibration's terms"
     if metadata["calibration"].get("threshold") != metadata["threshold"]:
         return "'threshold' differs from the calibration's threshold"
-    required_outputs = terms + ([ERROR_MAP_OUTPUT] if metadata["heatmap"] else [])
+    required_outputs = outputs_needed(terms) + ([ERROR_MAP_OUTPUT] if metadata["heatmap"] else [])
     if sorted(metadata["outputs"]) != sorted(required_outputs):
         return f"'outputs' {metadata['outputs']} must be {required_outputs}"
     return None

@@ -26,15 +26,14 @@ import json
 from pathlib import Path
 
 import cv2
-import keras
 import numpy as np
 from sklearn import metrics as skm
 
 from ganspection_tf import artifacts, scoring, training
-from ganspection_tf.calibration import anomaly_map, fit_calibration, ledoit_wolf_covariance, map_sigma
+from ganspection_tf.calibration import anomaly_map, fit_calibration_from_outputs, map_sigma
 from ganspection_tf.data import mvtec, pipeline
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.images import read_image, resize_image, to_unit_range
+from ganspection_tf.images import read_image, resize_image
 
 EVAL_FOLDER = "eval"
 COMBINED = "combined"
@@ -44,13 +43,8 @@ PIXEL_EVAL_SIZE = 256
 PRO_FPR_LIMIT = 0.3
 CASES_PER_GROUP = 3
 DISPLAY_SIZE = 128
-# Candidate scores outside the five terms, reported for comparison and NOT fused into "combined" (the exported
-# model computes the five terms only): the maximum of the smoothed anomaly map, the Mahalanobis distance of the
-# code E(x) from a Gaussian fitted (Ledoit-Wolf) to the codes of the good validation images, and the sum of
-# the two standardised on those validation images.
-MAP_MAX = "map_max (diagnostic)"
-LATENT_MAHALANOBIS = "latent_mahalanobis (diagnostic)"
-DIAGNOSTIC_FUSION = "map_max + latent_mahalanobis (diagnostic)"
+# The fusion the default weights replaced, reported for comparison.
+PREVIOUS_DEFAULT_WEIGHTS = {"reconstruction": 1.0, "critic": 0.5}
 
 
 def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32, method=None, max_fpr=None) -> dict:
@@ -66,16 +60,16 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
         run_dir, model, log=log, term_model=term_model, method=method, max_fpr=max_fpr
     )
     out = artifacts.ensure_writable_folder(run_dir / EVAL_FOLDER, option="RUN_DIR")
-    encoder = model.scoring_networks()[0]
-    scored = _score_test_split(category_found.test, term_model, encoder, calibration, batch_size)
-    comparisons = _comparison_scores(_validation_reference(run_dir, term_model, encoder), scored, calibration)
+    scored = _score_test_split(category_found.test, term_model, calibration, batch_size)
+    comparisons = _comparison_scores(scoring.validation_terms(run_dir, term_model, log), scored, calibration)
     all_scores = {COMBINED: scored["combined"], **scored["terms"], **comparisons}
 
     metrics = {
         "run": str(run_dir),
         "model_step": scoring.model_step(model),
         "data": _data_summary(category_found),
-        "calibration": {k: v for k, v in calibration.to_dict().items() if k not in ("whitening",)},
+        "calibration": {k: v for k, v in calibration.to_dict().items()
+                        if k not in ("whitening", "code_mean", "code_whitening")},
         "image": image_metrics(scored["labels"], scored["defects"], all_scores),
         "threshold": threshold_metrics(scored["labels"], scored["combined"], calibration.threshold),
         "oracle": oracle_f1(scored["labels"], scored["combined"]),
@@ -227,29 +221,29 @@ def _test_category(run_dir, data, category, log):
     return found
 
 
-def _score_test_split(test, term_model, encoder, calibration, batch_size):
-    """Streams the test images through the model; keeps terms, codes, scores, PIXEL_EVAL_SIZE² maps and masks."""
+def _score_test_split(test, term_model, calibration, batch_size):
+    """Streams the test images through the model; keeps terms, raw model terms and codes, scores,
+    PIXEL_EVAL_SIZE² maps and masks."""
     _, size, _, channels = term_model.input_shape
     count, side = len(test), PIXEL_EVAL_SIZE
     maps = np.empty((count, side, side), dtype=np.float32)
     masks = np.zeros((count, side, side), dtype=bool)
-    terms = {name: np.empty(count, dtype=np.float64) for name in scoring.TERMS}
-    map_max = np.empty(count, dtype=np.float64)
-    codes = np.empty((count, encoder.output_shape[-1]), dtype=np.float64)
+    outputs = {name: [] for name in scoring.MODEL_OUTPUTS if name != "error_map"}
     for start in range(0, count, batch_size):
         batch = test[start : start + batch_size]
         images, _ = pipeline.load_images([t.path for t in batch], size, channels, skip_unreadable=False)
         values = scoring.compute_terms(term_model, images, batch_size)
-        codes[start : start + len(batch)] = _encode(encoder, images)
+        for name, kept in outputs.items():
+            kept.append(values[name])
         for offset, item in enumerate(batch):
             index = start + offset
-            for name in scoring.TERMS:
-                terms[name][index] = values[name][offset]
             maps[index] = anomaly_map(values["error_map"][offset], (side, side))
-            map_max[index] = maps[index].max()
             if item.mask is not None:
                 masks[index] = read_mask(item.mask, side)
-    combined = calibration.combine(scoring.term_matrix(terms, calibration.terms))
+    outputs = {name: np.concatenate(chunks) for name, chunks in outputs.items()}
+    matrix = calibration.term_matrix(outputs)
+    terms = {name: matrix[:, j] for j, name in enumerate(calibration.terms)}
+    combined = calibration.combine(matrix)
     return {
         "paths": [t.path for t in test],
         "defects": [t.defect for t in test],
@@ -257,8 +251,7 @@ def _score_test_split(test, term_model, encoder, calibration, batch_size):
         "terms": terms,
         "combined": combined,
         "anomalous": calibration.is_anomalous(combined),
-        "map_max": map_max,
-        "codes": codes,
+        "outputs": outputs,
         "maps": maps,
         "masks": masks,
         "threshold": calibration.threshold,
@@ -271,56 +264,21 @@ def read_mask(path, side) -> np.ndarray:
     return cv2.resize(mask, (side, side), interpolation=cv2.INTER_NEAREST) > 127
 
 
-def _encode(encoder, images_uint8):
-    return keras.ops.convert_to_numpy(encoder(to_unit_range(images_uint8), training=False)).astype(np.float64)
-
-
-def _validation_reference(run_dir, term_model, encoder):
-    """Terms, map maxima and codes of the good validation images (the same images the calibration used)."""
-    _, size, _, channels = term_model.input_shape
-    images, _ = pipeline.load_images(scoring.validation_paths(run_dir), size, channels, skip_unreadable=True)
-    values = scoring.compute_terms(term_model, images)
-    side = PIXEL_EVAL_SIZE
-    return {
-        "terms": scoring.term_matrix(values),
-        "map_max": np.array([anomaly_map(error, (side, side)).max() for error in values["error_map"]]),
-        "codes": _encode(encoder, images),
-    }
-
-
-def _comparison_scores(reference, scored, calibration):
-    """Test scores of the fusions not chosen and of the diagnostic scores, all fitted on validation images."""
-    test_matrix = scoring.term_matrix(scored["terms"])
+def _comparison_scores(validation_outputs, scored, calibration):
+    """Test scores of the fusions not chosen, each fitted on the good validation images' raw model outputs."""
     candidates = {
         "fusion: weighted, default α": {"method": "weighted"},
+        "fusion: weighted, previous default α (reconstruction + ½ critic)": {
+            "method": "weighted", "weights": PREVIOUS_DEFAULT_WEIGHTS},
         "fusion: weighted, equal α": {"method": "weighted", "weights": [1.0] * len(scoring.TERMS)},
         "fusion: mahalanobis": {"method": "mahalanobis"},
     }
-    fusions = {
-        name: fit_calibration(reference["terms"], scoring.TERMS, max_fpr=calibration.max_fpr, **options).combine(
-            test_matrix
-        )
-        for name, options in candidates.items()
-    }
-    latent_validation, latent_test = latent_mahalanobis(reference["codes"], scored["codes"])
-    fused = _standardized(reference["map_max"], scored["map_max"]) + _standardized(latent_validation, latent_test)
-    return {MAP_MAX: scored["map_max"], LATENT_MAHALANOBIS: latent_test, DIAGNOSTIC_FUSION: fused, **fusions}
-
-
-def latent_mahalanobis(reference_codes, codes):
-    """Mahalanobis distances of the reference codes and of `codes` from a Ledoit-Wolf Gaussian of the reference."""
-    mean = reference_codes.mean(axis=0)
-    precision = np.linalg.pinv(ledoit_wolf_covariance(reference_codes))
-
-    def distance(z):
-        centred = z - mean
-        return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", centred, precision, centred), 0.0))
-
-    return distance(reference_codes), distance(codes)
-
-
-def _standardized(reference, values):
-    return (values - reference.mean()) / max(reference.std(ddof=1), 1e-12)
+    fusions = {}
+    for name, options in candidates.items():
+        fitted = fit_calibration_from_outputs(validation_outputs, scoring.TERMS, max_fpr=calibration.max_fpr,
+                                              **options)
+        fusions[name] = fitted.combine(fitted.term_matrix(scored["outputs"]))
+    return fusions
 
 
 def _data_summary(category):
@@ -346,9 +304,9 @@ def _write_report_files(out, metrics, scored, category, model, term_model):
 def _scores_csv(scored):
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "defect", "label", "score", *scoring.TERMS, "anomalous"])
+    writer.writerow(["path", "defect", "label", "score", *scored["terms"], "anomalous"])
     for i, path in enumerate(scored["paths"]):
-        terms = [f"{scored['terms'][name][i]:.7g}" for name in scoring.TERMS]
+        terms = [f"{values[i]:.7g}" for values in scored["terms"].values()]
         anomalous = "yes" if scored["anomalous"][i] else "no"
         writer.writerow([str(path), scored["defects"][i], int(scored["labels"][i]), f"{scored['combined'][i]:.7g}",
                          *terms, anomalous])
@@ -385,10 +343,10 @@ def _roc_figure(scored):
 
 def _histogram_figure(scored):
     panels = {COMBINED: scored["combined"], **scored["terms"]}
-    figure = _new_figure(12, 7)
+    figure = _new_figure(16, 7)
     defects = np.asarray(scored["defects"])
     classes = ["good"] + sorted(set(defects.tolist()) - {"good"})
-    for axes, (name, scores) in zip(figure.subplots(2, 3).ravel(), panels.items()):
+    for axes, (name, scores) in zip(figure.subplots(2, (len(panels) + 1) // 2).ravel(), panels.items()):
         bins = np.histogram_bin_edges(scores, bins=30)
         for kind in classes:
             axes.hist(scores[defects == kind], bins=bins, histtype="step", linewidth=1.5, label=kind)
@@ -476,10 +434,10 @@ precision {threshold['precision']:.3f}, recall {threshold['recall']:.3f}, false-
 <table><tr><th>score</th><th>AUROC</th><th>AUPR</th>{header}</tr>
 {chr(10).join(rows)}
 </table>
-<p>The "fusion" rows are the other ways of combining the five terms; the "(diagnostic)" rows are candidate scores
-outside them: the maximum of the smoothed anomaly map, the Mahalanobis distance of the code E(x) from a Gaussian
-fitted to the codes of the good validation images, and the two summed after standardisation on those images. All
-are fitted on the same validation images and shown for comparison only: the threshold applies to "combined".</p>
+<p>The "fusion" rows are other ways of combining the terms, fitted on the same good validation images and shown
+for comparison only: the threshold applies to "combined". map_max is the maximum of the smoothed per-pixel error
+map; latent_mahalanobis the squared Mahalanobis distance of the code E(x) from a Gaussian fitted to the codes of
+the good validation images.</p>
 <h2>Pixel level</h2><p>{pixel_text}</p>
 <h2>Figures</h2>
 <p><img src="roc.png" alt="ROC curves"></p>

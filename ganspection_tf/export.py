@@ -4,10 +4,11 @@ Steps (``export_bundle``):
 
 1. **Scorer.** A functional Keras model, uint8 image (1, S, S, C) → ``x / 127.5 − 1`` → the score terms the
    chosen score needs (+ the per-pixel error map for ``combined``). It is cut out of
-   ``scoring.build_term_model`` as a sub-graph, so ``latent`` carries the encoder only, ``critic`` the encoder
-   and critic, and ``combined`` all three networks (only the terms with a non-zero weight are computed). The
-   terms are combined with the run's :class:`~ganspection_tf.calibration.Calibration` in numpy on the camera
-   (``edge.py``), never in the graph.
+   ``scoring.build_term_model`` as a sub-graph, so ``latent`` (latent_mahalanobis: the model outputs the code
+   E(x)) carries the encoder only, ``critic`` the encoder and critic, and ``combined`` the networks its non-zero
+   terms need (default map_max + latent_mahalanobis: encoder and generator). The terms are made from the outputs
+   and combined with the run's :class:`~ganspection_tf.calibration.Calibration` in numpy on the camera
+   (``edge.py``, ``Calibration.term_matrix``), never in the graph.
 2. **Conversion** with ``tf.lite.TFLiteConverter.from_keras_model`` (never a bare ``tf.Module``: it converts
    Keras 3 models weightless; :func:`check_weights_present` refuses such a file). ``int8`` is calibrated on
    ≥ 100 good images and keeps a few small "float islands" (see :func:`float_island_layers`).
@@ -24,6 +25,11 @@ of the good images). The score arithmetic, the layers that produce the networks'
 value and features) and the layer norms therefore stay float; every other convolution and dense layer is int8.
 Measured on MVTec bottle (64 px, width 32, step 750): float islands ρ 0.997 vs Keras, 3.0 ms, 8.3 MB; int8
 everywhere but the score arithmetic and the critic value ρ 0.996, 4.3 ms (int8 layer norms are slow), 6.0 MB.
+(Those figures predate the map_max + latent_mahalanobis default.) When the scorer outputs the code (the term
+latent_mahalanobis) the WHOLE encoder stays float: the whitening divides by the code's smallest validation
+spreads, so it amplifies int8 noise of the code. Measured on the tiny synthetic test run (tests/edge_support.py):
+max |Δ latent_mahalanobis| 7.5 with an int8 encoder, 1.8 with a float one; image AUROC drop 0.013 (fails the
+0.01 gate) vs 0.003.
 """
 
 from __future__ import annotations
@@ -45,12 +51,20 @@ import tensorflow as tf
 
 import ganspection_tf
 from ganspection_tf import artifacts, edge, scoring, training
-from ganspection_tf.calibration import TERMS, Calibration, fit_calibration
+from ganspection_tf.calibration import (
+    CODE_OUTPUT,
+    TERMS,
+    Calibration,
+    fit_calibration_from_outputs,
+    outputs_needed,
+)
 from ganspection_tf.data import mvtec, pipeline
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.images import list_images
 
-SCORE_TERMS = {"latent": ("latent",), "critic": ("critic",), "combined": TERMS}
+# --score latent ships latent_mahalanobis, not the N(0, I) NLL "latent": image AUROC on MVTec bottle (64 px)
+# 0.91 / 0.89 at steps 500 / 750 against 0.60 for the NLL.
+SCORE_TERMS = {"latent": ("latent_mahalanobis",), "critic": ("critic",), "combined": TERMS}
 MIN_REPRESENTATIVE = 100  # int8 activation ranges from fewer good images are too narrow (and too lucky)
 MAX_REPRESENTATIVE = 300  # calibration time grows linearly; ranges stop moving well before this
 AUROC_TOLERANCE = 0.01
@@ -97,8 +111,9 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
 
 
 def build_scorer(term_model: keras.Model, terms, with_error_map=False) -> keras.Model:
-    """uint8 (B, S, S, C) → {term: (B,)} (+ "error_map" (B, S, S)), only the layers those outputs need."""
-    wanted = list(terms) + ([edge.ERROR_MAP_OUTPUT] if with_error_map else [])
+    """uint8 (B, S, S, C) → the outputs `terms` need ({term: (B,)}, "code" (B, d)) (+ "error_map" (B, S, S)),
+    only the layers those outputs need."""
+    wanted = outputs_needed(terms) + ([edge.ERROR_MAP_OUTPUT] if with_error_map else [])
     all_outputs = term_model.output
     missing = [name for name in wanted if name not in all_outputs]
     if missing:
@@ -117,10 +132,10 @@ def score_calibration(run_dir, model, term_model, score, log=print) -> Calibrati
     if score == "combined":
         return terms_that_count(calibration)
     (term,) = SCORE_TERMS[score]
-    values = scoring.validation_terms(run_dir, term_model, log)[term]
-    return fit_calibration(
-        np.asarray(values, dtype=np.float64)[:, np.newaxis], terms=[term], weights=[1.0], method="weighted",
-        max_fpr=calibration.max_fpr, config_hash=calibration.config_hash, model_step=calibration.model_step,
+    values = scoring.validation_terms(run_dir, term_model, log)
+    return fit_calibration_from_outputs(
+        values, terms=[term], weights=[1.0], method="weighted", max_fpr=calibration.max_fpr,
+        config_hash=calibration.config_hash, model_step=calibration.model_step,
     )
 
 
@@ -128,8 +143,8 @@ def terms_that_count(calibration: Calibration) -> Calibration:
     """The calibration restricted to the terms that change the score, giving exactly the same scores.
 
     With the weighted method a zero-weight term adds exactly 0, so the camera need not compute it: the default
-    weights (reconstruction + critic) spare the second encoder and critic passes of the cycle and
-    critic-feature terms, half of the work. The Mahalanobis method mixes every term, so it keeps them all.
+    weights (map_max + latent_mahalanobis) spare the critic passes and the second encoder pass of the cycle
+    term. The Mahalanobis method mixes every term, so it keeps them all.
     """
     if calibration.method != "weighted":
         return calibration
@@ -138,8 +153,12 @@ def terms_that_count(calibration: Calibration) -> Calibration:
     def pick(values):
         return [values[i] for i in keep]
 
-    return dataclasses.replace(calibration, terms=pick(calibration.terms), mean=pick(calibration.mean),
-                               std=pick(calibration.std), weights=pick(calibration.weights))
+    terms = pick(calibration.terms)
+    uses_code = "latent_mahalanobis" in terms
+    return dataclasses.replace(calibration, terms=terms, mean=pick(calibration.mean),
+                               std=pick(calibration.std), weights=pick(calibration.weights),
+                               code_mean=calibration.code_mean if uses_code else None,
+                               code_whitening=calibration.code_whitening if uses_code else None)
 
 
 def networks(model: keras.Model) -> list[keras.Model]:
@@ -159,14 +178,19 @@ def float_island_layers(model: keras.Model) -> tuple[set[str], set[str]]:
     generator's image, the critic's value and features). Those outputs are what the score terms are computed
     from, so int8 would cap them at the representative range (the critic value is a scalar per image) and
     round the reconstruction to 256 levels; the layers are small. Normalisations would need an int8 RSQRT.
+    When the model outputs the code itself (latent_mahalanobis), the whole encoder is float (module docstring).
     """
     norms = (keras.layers.LayerNormalization, keras.layers.GroupNormalization)
+    outputs_code = isinstance(model.output, dict) and CODE_OUTPUT in model.output
     names, islands = set(), set()
     for network in networks(model):
+        float_network = outputs_code and network.name.endswith("encoder")
         for layer in network.layers:
             names.add(layer.name)
             is_output = any(layer.output is output for output in network.outputs)
-            if (isinstance(layer, norms) or is_output) and not isinstance(layer, keras.layers.InputLayer):
+            if (isinstance(layer, norms) or is_output or float_network) and not isinstance(
+                layer, keras.layers.InputLayer
+            ):
                 islands.add(layer.name)
     return names, islands
 
@@ -363,7 +387,7 @@ def parity_check(bundle_dir, run_dir, term_model, calibration, log=print) -> dic
     images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True)
     skipped_paths = {Path(path) for path, _ in skipped}
     kept = [i for i, path in enumerate(paths) if Path(path) not in skipped_paths]
-    keras_terms = scoring.term_matrix(scoring.compute_terms(term_model, images), calibration.terms)
+    keras_terms = calibration.term_matrix(scoring.compute_terms(term_model, images))
     scorer = edge.EdgeScorer(bundle_dir)
     lite_results = [scorer.score_file(paths[i]) for i in kept]
     lite_terms = np.array([[r.terms[t] for t in calibration.terms] for r in lite_results], dtype=np.float64)

@@ -1,4 +1,4 @@
-"""The five anomaly score terms of an image, computed in one batched pass of E, G (EMA weights) and D.
+"""The anomaly score terms of an image, computed in one batched pass of E, G (EMA weights) and D.
 
 For an image x in [-1, 1], z = E(x), x̂ = G(z) (the reconstruction), f(·, z) = the critic's joint features:
 
@@ -13,6 +13,12 @@ For an image x in [-1, 1], z = E(x), x̂ = G(z) (the reconstruction), f(·, z) =
 * ``critic_feature``  mean |f(x, z) − f(x̂, z)| over the feature units (the reconstruction paired with the same
                       code, so only the image side differs).
 * ``critic``          −D(x, z): the critic scores real pairs high, so a low value means "unlike training data".
+* ``map_max``         max over pixels of the error map (channel-mean |x − x̂|) smoothed with the Gaussian of
+                      ``calibration.anomaly_map`` at model resolution: image-wide means dilute small local defects,
+                      the maximum does not.
+
+The term model also outputs ``code`` (z, (B, d)): ``latent_mahalanobis`` is computed from it in numpy with the
+code Gaussian of the calibration (``calibration.py``), and the per-pixel ``error_map`` (B, S, S).
 
 Every term grows with abnormality; ``calibration.py`` standardises and combines them. The term model is a
 plain functional Keras model (the networks are called as layers; the arithmetic lives in small registered
@@ -33,13 +39,30 @@ import tensorflow as tf
 from keras import layers, ops
 
 from ganspection_tf import artifacts, training
-from ganspection_tf.calibration import DEFAULT_MAX_FPR, TERMS, Calibration, fit_calibration, weight_vector
+from ganspection_tf.calibration import (
+    CODE_OUTPUT,
+    DEFAULT_MAX_FPR,
+    TERMS,
+    Calibration,
+    fit_calibration_from_outputs,
+    map_sigma,
+    outputs_needed,
+    weight_vector,
+)
 from ganspection_tf.data import pipeline
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.images import UnreadableImage, from_unit_range, read_image, resize_image, to_unit_range
+from ganspection_tf.images import (
+    UnreadableImage,
+    from_unit_range,
+    read_image,
+    resize_image,
+    to_unit_range,
+)
 
 __all__ = [
     "CALIBRATION_FILE",
+    "MODEL_OUTPUTS",
+    "MODEL_TERMS",
     "TERMS",
     "build_term_model",
     "compute_terms",
@@ -51,6 +74,8 @@ __all__ = [
 ]
 
 CALIBRATION_FILE = "calibration.json"
+MODEL_TERMS = tuple(name for name in outputs_needed(TERMS) if name in TERMS)  # the terms the model outputs
+MODEL_OUTPUTS = (*outputs_needed(TERMS), "error_map")  # everything compute_terms returns
 
 
 @keras.saving.register_keras_serializable(package="ganspection_tf")
@@ -87,8 +112,50 @@ class NegatedValue(layers.Layer):
         return -value[:, 0]
 
 
+@keras.saving.register_keras_serializable(package="ganspection_tf")
+class GaussianSmoothing(layers.Layer):
+    """(B, S, S) maps → the same maps smoothed with a fixed Gaussian, like cv2.GaussianBlur(BORDER_REFLECT).
+
+    The kernel is cv2's for float images (size round(8σ + 1) | 1, normalised), applied as two separable
+    convolutions after symmetric padding (cv2's BORDER_REFLECT repeats the edge pixel, as "symmetric" does).
+    The kernel is a constant, not a weight: nothing to train, and sigma alone in the config rebuilds it.
+    """
+
+    def __init__(self, sigma=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.sigma = float(sigma)
+
+    def gaussian_kernel(self):
+        size = round(self.sigma * 8 + 1) | 1
+        offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
+        weights = np.exp(-np.square(offsets) / (2 * self.sigma**2))
+        return (weights / weights.sum()).astype(np.float32)
+
+    def call(self, maps):
+        if self.sigma <= 0:
+            return maps
+        kernel = self.gaussian_kernel()
+        radius = len(kernel) // 2
+        x = ops.expand_dims(maps, -1)
+        x = ops.pad(x, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="symmetric")
+        x = ops.conv(x, ops.convert_to_tensor(kernel.reshape(-1, 1, 1, 1)), padding="valid")
+        x = ops.conv(x, ops.convert_to_tensor(kernel.reshape(1, -1, 1, 1)), padding="valid")
+        return x[..., 0]
+
+    def get_config(self):
+        return {**super().get_config(), "sigma": self.sigma}
+
+
+@keras.saving.register_keras_serializable(package="ganspection_tf")
+class SpatialMax(layers.Layer):
+    """(B, S, S) → (B,): the maximum over the pixels."""
+
+    def call(self, maps):
+        return ops.max(maps, axis=(1, 2))
+
+
 def build_term_model(model) -> keras.Model:
-    """Functional model: image (B, S, S, C) float32 in [-1, 1] → dict of the five terms (B,) and "error_map"."""
+    """Functional model: image (B, S, S, C) float32 in [-1, 1] → {MODEL_TERMS: (B,), "code": (B, d), "error_map"}."""
     encoder, generator, critic = model.scoring_networks()
     image = keras.Input((model.image_size, model.image_size, model.channels), name="image", dtype="float32")
     code = encoder(image)
@@ -96,6 +163,8 @@ def build_term_model(model) -> keras.Model:
     cycled_code = encoder(reconstruction)
     value, features = critic([image, code])
     _, reconstruction_features = critic([reconstruction, code])
+    error_map = MeanGap(last_axis_only=True, name="error_map_term")([image, reconstruction])
+    smoothed = GaussianSmoothing(map_sigma(model.image_size), name="smoothed_error_map")(error_map)
     # Layer names get a suffix: the critic sub-model is already called "critic" (names must be unique).
     outputs = {
         "latent": GaussianNLL(name="latent_term")(code),
@@ -103,13 +172,16 @@ def build_term_model(model) -> keras.Model:
         "reconstruction": MeanGap(name="reconstruction_term")([image, reconstruction]),
         "critic_feature": MeanGap(name="critic_feature_term")([features, reconstruction_features]),
         "critic": NegatedValue(name="critic_term")(value),
-        "error_map": MeanGap(last_axis_only=True, name="error_map_term")([image, reconstruction]),
+        "map_max": SpatialMax(name="map_max_term")(smoothed),
+        CODE_OUTPUT: code,
+        "error_map": error_map,
     }
     return keras.Model(image, outputs, name="score_terms")
 
 
 def compute_terms(term_model, images_uint8, batch_size=32) -> dict[str, np.ndarray]:
-    """Terms (N,) and "error_map" (N, S, S) of uint8 images (N, S, S, C), in order, `batch_size` at a time."""
+    """MODEL_OUTPUTS of uint8 images (N, S, S, C), in order, `batch_size` at a time: the model terms (N,),
+    "code" (N, d) and "error_map" (N, S, S). ``Calibration.term_matrix`` turns them into the term matrix."""
     images = np.asarray(images_uint8)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise GanspectionError(f"expected uint8 images of shape (N, S, S, C), got {images.dtype} {images.shape}")
@@ -117,9 +189,8 @@ def compute_terms(term_model, images_uint8, batch_size=32) -> dict[str, np.ndarr
     chunks = [predict(tf.constant(to_unit_range(images[start : start + batch_size])))
               for start in range(0, len(images), batch_size)]
     if not chunks:
-        size = term_model.input_shape[1]
-        return {**{t: np.zeros(0, np.float32) for t in TERMS}, "error_map": np.zeros((0, size, size), np.float32)}
-    return {name: np.concatenate([chunk[name].numpy() for chunk in chunks]) for name in (*TERMS, "error_map")}
+        return {name: np.zeros((0, *term_model.output[name].shape[1:]), np.float32) for name in MODEL_OUTPUTS}
+    return {name: np.concatenate([chunk[name].numpy() for chunk in chunks]) for name in MODEL_OUTPUTS}
 
 
 @dataclass
@@ -163,7 +234,8 @@ def _score_batch(batch, decoded, term_model, calibration, size, keep_originals):
     readable = [i for i, item in enumerate(decoded) if not isinstance(item, UnreadableImage)]
     if readable:
         values = compute_terms(term_model, np.stack([resize_image(decoded[i], size) for i in readable]))
-        combined = calibration.combine(term_matrix(values, calibration.terms))
+        matrix = calibration.term_matrix(values)
+        combined = calibration.combine(matrix)
         flagged = calibration.is_anomalous(combined)
     position = {index: k for k, index in enumerate(readable)}
     for i, (path, item) in enumerate(zip(batch, decoded)):
@@ -174,7 +246,7 @@ def _score_batch(batch, decoded, term_model, calibration, size, keep_originals):
         yield ScoredImage(
             path=Path(path),
             score=float(combined[k]),
-            terms={name: float(values[name][k]) for name in TERMS},
+            terms={name: float(matrix[k, j]) for j, name in enumerate(calibration.terms)},
             anomalous=bool(flagged[k]),
             error_map=values["error_map"][k],
             original_hw=item.shape[:2],
@@ -190,7 +262,8 @@ def reconstruct(model, images_uint8) -> np.ndarray:
 
 
 def term_matrix(terms: dict, names=TERMS) -> np.ndarray:
-    """{term: (N,)} → (N, T) float64 in `names` order (the order Calibration.combine expects)."""
+    """{term: (N,)} → (N, T) float64 in `names` order, for terms already computed (raw model outputs go
+    through ``Calibration.term_matrix``, which also computes latent_mahalanobis)."""
     return np.stack([np.asarray(terms[name], dtype=np.float64) for name in names], axis=1)
 
 
@@ -212,8 +285,8 @@ def ensure_calibration(run_dir, model=None, log=print, *, term_model=None, metho
     if stored is not None and _still_valid(stored, config_hash, step, method, max_fpr, weights):
         return stored
     values = validation_terms(run_dir, term_model if term_model is not None else build_term_model(model), log)
-    calibration = fit_calibration(
-        term_matrix(values), TERMS, weights=weights, method=method or "weighted",
+    calibration = fit_calibration_from_outputs(
+        values, TERMS, weights=weights, method=method or "weighted",
         max_fpr=DEFAULT_MAX_FPR if max_fpr is None else max_fpr, config_hash=config_hash, model_step=step,
     )
     artifacts.write_json(path, calibration.to_dict())
@@ -225,7 +298,7 @@ def ensure_calibration(run_dir, model=None, log=print, *, term_model=None, metho
 
 
 def validation_terms(run_dir, term_model, log=print) -> dict[str, np.ndarray]:
-    """Score terms of the run's held-out good validation images (read at the model's size and channels)."""
+    """Raw model outputs (compute_terms) of the run's held-out good validation images (model size and channels)."""
     paths = validation_paths(run_dir)
     _, size, _, channels = term_model.input_shape
     images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True)

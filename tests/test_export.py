@@ -10,7 +10,13 @@ import pytest  # noqa: E402
 from edge_support import edge_category, exported_bundle, quiet, trained_run  # noqa: E402
 
 from ganspection_tf import edge, export, scoring, training  # noqa: E402
-from ganspection_tf.calibration import Calibration, fit_calibration  # noqa: E402
+from ganspection_tf.calibration import (  # noqa: E402
+    TERMS,
+    Calibration,
+    fit_calibration,
+    fit_calibration_from_outputs,
+    outputs_needed,
+)
 from ganspection_tf.cli import main  # noqa: E402
 from ganspection_tf.errors import GanspectionError  # noqa: E402
 
@@ -46,7 +52,7 @@ def test_every_quantisation_exports_and_passes_the_parity_gate(quantize, tmp_pat
         assert report["max_abs_diff"] < 1e-3
 
 
-def test_converted_models_hold_their_weights(tmp_path_factory):
+def test_converted_models_hold_their_weights(run_dir, tmp_path_factory):
     # A bare tf.Module around Keras 3 layers converts to a weightless graph; the size check must refuse that.
     sizes = {}
     for quantize in ("none", "int8"):
@@ -54,7 +60,12 @@ def test_converted_models_hold_their_weights(tmp_path_factory):
         metadata = edge.read_metadata(out)
         sizes[quantize] = (out / "model.tflite").stat().st_size
         assert sizes[quantize] >= export.BYTES_PER_WEIGHT[quantize] * metadata["scorer_weights"]
-    assert sizes["int8"] < 0.5 * sizes["none"]
+    # The default scorer (map_max + latent_mahalanobis) keeps the encoder in float (it outputs the code), so
+    # the int8 saving comes from the generator: its upsampling kernels shrink from 4 bytes a weight to 1.
+    generator = training.load_model(run_dir).scoring_networks()[1]
+    upsampling_weights = sum(layer.count_params() for layer in generator.layers if layer.name.startswith("gen_up"))
+    assert upsampling_weights > 5000
+    assert sizes["int8"] < sizes["none"] - 2 * upsampling_weights
     with pytest.raises(GanspectionError, match="weights were lost"):
         export.check_weights_present(b"\0" * 5000, weight_count=100_000, quantize="none")
 
@@ -76,7 +87,7 @@ def test_int8_score_is_not_capped_at_the_calibration_range(run_dir, tmp_path_fac
     ]
     validation = [scorer.score_file(p).score for p in scoring.validation_paths(run_dir)]
     keras_terms = scoring.compute_terms(scoring.build_term_model(training.load_model(run_dir)), np.stack(far_off))
-    keras_scores = scorer.calibration.combine(scoring.term_matrix(keras_terms, scorer.terms))
+    keras_scores = scorer.calibration.combine(scorer.calibration.term_matrix(keras_terms))
     assert min(keras_scores) > max(validation)  # the premise: Keras sees them as far off
     lite_scores = np.array([scorer.score(image, color_order="rgb").score for image in far_off])
     assert min(lite_scores) > max(validation)
@@ -95,13 +106,18 @@ def test_int8_keeps_the_score_arithmetic_in_float(tmp_path_factory):
     convs = {names[op["outputs"][0]]: dtypes[op["outputs"][0]] for op in interpreter._get_ops_details()
              if op["op_name"] in ("CONV_2D", "TRANSPOSE_CONV")}
     integer = [name for name, dtype in convs.items() if dtype == np.int8]
-    assert len(integer) >= len(convs) - 1 >= 8  # the networks are integer …
-    assert all("gen_image" in name for name in convs if name not in integer)  # … but the image the G outputs
+    generator = [name for name in convs if "gen_" in name.split(";")[-1]]
+    assert len(generator) >= 4 and set(generator) - set(integer) == {n for n in generator if "gen_image" in n}
+    # The generator is integer but for its image; float: the encoder (the default latent_mahalanobis whitens its
+    # code, which amplifies int8 noise) and the fixed Gaussian smoothing of the error map (map_max).
+    assert all(("enc_" in name or "smoothed_error_map" in name or "gen_image" in name)
+               for name in convs if name not in integer)
+    assert any("smoothed_error_map" in name for name in convs) and any("enc_conv" in name for name in convs)
     for output in interpreter.get_output_details():
         producer = producers[output["index"]]
         assert producer["op_name"] != "DEQUANTIZE", names[output["index"]]  # computed in float, not clipped int8
         assert not any(dtypes.get(i) == np.int8 for i in producer["inputs"])  # float (or int32 axes) in
-    assert "crit_value" in edge.read_metadata(out)["int8_float_layers"]
+    assert {"enc_latent", "gen_image"} <= set(edge.read_metadata(out)["int8_float_layers"])
 
 
 def test_int8_representative_set_is_augmented_to_one_hundred(run_dir, tmp_path, tmp_path_factory):
@@ -123,23 +139,27 @@ def test_int8_representative_set_is_augmented_to_one_hundred(run_dir, tmp_path, 
 # ------------------------------------------------------------------------------------------------ scores
 
 
-def test_latent_score_exports_the_encoder_alone(tmp_path_factory):
+def test_latent_score_exports_the_encoder_alone(run_dir, tmp_path_factory):
     out, report = bundle(tmp_path_factory, "int8", "latent")
     combined, _ = bundle(tmp_path_factory, "int8", "combined")
     metadata = edge.read_metadata(out)
-    assert metadata["terms"] == ["latent"] and metadata["outputs"] == ["latent"] and not metadata["heatmap"]
-    assert metadata["calibration"]["terms"] == ["latent"] and metadata["calibration"]["weights"] == [1.0]
-    assert metadata["scorer_weights"] < 0.1 * edge.read_metadata(combined)["scorer_weights"]  # no G, no D
+    # --score latent is latent_mahalanobis: the model outputs the code, the camera computes the distance.
+    assert metadata["terms"] == ["latent_mahalanobis"] and metadata["outputs"] == ["code"] and not metadata["heatmap"]
+    assert metadata["calibration"]["terms"] == ["latent_mahalanobis"] and metadata["calibration"]["weights"] == [1.0]
+    assert len(metadata["calibration"]["code_mean"]) == 8
+    encoder = training.load_model(run_dir).scoring_networks()[0]
+    assert metadata["scorer_weights"] == encoder.count_params()  # no G, no D
+    assert metadata["scorer_weights"] < 0.5 * edge.read_metadata(combined)["scorer_weights"]
     assert report["spearman"] > 0.9
 
 
-def test_critic_score_exports_encoder_and_critic(run_dir, tmp_path, tmp_path_factory):
+def test_critic_score_exports_encoder_and_critic(run_dir, tmp_path):
     out = tmp_path / "critic"
     report = export.export_bundle(run_dir, out, quantize="none", score="critic", log=quiet)
     metadata = edge.read_metadata(out)
-    combined = edge.read_metadata(bundle(tmp_path_factory, "int8", "combined")[0])
     assert metadata["terms"] == ["critic"] and not metadata["heatmap"] and report["max_abs_diff"] < 1e-3
-    assert metadata["scorer_weights"] < combined["scorer_weights"]  # no generator
+    encoder, _, critic = training.load_model(run_dir).scoring_networks()
+    assert metadata["scorer_weights"] == encoder.count_params() + critic.count_params()  # no generator
 
 
 def test_combined_bundle_scores_like_the_runs_calibration(run_dir, tmp_path_factory):
@@ -149,7 +169,8 @@ def test_combined_bundle_scores_like_the_runs_calibration(run_dir, tmp_path_fact
     shipped = Calibration.from_dict(metadata["calibration"])
     # Only the terms with a non-zero weight are computed on the camera; the scores are exactly the same.
     assert shipped.terms == [t for t, w in zip(stored.terms, stored.weights) if w]
-    assert sorted(metadata["outputs"]) == sorted(shipped.terms + ["error_map"])
+    assert sorted(metadata["outputs"]) == sorted(outputs_needed(shipped.terms) + ["error_map"])
+    assert (shipped.code_mean, shipped.code_whitening) == (stored.code_mean, stored.code_whitening)
     terms = np.random.default_rng(0).normal(1.0, 0.5, (50, len(stored.terms)))
     kept = [stored.terms.index(t) for t in shipped.terms]
     np.testing.assert_array_equal(shipped.combine(terms[:, kept]), stored.combine(terms))
@@ -159,10 +180,22 @@ def test_combined_bundle_scores_like_the_runs_calibration(run_dir, tmp_path_fact
 
 def test_terms_that_count_keeps_every_term_for_mahalanobis():
     matrix = np.random.default_rng(1).normal(size=(30, 5))
-    mahalanobis = fit_calibration(matrix, method="mahalanobis")
+    five = ["latent", "cycle", "reconstruction", "critic_feature", "critic"]
+    mahalanobis = fit_calibration(matrix, five, weights=[1.0] * 5, method="mahalanobis")
     assert export.terms_that_count(mahalanobis) == mahalanobis
-    weighted = fit_calibration(matrix, weights={"latent": 1.0, "critic": 0.5})
+    weighted = fit_calibration(matrix, five, weights={"latent": 1.0, "critic": 0.5})
     assert export.terms_that_count(weighted).terms == ["latent", "critic"]
+
+
+def test_terms_that_count_keeps_the_code_gaussian_only_for_latent_mahalanobis():
+    rng = np.random.default_rng(2)
+    outputs = {term: rng.normal(size=30) for term in TERMS if term != "latent_mahalanobis"}
+    outputs["code"] = rng.normal(size=(30, 4))
+    default = export.terms_that_count(fit_calibration_from_outputs(outputs))
+    assert default.terms == ["map_max", "latent_mahalanobis"] and len(default.code_mean) == 4
+    assert outputs_needed(default.terms) == ["map_max", "code"]
+    without = export.terms_that_count(fit_calibration_from_outputs(outputs, weights={"map_max": 1.0}))
+    assert without.terms == ["map_max"] and without.code_mean is None and without.code_whitening is None
 
 
 # ------------------------------------------------------------------------------------------------ the gate

@@ -60,8 +60,20 @@ def run_copy(trained_run, tmp_path):
 def validation_matrix(n=40, seed=0):
     rng = np.random.default_rng(seed)
     base = rng.normal(size=(n, 1))
-    # Correlated, differently scaled terms, like the real ones.
-    return np.hstack([base + 0.3 * rng.normal(size=(n, 1)), 5 + 2 * base, rng.normal(size=(n, 3)) * [1, 10, 0.1]])
+    # Correlated, differently scaled terms, like the real ones (one column per term).
+    return np.hstack([base + 0.3 * rng.normal(size=(n, 1)), 5 + 2 * base, rng.normal(size=(n, 3)) * [1, 10, 0.1],
+                      0.2 + 0.05 * rng.random((n, 1)), 8 + 3 * base ** 2])
+
+
+def code_gaussian(n=30, d=8, seed=0):
+    codes = np.random.default_rng(seed).normal(size=(n, d)) * np.linspace(0.5, 2.0, d)
+    mean, whitening = cal.fit_code_gaussian(codes)
+    return {"code_mean": mean, "code_whitening": whitening}
+
+
+def fit(matrix, **options):
+    """fit_calibration with every term, the latent_mahalanobis code Gaussian included."""
+    return cal.fit_calibration(matrix, **code_gaussian(), **options)
 
 
 # --------------------------------------------------------------------------------------------- term model
@@ -82,12 +94,27 @@ def test_term_model_outputs_match_their_definitions(tiny_model, term_model, imag
         "critic_feature": np.mean(np.abs(features - recon_features), axis=1),
         "critic": -value[:, 0],
         "error_map": np.mean(np.abs(x - recon), axis=3),
+        "code": z,
     }
     terms = scoring.compute_terms(term_model, images)
-    assert set(terms) == set(scoring.TERMS) | {"error_map"}
+    assert set(terms) == set(scoring.MODEL_OUTPUTS) == (set(scoring.TERMS) - {"latent_mahalanobis"}) | {
+        "error_map", "code"}
     for name, values in expected.items():
         np.testing.assert_allclose(terms[name], values, rtol=1e-4, atol=1e-5, err_msg=name)
-    assert terms["error_map"].shape == (5, 32, 32)
+    assert terms["error_map"].shape == (5, 32, 32) and terms["code"].shape == (5, 8)
+
+
+def test_map_max_is_the_maximum_of_the_smoothed_error_map(term_model, images):
+    """The in-graph smoothing equals calibration.anomaly_map's (cv2) at model resolution, also at the borders."""
+    terms = scoring.compute_terms(term_model, images)
+    expected = [cal.anomaly_map(error, (32, 32)).max() for error in terms["error_map"]]
+    np.testing.assert_allclose(terms["map_max"], expected, rtol=1e-5, atol=1e-6)
+    spikes = np.zeros((2, 32, 32), np.float32)
+    spikes[0, 0, 0], spikes[1, 5, 31] = 1.0, 2.0  # corners and edges exercise the reflected border
+    for sigma in (1.0, 2.0):
+        smoothed = keras.ops.convert_to_numpy(scoring.GaussianSmoothing(sigma)(spikes))
+        for spike, result in zip(spikes, smoothed):
+            np.testing.assert_allclose(result, cal.anomaly_map(spike, (32, 32), sigma=sigma), atol=1e-6)
 
 
 def test_ema_weights_are_used_for_scoring(tiny_model, term_model, images):
@@ -138,8 +165,8 @@ def test_calibration_module_never_imports_tensorflow():
 
 def test_weighted_combination_is_standardised_weighted_sum():
     val = validation_matrix()
-    weights = [1.0, 0.5, 0.0, 2.0, 0.25]
-    fitted = cal.fit_calibration(val, weights=weights)
+    weights = [1.0, 0.5, 0.0, 2.0, 0.25, 1.0, 0.0]
+    fitted = fit(val, weights=weights)
     mean, std = val.mean(axis=0), val.std(axis=0, ddof=1)
     np.testing.assert_allclose(fitted.mean, mean)
     np.testing.assert_allclose(fitted.std, std)
@@ -148,9 +175,10 @@ def test_weighted_combination_is_standardised_weighted_sum():
 
 
 def test_weights_dict_fills_missing_terms_with_zero():
-    fitted = cal.fit_calibration(validation_matrix(), weights={"reconstruction": 2.0})
-    assert fitted.weights == [0.0, 0.0, 2.0, 0.0, 0.0]
-    assert cal.fit_calibration(validation_matrix()).weights == [cal.DEFAULT_WEIGHTS[t] for t in cal.TERMS]
+    fitted = fit(validation_matrix(), weights={"reconstruction": 2.0})
+    assert fitted.weights == [0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0]
+    assert fit(validation_matrix()).weights == [cal.DEFAULT_WEIGHTS[t] for t in cal.TERMS]
+    assert {t for t, w in cal.DEFAULT_WEIGHTS.items() if w} == {"map_max", "latent_mahalanobis"}
 
 
 def test_ledoit_wolf_matches_scikit_learn():
@@ -161,20 +189,20 @@ def test_ledoit_wolf_matches_scikit_learn():
 
 def test_mahalanobis_score_is_the_distance_under_the_shrunk_covariance():
     val = validation_matrix()
-    fitted = cal.fit_calibration(val, method="mahalanobis")
+    fitted = fit(val, method="mahalanobis")
     standardized = (val - val.mean(axis=0)) / val.std(axis=0, ddof=1)
     inverse = np.linalg.inv(cal.ledoit_wolf_covariance(standardized))
     point = val[:4] * 1.5
     u = fitted.standardize(point)
     expected = np.sqrt(np.einsum("ni,ij,nj->n", u, inverse, u))
     np.testing.assert_allclose(fitted.combine(point), expected, rtol=1e-6)
-    assert np.asarray(fitted.whitening).shape == (5, 5)
+    assert np.asarray(fitted.whitening).shape == (7, 7)
 
 
 def test_constant_term_gets_a_floored_std():
     val = validation_matrix()
     val[:, 1] = 3.0
-    fitted = cal.fit_calibration(val)
+    fitted = fit(val)
     assert fitted.std[1] == pytest.approx(3.0 * cal.STD_FLOOR_RELATIVE)
     assert np.all(np.isfinite(fitted.combine(val)))
 
@@ -198,15 +226,17 @@ def test_threshold_with_few_images_extrapolates_above_the_maximum():
 def test_fitted_threshold_flags_no_validation_image():
     val = validation_matrix(30)
     for method in cal.METHODS:
-        fitted = cal.fit_calibration(val, method=method, max_fpr=0.01)
+        fitted = fit(val, method=method, max_fpr=0.01)
         assert not fitted.is_anomalous(fitted.combine(val)).any()
 
 
 def test_calibration_round_trips_through_json():
     for method in cal.METHODS:
-        fitted = cal.fit_calibration(validation_matrix(), method=method, config_hash="abc", model_step=7)
+        fitted = fit(validation_matrix(), method=method, config_hash="abc", model_step=7)
         restored = cal.Calibration.from_dict(json.loads(json.dumps(fitted.to_dict())))
         assert restored == fitted
+        np.testing.assert_array_equal(restored.code_mean, code_gaussian()["code_mean"])
+        np.testing.assert_array_equal(restored.code_whitening, code_gaussian()["code_whitening"])
         np.testing.assert_array_equal(restored.combine(validation_matrix()), fitted.combine(validation_matrix()))
 
 
@@ -217,18 +247,20 @@ def test_calibration_round_trips_through_json():
         (lambda d: d.update(extra=1), "unknown keys"),
         (lambda d: d.update(threshold="high"), "'threshold' has type str"),
         (lambda d: d.update(n_validation=True), "'n_validation' has type bool"),
-        (lambda d: d.update(mean=d["mean"][:2]), "'mean' must hold 5"),
-        (lambda d: d.update(std=[0.0] * 5), "'std' must be positive"),
-        (lambda d: d.update(weights=[float("nan")] * 5), "'weights' must hold 5 finite"),
+        (lambda d: d.update(mean=d["mean"][:2]), "'mean' must hold 7"),
+        (lambda d: d.update(std=[0.0] * 7), "'std' must be positive"),
+        (lambda d: d.update(weights=[float("nan")] * 7), "'weights' must hold 7 finite"),
         (lambda d: d.update(method="median"), "'method'"),
-        (lambda d: d.update(method="mahalanobis"), "'whitening' must be a 5x5"),
-        (lambda d: d.update(terms=["latent"] * 5), "distinct"),
-        (lambda d: d.update(terms=["latent", "cycle", "reconstruction", "critic_feature", "bogus"]), "unknown terms"),
+        (lambda d: d.update(method="mahalanobis"), "'whitening' must be a 7x7"),
+        (lambda d: d.update(terms=["latent"] * 7), "distinct"),
+        (lambda d: d.update(terms=[*cal.TERMS[:-1], "bogus"]), "unknown terms"),
+        (lambda d: d.pop("code_mean"), "'code_mean'"),
+        (lambda d: d.update(code_whitening=d["code_whitening"][:3]), "'code_whitening' must be a 8x8"),
         (lambda d: d.update(max_fpr=1.5), "'max_fpr'"),
     ],
 )
 def test_corrupt_calibration_dicts_are_refused_naming_the_source(change, message):
-    values = cal.fit_calibration(validation_matrix()).to_dict()
+    values = fit(validation_matrix()).to_dict()
     change(values)
     with pytest.raises(GanspectionError, match=message) as error:
         cal.Calibration.from_dict(values, source="run/calibration.json")
@@ -237,7 +269,50 @@ def test_corrupt_calibration_dicts_are_refused_naming_the_source(change, message
 
 def test_fit_refuses_a_single_validation_image():
     with pytest.raises(GanspectionError, match="at least 2 good validation images"):
-        cal.fit_calibration(validation_matrix()[:1])
+        fit(validation_matrix()[:1])
+
+
+def test_fit_refuses_latent_mahalanobis_without_the_code_gaussian():
+    with pytest.raises(GanspectionError, match="code Gaussian"):
+        cal.fit_calibration(validation_matrix())
+
+
+def model_outputs(n, seed, shift=0.0):
+    """Raw term-model outputs of n images, like scoring.compute_terms returns them."""
+    rng = np.random.default_rng(seed)
+    outputs = {term: rng.normal(1.0, 0.2, n) for term in cal.TERMS if term != "latent_mahalanobis"}
+    outputs["code"] = rng.normal(size=(n, 8)) * np.linspace(0.5, 2.0, 8) + shift
+    return outputs
+
+
+def test_latent_mahalanobis_is_the_squared_distance_under_the_validation_gaussian():
+    validation, test = model_outputs(30, 0), model_outputs(6, 1, shift=0.7)
+    fitted = cal.fit_calibration_from_outputs(validation)
+    covariance, _ = ledoit_wolf(validation["code"])  # scikit-learn, independent of our shrinkage
+    centred = test["code"] - validation["code"].mean(axis=0)
+    expected = np.einsum("ni,ij,nj->n", centred, np.linalg.inv(covariance), centred)
+    matrix = fitted.term_matrix(test)
+    np.testing.assert_allclose(matrix[:, cal.TERMS.index("latent_mahalanobis")], expected, rtol=1e-6)
+    np.testing.assert_array_equal(matrix[:, cal.TERMS.index("map_max")], test["map_max"])
+
+
+def test_validation_latent_mahalanobis_is_leave_one_out():
+    """Each validation code is measured against the Gaussian of the others: larger than the in-sample values."""
+    validation = model_outputs(30, 0)
+    codes = validation["code"]
+    honest = cal.leave_one_out_mahalanobis(codes)
+    mean, whitening = cal.fit_code_gaussian(codes[1:])
+    assert honest[0] == pytest.approx(cal.latent_mahalanobis(codes[:1], mean, whitening)[0])
+    in_sample = cal.latent_mahalanobis(codes, *cal.fit_code_gaussian(codes))
+    assert np.all(honest > in_sample)
+    fitted = cal.fit_calibration_from_outputs(validation)
+    column = cal.TERMS.index("latent_mahalanobis")
+    assert fitted.mean[column] == pytest.approx(honest.mean())
+
+
+def test_outputs_needed_maps_latent_mahalanobis_to_the_code():
+    assert cal.outputs_needed(["map_max", "latent_mahalanobis"]) == ["map_max", "code"]
+    assert cal.outputs_needed(["latent", "critic"]) == ["latent", "critic"]
 
 
 def test_anomaly_map_smooths_and_upsamples():
@@ -313,6 +388,21 @@ def test_ensure_calibration_reuses_a_matching_file_and_refits_a_stale_one(run_co
     assert scoring.ensure_calibration(run_copy, log=lambda *a: None) == first
     refit = scoring.ensure_calibration(run_copy, log=lambda *a: None, method="mahalanobis", max_fpr=0.05)
     assert (refit.method, refit.max_fpr) == ("mahalanobis", 0.05)
+
+
+def test_ensure_calibration_refits_a_file_from_before_the_new_terms(run_copy):
+    """An old calibration.json (five terms, no code Gaussian) of the same model is refitted, not an error."""
+    current = scoring.ensure_calibration(run_copy, log=lambda *a: None)
+    old = current.to_dict()
+    old_terms = ["latent", "cycle", "reconstruction", "critic_feature", "critic"]
+    for key in ("mean", "std"):
+        old[key] = old[key][:5]
+    old.update(terms=old_terms, weights=[0.0, 0.0, 1.0, 0.0, 0.5], threshold=123.0)
+    del old["code_mean"], old["code_whitening"]
+    (run_copy / "calibration.json").write_text(json.dumps(old))
+    messages = []
+    assert scoring.ensure_calibration(run_copy, log=messages.append) == current
+    assert not any("warning" in m for m in messages)
 
 
 def test_ensure_calibration_recomputes_a_corrupt_file_with_a_warning(run_copy):
