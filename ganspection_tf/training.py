@@ -71,7 +71,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     sample_every: int = 100
     keep_checkpoints: int = 3
-    jit_compile: bool = True
+    jit_compile: bool = False  # XLA measured slower on CPU here (benchmarks/RESULTS.md)
     precision: str = "float32"
     strategy: str = "auto"
     devices: list[str] | None = None
