@@ -47,3 +47,19 @@ def synthetic_category(tmp_path_factory):
     return synthetic.write_synthetic_category(
         root, name="widget", image_size=64, n_train=40, n_test_good=8, n_test_per_defect=6
     )
+
+
+@pytest.fixture
+def images_read(monkeypatch):
+    """The paths the data pipeline decodes during a test, in order (the real reader still runs)."""
+    from ganspection_tf.data import pipeline
+
+    read = []
+    original = pipeline.read_image
+
+    def recording_reader(path, *args, **kwargs):
+        read.append(Path(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "read_image", recording_reader)
+    return read

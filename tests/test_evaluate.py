@@ -13,7 +13,6 @@ import pytest  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
 from ganspection_tf import evaluate  # noqa: E402
-from ganspection_tf.data import pipeline  # noqa: E402
 from ganspection_tf.data.synthetic import generate_good, write_synthetic_category  # noqa: E402
 from ganspection_tf.errors import GanspectionError  # noqa: E402
 from ganspection_tf.images import read_image  # noqa: E402
@@ -206,18 +205,11 @@ def test_scores_csv_matches_the_metrics(evaluated):
     assert skm.roc_auc_score(labels, scores) == pytest.approx(metrics["image_auroc"], abs=1e-3)
 
 
-def test_calibration_never_reads_test_images(run_with_private_data, monkeypatch):
+def test_calibration_never_reads_test_images(run_with_private_data, images_read):
     """evaluate calibrates first: with every test image unreadable, the calibration still succeeds."""
     run, category = run_with_private_data
     (run / "calibration.json").unlink(missing_ok=True)
-    read = []
-    original = pipeline.read_image
-
-    def recording_reader(path, *args, **kwargs):
-        read.append(Path(path))
-        return original(path, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "read_image", recording_reader)
+    read = images_read
     for image in (category / "test").rglob("*.png"):
         image.write_bytes(b"\x89PNG broken")
     with pytest.raises(GanspectionError, match="cannot read image") as error:

@@ -351,17 +351,10 @@ def private_category(run_dir, tmp_path):
     return category, splits
 
 
-def test_ensure_calibration_reads_only_validation_images(run_copy, tmp_path, monkeypatch):
+def test_ensure_calibration_reads_only_validation_images(run_copy, tmp_path, images_read):
     category, splits = private_category(run_copy, tmp_path)
     validation_names = {Path(p).name for p in splits["validation"]}
-    read = []
-    original = pipeline.read_image
-
-    def recording_reader(path, *args, **kwargs):
-        read.append(Path(path))
-        return original(path, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "read_image", recording_reader)
+    read = images_read
     test_images = list((category / "test").rglob("*.png"))
     assert test_images
     for test_image in test_images:  # reading any test image would now fail
