@@ -113,8 +113,8 @@ def _score_frame(scorer, frame, summary, sink, save_anomalies, err):
     sink.write(json.dumps(record) + "\n")
     sink.flush()
     if result.anomalous and save_anomalies is not None:
-        if scorer.has_heatmap:  # scored again for the map: anomalies are rare, the latency figures stay clean
-            result = scorer.score(frame.pixels, color_order=frame.color_order, heatmap=True)
+        if scorer.has_heatmap:  # from the map the scoring already produced: no second inference
+            result.heatmap = result.heatmap_at(*frame.pixels.shape[:2])
         picture = annotated_frame(frame, result, scorer.threshold)
         artifacts.write_png(save_anomalies / f"{index:06d}_{_safe(frame.label)}.png", picture)
 

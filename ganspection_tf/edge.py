@@ -72,6 +72,11 @@ class EdgeResult:
     terms: dict[str, float]
     heatmap: np.ndarray | None
     latency_ms: float
+    error_map: np.ndarray | None = None  # the model's low-resolution map (bundles with heatmaps), for later use
+
+    def heatmap_at(self, height: int, width: int) -> np.ndarray:
+        """The anomaly map at a frame's size, from the map this scoring already produced (no second inference)."""
+        return anomaly_map(self.error_map, (height, width))  # the workstation's smoothing
 
 
 class EdgeScorer:
@@ -109,12 +114,12 @@ class EdgeScorer:
         matrix = self.calibration.term_matrix(outputs)
         terms = {name: float(value) for name, value in zip(self.calibration.terms, matrix[0])}
         score = float(self.calibration.combine(matrix)[0])
-        amap = None
+        result = EdgeResult(score, bool(score > self.threshold), terms, None, 0.0,
+                            outputs[ERROR_MAP_OUTPUT][0] if self.has_heatmap else None)
         if heatmap:
-            height, width = np.asarray(frame).shape[:2]
-            amap = anomaly_map(outputs[ERROR_MAP_OUTPUT][0], (height, width))  # the workstation's smoothing
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        return EdgeResult(score, bool(score > self.threshold), terms, amap, latency_ms)
+            result.heatmap = result.heatmap_at(*np.asarray(frame).shape[:2])
+        result.latency_ms = (time.perf_counter() - started) * 1000.0
+        return result
 
     def score_file(self, path, heatmap: bool = False) -> EdgeResult:
         """Score an image file, decoded like the training images (``images.read_image``, RGB)."""
