@@ -218,7 +218,7 @@ def _echo_to_stderr(message):
 # ------------------------------------------------------------------------------------------------ score
 
 SCORE_FIELDS = ("path", "score", "latent", "cycle", "reconstruction", "critic_feature", "critic", "map_max",
-                "latent_mahalanobis", "anomalous")
+                "latent_mahalanobis", "normalized_map_max", "anomalous")
 
 
 @cli.command()

@@ -8,9 +8,11 @@ A frame is scored like the workstation scores a file:
 
 1. ``images.frame_to_rgb`` (BGR(A) from OpenCV or RGB(A), 1/3/4 channels, to the bundle's channel count),
 2. ``images.resize_image`` (cv2.INTER_AREA stretch to the model size — the training resize rule),
-3. the TFLite model (uint8 in; it scales to [-1, 1] itself) computes the raw outputs (score terms, the code),
-4. ``Calibration.term_matrix`` makes the terms from them (the workstation's function: latent_mahalanobis from
-   the code) and ``Calibration.combine`` the score, in numpy; ``score > threshold`` decides.
+3. the TFLite model (uint8 in; it scales to [-1, 1] itself) computes the raw outputs (score terms, the code,
+   the error map),
+4. ``Calibration.term_matrix`` makes the terms from them (the workstation's function: normalized_map_max from
+   the error map, latent_mahalanobis from the code) and ``Calibration.combine`` the score, in numpy;
+   ``score > threshold`` decides.
 
 Step 4 runs in float64 numpy on purpose: a full-integer model would clip its output at the range seen on the
 representative images, so every strongly anomalous frame would get the same capped score.
@@ -204,7 +206,7 @@ def _metadata_problem(metadata) -> str | None:
         return "'terms' differs from the calibration's terms"
     if metadata["calibration"].get("threshold") != metadata["threshold"]:
         return "'threshold' differs from the calibration's threshold"
-    required_outputs = outputs_needed(terms) + ([ERROR_MAP_OUTPUT] if metadata["heatmap"] else [])
+    required_outputs = outputs_needed(terms, with_error_map=metadata["heatmap"])
     if sorted(metadata["outputs"]) != sorted(required_outputs):
         return f"'outputs' {metadata['outputs']} must be {required_outputs}"
     return None

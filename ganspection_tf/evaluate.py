@@ -44,7 +44,7 @@ PRO_FPR_LIMIT = 0.3
 CASES_PER_GROUP = 3
 DISPLAY_SIZE = 128
 # The fusion the default weights replaced, reported for comparison.
-PREVIOUS_DEFAULT_WEIGHTS = {"reconstruction": 1.0, "critic": 0.5}
+PREVIOUS_DEFAULT_WEIGHTS = {"map_max": 1.0, "latent_mahalanobis": 1.0}
 
 
 def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32, method=None, max_fpr=None) -> dict:
@@ -61,7 +61,8 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
     )
     out = artifacts.ensure_writable_folder(run_dir / EVAL_FOLDER, option="RUN_DIR")
     scored = _score_test_split(category_found.test, term_model, calibration, batch_size)
-    comparisons = _comparison_scores(scoring.validation_terms(run_dir, term_model, log), scored, calibration)
+    comparisons = _comparison_scores(scoring.validation_terms(run_dir, term_model, log),
+                                     scoring.reference_terms(run_dir, term_model, log), scored, calibration)
     all_scores = {COMBINED: scored["combined"], **scored["terms"], **comparisons}
 
     metrics = {
@@ -69,7 +70,7 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
         "model_step": scoring.model_step(model),
         "data": _data_summary(category_found),
         "calibration": {k: v for k, v in calibration.to_dict().items()
-                        if k not in ("whitening", "code_mean", "code_whitening")},
+                        if k not in ("whitening", "code_mean", "code_whitening", "map_mean", "map_std")},
         "image": image_metrics(scored["labels"], scored["defects"], all_scores),
         "threshold": threshold_metrics(scored["labels"], scored["combined"], calibration.threshold),
         "oracle": oracle_f1(scored["labels"], scored["combined"]),
@@ -228,7 +229,7 @@ def _score_test_split(test, term_model, calibration, batch_size):
     count, side = len(test), PIXEL_EVAL_SIZE
     maps = np.empty((count, side, side), dtype=np.float32)
     masks = np.zeros((count, side, side), dtype=bool)
-    outputs = {name: [] for name in scoring.MODEL_OUTPUTS if name != "error_map"}
+    outputs = {name: [] for name in scoring.MODEL_OUTPUTS}  # error maps too: normalized_map_max needs them
     for start in range(0, count, batch_size):
         batch = test[start : start + batch_size]
         images, _ = pipeline.load_images([t.path for t in batch], size, channels, skip_unreadable=False)
@@ -264,19 +265,19 @@ def read_mask(path, side) -> np.ndarray:
     return cv2.resize(mask, (side, side), interpolation=cv2.INTER_NEAREST) > 127
 
 
-def _comparison_scores(validation_outputs, scored, calibration):
+def _comparison_scores(validation_outputs, reference_outputs, scored, calibration):
     """Test scores of the fusions not chosen, each fitted on the good validation images' raw model outputs."""
     candidates = {
         "fusion: weighted, default α": {"method": "weighted"},
-        "fusion: weighted, previous default α (reconstruction + ½ critic)": {
+        "fusion: weighted, previous default α (map_max + latent_mahalanobis)": {
             "method": "weighted", "weights": PREVIOUS_DEFAULT_WEIGHTS},
         "fusion: weighted, equal α": {"method": "weighted", "weights": [1.0] * len(scoring.TERMS)},
         "fusion: mahalanobis": {"method": "mahalanobis"},
     }
     fusions = {}
     for name, options in candidates.items():
-        fitted = fit_calibration_from_outputs(validation_outputs, scoring.TERMS, max_fpr=calibration.max_fpr,
-                                              **options)
+        fitted = fit_calibration_from_outputs(validation_outputs, scoring.TERMS, reference_outputs=reference_outputs,
+                                              max_fpr=calibration.max_fpr, **options)
         fusions[name] = fitted.combine(fitted.term_matrix(scored["outputs"]))
     return fusions
 
@@ -436,8 +437,9 @@ precision {threshold['precision']:.3f}, recall {threshold['recall']:.3f}, false-
 </table>
 <p>The "fusion" rows are other ways of combining the terms, fitted on the same good validation images and shown
 for comparison only: the threshold applies to "combined". map_max is the maximum of the smoothed per-pixel error
-map; latent_mahalanobis the squared Mahalanobis distance of the code E(x) from a Gaussian fitted to the codes of
-the good validation images.</p>
+map; normalized_map_max the maximum of that map after standardising every pixel by the mean and spread of the
+good training images' maps at that pixel; latent_mahalanobis the squared Mahalanobis distance of the code E(x)
+from a Gaussian fitted to the codes of the good validation images.</p>
 <h2>Pixel level</h2><p>{pixel_text}</p>
 <h2>Figures</h2>
 <p><img src="roc.png" alt="ROC curves"></p>

@@ -18,7 +18,8 @@ For an image x in [-1, 1], z = E(x), x̂ = G(z) (the reconstruction), f(·, z) =
                       the maximum does not.
 
 The term model also outputs ``code`` (z, (B, d)): ``latent_mahalanobis`` is computed from it in numpy with the
-code Gaussian of the calibration (``calibration.py``), and the per-pixel ``error_map`` (B, S, S).
+code Gaussian of the calibration (``calibration.py``), and the per-pixel ``error_map`` (B, S, S), from which
+``normalized_map_max`` (the default score) is computed in numpy with the calibration's per-pixel Gaussian.
 
 Every term grows with abnormality; ``calibration.py`` standardises and combines them. The term model is a
 plain functional Keras model (the networks are called as layers; the arithmetic lives in small registered
@@ -42,6 +43,7 @@ from ganspection_tf import artifacts, training
 from ganspection_tf.calibration import (
     CODE_OUTPUT,
     DEFAULT_MAX_FPR,
+    MAX_REFERENCE_IMAGES,
     TERMS,
     Calibration,
     fit_calibration_from_outputs,
@@ -75,7 +77,7 @@ __all__ = [
 
 CALIBRATION_FILE = "calibration.json"
 MODEL_TERMS = tuple(name for name in outputs_needed(TERMS) if name in TERMS)  # the terms the model outputs
-MODEL_OUTPUTS = (*outputs_needed(TERMS), "error_map")  # everything compute_terms returns
+MODEL_OUTPUTS = tuple(outputs_needed(TERMS, with_error_map=True))  # everything compute_terms returns
 
 
 @keras.saving.register_keras_serializable(package="ganspection_tf")
@@ -273,8 +275,9 @@ def ensure_calibration(run_dir, model=None, log=print, *, term_model=None, metho
     A stored file is reused when its config_hash and model step match the run's model and it agrees with any
     `method` / `max_fpr` / `weights` given (None = accept what is stored, or the default for a new fit).
     Otherwise the terms of the good images in ``splits.json["validation"]`` (held out of training) are
-    computed and fitted, and the file is written atomically. This is the only place a calibration is made,
-    and it reads no image but those validation images: never a test image.
+    computed and fitted, the per-pixel Gaussian of ``normalized_map_max`` on the error maps of (up to
+    MAX_REFERENCE_IMAGES) good training images, and the file is written atomically. This is the only place a
+    calibration is made, and it reads no image but those good train/validation images: never a test image.
     """
     run_dir = Path(run_dir)
     model = model if model is not None else training.load_model(run_dir)
@@ -284,9 +287,10 @@ def ensure_calibration(run_dir, model=None, log=print, *, term_model=None, metho
     stored = _stored_calibration(path, log)
     if stored is not None and _still_valid(stored, config_hash, step, method, max_fpr, weights):
         return stored
-    values = validation_terms(run_dir, term_model if term_model is not None else build_term_model(model), log)
+    term_model = term_model if term_model is not None else build_term_model(model)
+    values = validation_terms(run_dir, term_model, log)
     calibration = fit_calibration_from_outputs(
-        values, TERMS, weights=weights, method=method or "weighted",
+        values, TERMS, reference_outputs=reference_terms(run_dir, term_model, log), weights=weights, method=method or "weighted",
         max_fpr=DEFAULT_MAX_FPR if max_fpr is None else max_fpr, config_hash=config_hash, model_step=step,
     )
     artifacts.write_json(path, calibration.to_dict())
@@ -308,6 +312,24 @@ def validation_terms(run_dir, term_model, log=print) -> dict[str, np.ndarray]:
     return compute_terms(term_model, images)
 
 
+def reference_terms(run_dir, term_model, log=print) -> dict[str, np.ndarray] | None:
+    """Raw model outputs of up to MAX_REFERENCE_IMAGES good TRAINING images (evenly spaced over the split), for
+    the per-pixel Gaussian of normalized_map_max; None (with a warning) when none of them is there any more."""
+    splits = artifacts.read_json(Path(run_dir) / training.SPLITS_FILE, what="split list")
+    folder = _training_folder(splits)
+    listed = splits.get("train") or []
+    if len(listed) > MAX_REFERENCE_IMAGES:
+        listed = [listed[i] for i in np.linspace(0, len(listed) - 1, MAX_REFERENCE_IMAGES).astype(int)]
+    paths = [folder / Path(p).name for p in listed if (folder / Path(p).name).is_file()]
+    if len(paths) < 2:
+        log(f"warning: the training images are not in {folder} any more; normalized_map_max falls back to "
+            "per-pixel statistics of the validation images")
+        return None
+    _, size, _, channels = term_model.input_shape
+    images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=True)
+    return compute_terms(term_model, images)
+
+
 def validation_paths(run_dir) -> list[Path]:
     """The validation images of ``splits.json``, found under the recorded (absolute) category root.
 
@@ -323,9 +345,13 @@ def validation_paths(run_dir) -> list[Path]:
             f"{splits_path}: no good validation images were held out of training (--val-fraction 0); calibration "
             "needs good images the model never saw: retrain with e.g. --val-fraction 0.15"
         )
-    root = Path(splits["root"])
-    folder = root / "train" / "good" if splits.get("is_mvtec") else root
+    folder = _training_folder(splits)
     return [_locate(Path(p), folder, splits_path) for p in listed]
+
+
+def _training_folder(splits) -> Path:
+    root = Path(splits["root"])
+    return root / "train" / "good" if splits.get("is_mvtec") else root
 
 
 def model_step(model) -> int | None:

@@ -154,16 +154,16 @@ def test_frames_of_any_size_and_channel_count_are_scored(scorer):
 
 def test_terms_come_from_the_workstations_term_matrix(scorer):
     """The camera turns the raw outputs into terms with Calibration.term_matrix, like the workstation:
-    latent_mahalanobis is the squared distance of the model's code output under the stored code Gaussian."""
+    normalized_map_max is the largest per-pixel z-score of the model's smoothed error map under the stored
+    per-pixel Gaussian."""
     frame = np.random.default_rng(3).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     outputs = scorer.run_model(scorer.preprocess(frame, "rgb"))
-    assert set(outputs) == {"map_max", "code", "error_map"} and outputs["code"].shape == (1, 8)
+    assert set(outputs) == {"error_map"} and outputs["error_map"].shape == (1, 32, 32)
     result = scorer.score(frame, color_order="rgb")
     calibration = scorer.calibration
-    centred = outputs["code"].astype(np.float64) - np.asarray(calibration.code_mean)
-    whitened = centred @ np.asarray(calibration.code_whitening).T
-    assert result.terms["latent_mahalanobis"] == pytest.approx(float(np.sum(whitened**2)), rel=1e-9)
-    assert result.terms["map_max"] == pytest.approx(float(outputs["map_max"][0]), rel=1e-6)
+    smoothed = cv2.GaussianBlur(outputs["error_map"][0].astype(np.float32), (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)
+    z_scores = (smoothed - np.asarray(calibration.map_mean)) / np.asarray(calibration.map_std)
+    assert result.terms["normalized_map_max"] == pytest.approx(float(z_scores.max()), rel=1e-5)
     assert result.score == pytest.approx(float(calibration.combine(calibration.term_matrix(outputs))[0]), rel=1e-12)
 
 

@@ -11,6 +11,7 @@ from edge_support import edge_category, exported_bundle, quiet, trained_run  # n
 
 from ganspection_tf import edge, export, scoring, training  # noqa: E402
 from ganspection_tf.calibration import (  # noqa: E402
+    TERM_INPUTS,
     TERMS,
     Calibration,
     fit_calibration,
@@ -60,7 +61,7 @@ def test_converted_models_hold_their_weights(run_dir, tmp_path_factory):
         metadata = edge.read_metadata(out)
         sizes[quantize] = (out / "model.tflite").stat().st_size
         assert sizes[quantize] >= export.BYTES_PER_WEIGHT[quantize] * metadata["scorer_weights"]
-    # The default scorer (map_max + latent_mahalanobis) keeps the encoder in float (it outputs the code), so
+    # The default scorer (normalized_map_max) keeps the encoder in float (it outputs the error map), so
     # the int8 saving comes from the generator: its upsampling kernels shrink from 4 bytes a weight to 1.
     generator = training.load_model(run_dir).scoring_networks()[1]
     upsampling_weights = sum(layer.count_params() for layer in generator.layers if layer.name.startswith("gen_up"))
@@ -108,11 +109,11 @@ def test_int8_keeps_the_score_arithmetic_in_float(tmp_path_factory):
     integer = [name for name, dtype in convs.items() if dtype == np.int8]
     generator = [name for name in convs if "gen_" in name.split(";")[-1]]
     assert len(generator) >= 4 and set(generator) - set(integer) == {n for n in generator if "gen_image" in n}
-    # The generator is integer but for its image; float: the encoder (the default latent_mahalanobis whitens its
-    # code, which amplifies int8 noise) and the fixed Gaussian smoothing of the error map (map_max).
+    # The generator is integer but for its image; float: the encoder (the default normalized_map_max divides the
+    # error map by small per-pixel spreads, which amplifies int8 noise of the code the reconstruction comes from).
     assert all(("enc_" in name or "smoothed_error_map" in name or "gen_image" in name)
                for name in convs if name not in integer)
-    assert any("smoothed_error_map" in name for name in convs) and any("enc_conv" in name for name in convs)
+    assert any("enc_conv" in name for name in convs)
     for output in interpreter.get_output_details():
         producer = producers[output["index"]]
         assert producer["op_name"] != "DEQUANTIZE", names[output["index"]]  # computed in float, not clipped int8
@@ -169,8 +170,9 @@ def test_combined_bundle_scores_like_the_runs_calibration(run_dir, tmp_path_fact
     shipped = Calibration.from_dict(metadata["calibration"])
     # Only the terms with a non-zero weight are computed on the camera; the scores are exactly the same.
     assert shipped.terms == [t for t, w in zip(stored.terms, stored.weights) if w]
-    assert sorted(metadata["outputs"]) == sorted(outputs_needed(shipped.terms) + ["error_map"])
-    assert (shipped.code_mean, shipped.code_whitening) == (stored.code_mean, stored.code_whitening)
+    assert sorted(metadata["outputs"]) == sorted(outputs_needed(shipped.terms, with_error_map=True))
+    assert (shipped.map_mean, shipped.map_std) == (stored.map_mean, stored.map_std)  # the default's Gaussian
+    assert shipped.code_mean is None and stored.code_mean is not None  # latent_mahalanobis does not count
     terms = np.random.default_rng(0).normal(1.0, 0.5, (50, len(stored.terms)))
     kept = [stored.terms.index(t) for t in shipped.terms]
     np.testing.assert_array_equal(shipped.combine(terms[:, kept]), stored.combine(terms))
@@ -187,15 +189,20 @@ def test_terms_that_count_keeps_every_term_for_mahalanobis():
     assert export.terms_that_count(weighted).terms == ["latent", "critic"]
 
 
-def test_terms_that_count_keeps_the_code_gaussian_only_for_latent_mahalanobis():
+def test_terms_that_count_keeps_each_gaussian_only_for_its_term():
     rng = np.random.default_rng(2)
-    outputs = {term: rng.normal(size=30) for term in TERMS if term != "latent_mahalanobis"}
+    outputs = {term: rng.normal(size=30) for term in TERMS if term not in TERM_INPUTS}
     outputs["code"] = rng.normal(size=(30, 4))
+    outputs["error_map"] = np.abs(rng.normal(size=(30, 8, 8)))
     default = export.terms_that_count(fit_calibration_from_outputs(outputs))
-    assert default.terms == ["map_max", "latent_mahalanobis"] and len(default.code_mean) == 4
-    assert outputs_needed(default.terms) == ["map_max", "code"]
+    assert default.terms == ["normalized_map_max"] and np.asarray(default.map_mean).shape == (8, 8)
+    assert default.code_mean is None and default.code_whitening is None
+    assert outputs_needed(default.terms) == ["error_map"]
+    code_only = export.terms_that_count(fit_calibration_from_outputs(outputs, weights={"latent_mahalanobis": 1.0}))
+    assert code_only.terms == ["latent_mahalanobis"] and len(code_only.code_mean) == 4
+    assert code_only.map_mean is None and code_only.map_std is None
     without = export.terms_that_count(fit_calibration_from_outputs(outputs, weights={"map_max": 1.0}))
-    assert without.terms == ["map_max"] and without.code_mean is None and without.code_whitening is None
+    assert without.terms == ["map_max"] and without.code_mean is None and without.map_mean is None
 
 
 # ------------------------------------------------------------------------------------------------ the gate

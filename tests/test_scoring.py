@@ -9,6 +9,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import cv2  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -62,7 +63,7 @@ def validation_matrix(n=40, seed=0):
     base = rng.normal(size=(n, 1))
     # Correlated, differently scaled terms, like the real ones (one column per term).
     return np.hstack([base + 0.3 * rng.normal(size=(n, 1)), 5 + 2 * base, rng.normal(size=(n, 3)) * [1, 10, 0.1],
-                      0.2 + 0.05 * rng.random((n, 1)), 8 + 3 * base ** 2])
+                      0.2 + 0.05 * rng.random((n, 1)), 8 + 3 * base ** 2, 2 + base])
 
 
 def code_gaussian(n=30, d=8, seed=0):
@@ -71,9 +72,15 @@ def code_gaussian(n=30, d=8, seed=0):
     return {"code_mean": mean, "code_whitening": whitening}
 
 
+def map_gaussian(side=8, seed=0):
+    maps = np.abs(np.random.default_rng(seed).normal(0.1, 0.03, size=(20, side, side)))
+    mean, std = cal.fit_map_gaussian(maps)
+    return {"map_mean": mean, "map_std": std}
+
+
 def fit(matrix, **options):
-    """fit_calibration with every term, the latent_mahalanobis code Gaussian included."""
-    return cal.fit_calibration(matrix, **code_gaussian(), **options)
+    """fit_calibration with every term, the latent_mahalanobis and normalized_map_max Gaussians included."""
+    return cal.fit_calibration(matrix, **code_gaussian(), **map_gaussian(), **options)
 
 
 # --------------------------------------------------------------------------------------------- term model
@@ -97,7 +104,8 @@ def test_term_model_outputs_match_their_definitions(tiny_model, term_model, imag
         "code": z,
     }
     terms = scoring.compute_terms(term_model, images)
-    assert set(terms) == set(scoring.MODEL_OUTPUTS) == (set(scoring.TERMS) - {"latent_mahalanobis"}) | {
+    assert set(terms) == set(scoring.MODEL_OUTPUTS) == (set(scoring.TERMS) - {"latent_mahalanobis",
+                                                                               "normalized_map_max"}) | {
         "error_map", "code"}
     for name, values in expected.items():
         np.testing.assert_allclose(terms[name], values, rtol=1e-4, atol=1e-5, err_msg=name)
@@ -165,7 +173,7 @@ def test_calibration_module_never_imports_tensorflow():
 
 def test_weighted_combination_is_standardised_weighted_sum():
     val = validation_matrix()
-    weights = [1.0, 0.5, 0.0, 2.0, 0.25, 1.0, 0.0]
+    weights = [1.0, 0.5, 0.0, 2.0, 0.25, 1.0, 0.0, 0.5]
     fitted = fit(val, weights=weights)
     mean, std = val.mean(axis=0), val.std(axis=0, ddof=1)
     np.testing.assert_allclose(fitted.mean, mean)
@@ -176,9 +184,9 @@ def test_weighted_combination_is_standardised_weighted_sum():
 
 def test_weights_dict_fills_missing_terms_with_zero():
     fitted = fit(validation_matrix(), weights={"reconstruction": 2.0})
-    assert fitted.weights == [0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0]
+    assert fitted.weights == [0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     assert fit(validation_matrix()).weights == [cal.DEFAULT_WEIGHTS[t] for t in cal.TERMS]
-    assert {t for t, w in cal.DEFAULT_WEIGHTS.items() if w} == {"map_max", "latent_mahalanobis"}
+    assert {t for t, w in cal.DEFAULT_WEIGHTS.items() if w} == {"normalized_map_max"}
 
 
 def test_ledoit_wolf_matches_scikit_learn():
@@ -196,7 +204,7 @@ def test_mahalanobis_score_is_the_distance_under_the_shrunk_covariance():
     u = fitted.standardize(point)
     expected = np.sqrt(np.einsum("ni,ij,nj->n", u, inverse, u))
     np.testing.assert_allclose(fitted.combine(point), expected, rtol=1e-6)
-    assert np.asarray(fitted.whitening).shape == (7, 7)
+    assert np.asarray(fitted.whitening).shape == (8, 8)
 
 
 def test_constant_term_gets_a_floored_std():
@@ -247,16 +255,19 @@ def test_calibration_round_trips_through_json():
         (lambda d: d.update(extra=1), "unknown keys"),
         (lambda d: d.update(threshold="high"), "'threshold' has type str"),
         (lambda d: d.update(n_validation=True), "'n_validation' has type bool"),
-        (lambda d: d.update(mean=d["mean"][:2]), "'mean' must hold 7"),
-        (lambda d: d.update(std=[0.0] * 7), "'std' must be positive"),
-        (lambda d: d.update(weights=[float("nan")] * 7), "'weights' must hold 7 finite"),
+        (lambda d: d.update(mean=d["mean"][:2]), "'mean' must hold 8"),
+        (lambda d: d.update(std=[0.0] * 8), "'std' must be positive"),
+        (lambda d: d.update(weights=[float("nan")] * 8), "'weights' must hold 8 finite"),
         (lambda d: d.update(method="median"), "'method'"),
-        (lambda d: d.update(method="mahalanobis"), "'whitening' must be a 7x7"),
-        (lambda d: d.update(terms=["latent"] * 7), "distinct"),
+        (lambda d: d.update(method="mahalanobis"), "'whitening' must be a 8x8"),
+        (lambda d: d.update(terms=["latent"] * 8), "distinct"),
         (lambda d: d.update(terms=[*cal.TERMS[:-1], "bogus"]), "unknown terms"),
         (lambda d: d.pop("code_mean"), "'code_mean'"),
         (lambda d: d.update(code_whitening=d["code_whitening"][:3]), "'code_whitening' must be a 8x8"),
         (lambda d: d.update(max_fpr=1.5), "'max_fpr'"),
+        (lambda d: d.pop("map_std"), "'map_std' must be a square matrix"),
+        (lambda d: d.update(map_mean=d["map_mean"][:3]), "'map_mean' must be a square matrix"),
+        (lambda d: d.update(map_std=[[0.0] * 8] * 8), "'map_std' must be positive"),
     ],
 )
 def test_corrupt_calibration_dicts_are_refused_naming_the_source(change, message):
@@ -274,14 +285,20 @@ def test_fit_refuses_a_single_validation_image():
 
 def test_fit_refuses_latent_mahalanobis_without_the_code_gaussian():
     with pytest.raises(GanspectionError, match="code Gaussian"):
-        cal.fit_calibration(validation_matrix())
+        cal.fit_calibration(validation_matrix(), **map_gaussian())
+
+
+def test_fit_refuses_normalized_map_max_without_the_map_gaussian():
+    with pytest.raises(GanspectionError, match="per-pixel Gaussian"):
+        cal.fit_calibration(validation_matrix(), **code_gaussian())
 
 
 def model_outputs(n, seed, shift=0.0):
     """Raw term-model outputs of n images, like scoring.compute_terms returns them."""
     rng = np.random.default_rng(seed)
-    outputs = {term: rng.normal(1.0, 0.2, n) for term in cal.TERMS if term != "latent_mahalanobis"}
+    outputs = {term: rng.normal(1.0, 0.2, n) for term in cal.TERMS if term not in cal.TERM_INPUTS}
     outputs["code"] = rng.normal(size=(n, 8)) * np.linspace(0.5, 2.0, 8) + shift
+    outputs["error_map"] = np.abs(rng.normal(0.1, 0.02, size=(n, 16, 16))).astype(np.float32)
     return outputs
 
 
@@ -310,9 +327,57 @@ def test_validation_latent_mahalanobis_is_leave_one_out():
     assert fitted.mean[column] == pytest.approx(honest.mean())
 
 
-def test_outputs_needed_maps_latent_mahalanobis_to_the_code():
+def test_outputs_needed_maps_derived_terms_to_their_model_outputs():
     assert cal.outputs_needed(["map_max", "latent_mahalanobis"]) == ["map_max", "code"]
     assert cal.outputs_needed(["latent", "critic"]) == ["latent", "critic"]
+    assert cal.outputs_needed(["normalized_map_max"], with_error_map=True) == ["error_map"]  # no repeat
+    assert cal.outputs_needed(["critic"], with_error_map=True) == ["critic", "error_map"]
+
+
+def test_normalized_map_max_is_the_largest_per_pixel_z_score_of_the_smoothed_map():
+    rng = np.random.default_rng(3)
+    good = np.abs(rng.normal(0.1, 0.02, size=(40, 16, 16))).astype(np.float32)
+    mean, std = cal.fit_map_gaussian(good)
+    smoothed = np.stack([cv2.GaussianBlur(m, (0, 0), 0.5, borderType=cv2.BORDER_REFLECT) for m in good])
+    np.testing.assert_allclose(mean, smoothed.mean(axis=0), rtol=1e-5)
+    floor = cal.MAP_STD_FLOOR * smoothed.std(axis=0, ddof=1).mean()
+    np.testing.assert_allclose(std, np.maximum(smoothed.std(axis=0, ddof=1), floor), rtol=1e-4)
+    new = good[:2].copy()
+    new_smoothed = np.stack([cv2.GaussianBlur(m, (0, 0), 0.5, borderType=cv2.BORDER_REFLECT) for m in new])
+    np.testing.assert_allclose(cal.normalized_map_max(new, mean, std),
+                               ((new_smoothed - mean) / std).max(axis=(1, 2)), rtol=1e-4)
+
+
+def test_normalized_map_max_discounts_places_where_good_parts_always_err():
+    """The same error flags a part where good parts reconstruct cleanly, not where they always err (a rim)."""
+    rng = np.random.default_rng(4)
+    good = np.abs(rng.normal(0.05, 0.01, size=(60, 32, 32))).astype(np.float32)
+    good[:, :, :4] += np.abs(rng.normal(0.3, 0.1, size=(60, 32, 4)))  # a "rim" that is always reconstructed badly
+    mean, std = cal.fit_map_gaussian(good)
+    on_rim, in_quiet_place = good[:1].copy(), good[:1].copy()
+    on_rim[0, 14:18, 0:4] += 0.25
+    in_quiet_place[0, 14:18, 20:24] += 0.25
+    plain_max = [float(cal.smooth_error_maps(m).max()) for m in (on_rim, in_quiet_place)]
+    normalized = [float(cal.normalized_map_max(m, mean, std)[0]) for m in (on_rim, in_quiet_place)]
+    assert plain_max[0] > plain_max[1]  # the plain maximum ranks the rim error higher ...
+    assert normalized[1] > 3 * normalized[0]  # ... the per-pixel z-score ranks the quiet-place error far higher
+
+
+def test_normalized_map_max_uses_training_maps_when_given_else_leave_one_out():
+    validation, training_maps = model_outputs(20, 0), model_outputs(50, 5)
+    column = cal.TERMS.index("normalized_map_max")
+    with_reference = cal.fit_calibration_from_outputs(validation, reference_outputs=training_maps)
+    mean, std = cal.fit_map_gaussian(training_maps["error_map"])
+    np.testing.assert_allclose(with_reference.map_mean, mean)
+    values = cal.normalized_map_max(validation["error_map"], mean, std)
+    assert with_reference.mean[column] == pytest.approx(values.mean())
+    without = cal.fit_calibration_from_outputs(validation)
+    honest = cal.leave_one_out_normalized_map_max(validation["error_map"])
+    assert honest[0] == pytest.approx(
+        cal.normalized_map_max(validation["error_map"][:1], *cal.fit_map_gaussian(validation["error_map"][1:]))[0])
+    assert without.mean[column] == pytest.approx(honest.mean())
+    in_sample = cal.normalized_map_max(validation["error_map"], *cal.fit_map_gaussian(validation["error_map"]))
+    assert honest.mean() > in_sample.mean()
 
 
 def test_anomaly_map_smooths_and_upsamples():
@@ -351,9 +416,12 @@ def private_category(run_dir, tmp_path):
     return category, splits
 
 
-def test_ensure_calibration_reads_only_validation_images(run_copy, tmp_path, images_read):
+def test_ensure_calibration_reads_only_good_training_images(run_copy, tmp_path, images_read):
+    """The validation images (standardisation, threshold) and the training images (the per-pixel Gaussian of
+    normalized_map_max): good images from train/good, never a test image."""
     category, splits = private_category(run_copy, tmp_path)
     validation_names = {Path(p).name for p in splits["validation"]}
+    training_names = {Path(p).name for p in splits["train"]}
     read = images_read
     test_images = list((category / "test").rglob("*.png"))
     assert test_images
@@ -361,7 +429,7 @@ def test_ensure_calibration_reads_only_validation_images(run_copy, tmp_path, ima
         test_image.write_bytes(b"not an image")
     fitted = scoring.ensure_calibration(run_copy, log=lambda *a: None)
     assert fitted.n_validation == len(validation_names) >= 2
-    assert {p.name for p in read} == validation_names
+    assert {p.name for p in read} == validation_names | training_names
     assert all(p.parent == category / "train" / "good" for p in read)
     assert cal.Calibration.from_dict(json.loads((run_copy / "calibration.json").read_text())) == fitted
 
