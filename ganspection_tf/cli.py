@@ -198,17 +198,36 @@ def _demo_edge_scoring(bundle, category):
               help="Target false-positive rate on the good validation images (default 0.01); recalibrates.")
 @click.option("--method", default=None, type=click.Choice(["weighted", "mahalanobis"]),
               help="How the terms are combined (default weighted); recalibrates.")
+@click.option("--weights", default=None,
+              help="α of the weighted sum as TERM=α pairs, e.g. map_max=1,latent_mahalanobis=1 (unnamed terms get 0; "
+                   "default normalized_map_max=1); recalibrates.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
-def evaluate(run_dir, data, category, max_fpr, method, batch_size):
+def evaluate(run_dir, data, category, max_fpr, method, weights, batch_size):
     """Metrics of a trained run on a labelled test split; writes RUN_DIR/eval/ with report.html."""
     require_train_extra("evaluate")
     from ganspection_tf.evaluate import evaluate_run
 
     metrics = evaluate_run(run_dir, data=data, category=category, log=_echo_to_stderr, batch_size=batch_size,
-                           method=method, max_fpr=max_fpr)
+                           method=method, max_fpr=max_fpr, weights=parse_weights(weights))
     click.echo(f"image AUROC {metrics['image_auroc']:.3f} (combined score, {metrics['data']['test_images']} "
                f"test images of {metrics['data']['root']})")
     click.echo(f"report: {metrics['report']}")
+
+
+def parse_weights(text):
+    """"map_max=1,latent_mahalanobis=0.5" → {"map_max": 1.0, "latent_mahalanobis": 0.5}; None stays None.
+    Term names are checked when the calibration is fitted (one message listing the known terms)."""
+    if text is None:
+        return None
+    weights = {}
+    for pair in text.split(","):
+        name, _, value = pair.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise GanspectionError(f"--weights: {pair!r} is not TERM=α; write e.g. "
+                                   "--weights map_max=1,latent_mahalanobis=0.5") from None
+    return weights
 
 
 def _echo_to_stderr(message):

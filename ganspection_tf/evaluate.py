@@ -47,7 +47,8 @@ DISPLAY_SIZE = 128
 PREVIOUS_DEFAULT_WEIGHTS = {"map_max": 1.0, "latent_mahalanobis": 1.0}
 
 
-def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32, method=None, max_fpr=None) -> dict:
+def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32, method=None, max_fpr=None,
+                 weights=None) -> dict:
     """Evaluates `run_dir` on the test split of its own category (or of `data` / `category`); returns metrics.
 
     The returned dict is what ``eval/metrics.json`` holds, plus ``"report"``: the path of ``report.html``.
@@ -57,7 +58,7 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
     model = training.load_model(run_dir)
     term_model = scoring.build_term_model(model)
     calibration = scoring.ensure_calibration(
-        run_dir, model, log=log, term_model=term_model, method=method, max_fpr=max_fpr
+        run_dir, model, log=log, term_model=term_model, method=method, max_fpr=max_fpr, weights=weights
     )
     out = artifacts.ensure_writable_folder(run_dir / EVAL_FOLDER, option="RUN_DIR")
     scored = _score_test_split(category_found.test, term_model, calibration, batch_size)

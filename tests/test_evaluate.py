@@ -244,3 +244,18 @@ def test_a_folder_without_a_test_split_is_refused(run_with_private_data):
     run, category = run_with_private_data
     with pytest.raises(GanspectionError, match="no test images"):
         evaluate.evaluate_run(run, data=category / "train" / "good", log=lambda *a: None)
+
+
+def test_weights_option_recalibrates_and_bad_weights_are_one_line_errors(run_with_private_data, capsys):
+    from ganspection_tf.cli import main
+
+    run, _ = run_with_private_data
+    assert main(["evaluate", str(run), "--weights", "map_max=1,latent_mahalanobis=0.5"]) == 0
+    stored = json.loads((run / "calibration.json").read_text())
+    weights = dict(zip(stored["terms"], stored["weights"]))
+    assert weights["map_max"] == 1.0 and weights["latent_mahalanobis"] == 0.5 and weights["normalized_map_max"] == 0
+    capsys.readouterr()
+    for bad, message in (("bogus=1", "unknown terms ['bogus']"), ("map_max", "is not TERM=α")):
+        assert main(["evaluate", str(run), "--weights", bad]) == 2
+        error = capsys.readouterr().err.strip()
+        assert message in error and error.startswith("error: ") and len(error.splitlines()) == 1, error
