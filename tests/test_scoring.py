@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 from sklearn.covariance import ledoit_wolf  # noqa: E402
 
 from ganspection_tf import calibration as cal  # noqa: E402
-from ganspection_tf import scoring  # noqa: E402
+from ganspection_tf import scoring, training  # noqa: E402
 from ganspection_tf.data import pipeline  # noqa: E402
 from ganspection_tf.data.synthetic import write_synthetic_category  # noqa: E402
 from ganspection_tf.errors import GanspectionError  # noqa: E402
@@ -432,6 +432,20 @@ def test_ensure_calibration_reads_only_good_training_images(run_copy, tmp_path, 
     assert {p.name for p in read} == validation_names | training_names
     assert all(p.parent == category / "train" / "good" for p in read)
     assert cal.Calibration.from_dict(json.loads((run_copy / "calibration.json").read_text())) == fitted
+
+
+def test_calibration_without_the_training_images_falls_back_to_the_validation_maps(run_copy, tmp_path):
+    category, splits = private_category(run_copy, tmp_path)
+    for name in {Path(p).name for p in splits["train"]}:
+        (category / "train" / "good" / name).unlink()
+    messages = []
+    fitted = scoring.ensure_calibration(run_copy, log=messages.append)
+    assert any("normalized_map_max falls back" in m for m in messages)
+    validation = scoring.validation_terms(run_copy, scoring.build_term_model(training.load_model(run_copy)))
+    np.testing.assert_allclose(fitted.map_mean, cal.fit_map_gaussian(validation["error_map"])[0], rtol=1e-6)
+    column = fitted.terms.index("normalized_map_max")
+    honest = cal.leave_one_out_normalized_map_max(validation["error_map"])
+    assert fitted.mean[column] == pytest.approx(honest.mean(), rel=1e-6)
 
 
 def test_ensure_calibration_reuses_a_matching_file_and_refits_a_stale_one(run_copy, monkeypatch):
