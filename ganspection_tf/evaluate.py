@@ -57,13 +57,15 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
     category_found = _test_category(run_dir, data, category, log)  # lists files only: no test image is read yet
     model = training.load_model(run_dir)
     term_model = scoring.build_term_model(model)
+    # Read once: the calibration (if it must be refitted) and the comparison fusions use the same good images.
+    good_outputs = scoring.calibration_outputs(run_dir, term_model, log)
     calibration = scoring.ensure_calibration(
-        run_dir, model, log=log, term_model=term_model, method=method, max_fpr=max_fpr, weights=weights
+        run_dir, model, log=log, term_model=term_model, method=method, max_fpr=max_fpr, weights=weights,
+        outputs=good_outputs,
     )
     out = artifacts.ensure_writable_folder(run_dir / EVAL_FOLDER, option="RUN_DIR")
     scored = _score_test_split(category_found.test, term_model, calibration, batch_size)
-    comparisons = _comparison_scores(scoring.validation_terms(run_dir, term_model, log),
-                                     scoring.reference_terms(run_dir, term_model, log), scored, calibration)
+    comparisons = _comparison_scores(*good_outputs, scored, calibration)
     all_scores = {COMBINED: scored["combined"], **scored["terms"], **comparisons}
 
     metrics = {

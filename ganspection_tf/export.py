@@ -29,10 +29,9 @@ everywhere but the score arithmetic and the critic value ρ 0.996, 4.3 ms (int8 
 latent_mahalanobis) or the error map (normalized_map_max, the default, and heatmaps) the WHOLE encoder stays
 float: the whitening divides by the code's smallest validation spreads, and normalized_map_max divides the error
 map by its smallest per-pixel spreads, so both amplify int8 noise of the code. Measured on the tiny synthetic
-test run with normalized_map_max: Spearman ρ 0.950 against Keras with an int8 encoder (below the 0.98 the
-tests ask), passing with a float one. Measured on the tiny synthetic test run (tests/edge_support.py):
-max |Δ latent_mahalanobis| 7.5 with an int8 encoder, 1.8 with a float one; image AUROC drop 0.013 (fails the
-0.01 gate) vs 0.003.
+test run (tests/edge_support.py) with an int8 encoder against a float one: max |Δ latent_mahalanobis| 7.5 vs
+1.8, image AUROC drop 0.013 (fails the 0.01 gate) vs 0.003; with normalized_map_max Spearman ρ 0.950 (below the
+0.98 the tests ask) vs passing.
 """
 
 from __future__ import annotations

@@ -67,11 +67,12 @@ __all__ = [
     "MODEL_TERMS",
     "TERMS",
     "build_term_model",
+    "calibration_outputs",
     "compute_terms",
     "ensure_calibration",
     "reconstruct",
+    "reference_terms",
     "score_files",
-    "term_matrix",
     "validation_terms",
 ]
 
@@ -263,13 +264,8 @@ def reconstruct(model, images_uint8) -> np.ndarray:
     return from_unit_range(ops.convert_to_numpy(reconstruction))
 
 
-def term_matrix(terms: dict, names=TERMS) -> np.ndarray:
-    """{term: (N,)} → (N, T) float64 in `names` order, for terms already computed (raw model outputs go
-    through ``Calibration.term_matrix``, which also computes latent_mahalanobis)."""
-    return np.stack([np.asarray(terms[name], dtype=np.float64) for name in names], axis=1)
-
-
-def ensure_calibration(run_dir, model=None, log=print, *, term_model=None, method=None, max_fpr=None, weights=None):
+def ensure_calibration(run_dir, model=None, log=print, *, term_model=None, method=None, max_fpr=None, weights=None,
+                       outputs=None):
     """The run's :class:`Calibration`: ``RUN_DIR/calibration.json`` if it belongs to this model, else a new one.
 
     A stored file is reused when its config_hash and model step match the run's model and it agrees with any
@@ -278,6 +274,7 @@ def ensure_calibration(run_dir, model=None, log=print, *, term_model=None, metho
     computed and fitted, the per-pixel Gaussian of ``normalized_map_max`` on the error maps of (up to
     MAX_REFERENCE_IMAGES) good training images, and the file is written atomically. This is the only place a
     calibration is made, and it reads no image but those good train/validation images: never a test image.
+    `outputs` = :func:`calibration_outputs` already computed by the caller, to spare reading them twice.
     """
     run_dir = Path(run_dir)
     model = model if model is not None else training.load_model(run_dir)
@@ -287,10 +284,11 @@ def ensure_calibration(run_dir, model=None, log=print, *, term_model=None, metho
     stored = _stored_calibration(path, log)
     if stored is not None and _still_valid(stored, config_hash, step, method, max_fpr, weights):
         return stored
-    term_model = term_model if term_model is not None else build_term_model(model)
-    values = validation_terms(run_dir, term_model, log)
+    if outputs is None:
+        outputs = calibration_outputs(run_dir, term_model if term_model is not None else build_term_model(model), log)
+    validation, reference = outputs
     calibration = fit_calibration_from_outputs(
-        values, TERMS, reference_outputs=reference_terms(run_dir, term_model, log), weights=weights, method=method or "weighted",
+        validation, TERMS, reference_outputs=reference, weights=weights, method=method or "weighted",
         max_fpr=DEFAULT_MAX_FPR if max_fpr is None else max_fpr, config_hash=config_hash, model_step=step,
     )
     artifacts.write_json(path, calibration.to_dict())
@@ -299,6 +297,11 @@ def ensure_calibration(run_dir, model=None, log=print, *, term_model=None, metho
         f"{calibration.max_fpr:g}): threshold {calibration.threshold:.4g}; written to {path}"
     )
     return calibration
+
+
+def calibration_outputs(run_dir, term_model, log=print):
+    """(validation outputs, training reference outputs or None): everything a calibration is fitted from."""
+    return validation_terms(run_dir, term_model, log), reference_terms(run_dir, term_model, log)
 
 
 def validation_terms(run_dir, term_model, log=print) -> dict[str, np.ndarray]:
