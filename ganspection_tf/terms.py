@@ -1,0 +1,274 @@
+"""The score terms: the one registry of what an image is measured by (numpy and OpenCV only, no TensorFlow).
+
+Each :class:`Term` says which model outputs it is computed from, how (``compute``), what is fitted for it on
+good images (``fit``; stored in the calibration under ``parameters``), whether the camera must keep the encoder
+in float for it, and what it means in one line (the evaluation report shows that line). Calibration, export,
+the CLI (``score`` columns, ``--weights``, ``export --score``), ``evaluate`` and its report loop over
+:data:`REGISTRY`; nothing else lists the terms. Adding a term = one entry here + its test (+ one graph output in
+``scoring.build_term_model`` when it is a new model output).
+
+For an image x in [-1, 1], z = E(x), x̂ = G(z) (the reconstruction), f(·, z) = the critic's joint features; the
+first six terms are outputs of the term model (``scoring.build_term_model``, EMA weights), the last two are
+computed here from its ``code`` and ``error_map`` outputs with what the calibration fitted on good images:
+
+* ``latent``  ½‖z‖₂², the N(0, I) negative log-likelihood of z without its constant. Chosen over the distance
+  |‖z‖ − √d| from the shell where N(0, I) codes concentrate: the trained encoder's codes sit well inside that
+  shell and anomalies lengthen them, i.e. move them TOWARDS the shell, so the shell distance ranks defects as
+  more normal (benchmarks/RESULTS.md, "Score terms").
+* ``map_max``  max over pixels of the error map smoothed like a heatmap (``heatmaps.smooth_error_maps``):
+  image-wide means dilute small local defects, the maximum does not.
+* ``latent_mahalanobis`` = ‖W (z − μ)‖², the squared Mahalanobis distance of the code from a Gaussian fitted to
+  the codes of the good validation images (μ their mean, W the inverse square root of their Ledoit–Wolf shrunk
+  covariance). Its validation values, which set its standardisation and the threshold, are leave-one-out: each
+  validation code is measured against the Gaussian of the OTHER codes. In-sample values sit far too low (30
+  codes in 64 dimensions), which would overstate the term's z-score for every new image.
+* ``normalized_map_max`` = max over pixels of (e(p) − m(p)) / s(p), e the smoothed error map, m, s the
+  per-pixel mean and spread of the smoothed error maps of the good TRAINING images (s floored at half its mean
+  over the map). A generator reconstructs some places of a good part worse than others every time (edges,
+  rims, highlights); standardising each pixel by what good parts do THERE leaves what is unusual for that
+  place. It assumes roughly aligned parts (fixed camera, fixture). Training rather than validation images:
+  more maps for a per-pixel spread, and the validation values that set the standardisation and the threshold
+  stay out of sample. Without training maps m and s come from the validation maps, each validation value
+  leave-one-out. The default score.
+
+Measurements behind these choices: benchmarks/RESULTS.md ("Score terms" and "Score variants").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ganspection_tf.errors import GanspectionError
+from ganspection_tf.heatmaps import smooth_error_maps
+from ganspection_tf.stats import MIN_SAMPLES, whitening_matrix
+
+CODE_OUTPUT, ERROR_MAP_OUTPUT = "code", "error_map"
+MAP_STD_FLOOR = 0.5  # × the mean per-pixel spread: no pixel counts as more than twice as steady as the average one
+STD_FLOOR_ABSOLUTE = 1e-8
+
+Outputs = dict  # {model output name: (N, ...) array}
+Parameters = dict  # {calibration field: fitted value} of one term
+
+
+@dataclass(frozen=True)
+class Term:
+    """One score term. Every term grows with abnormality; the calibration standardises and combines them."""
+
+    name: str
+    explanation: str  # one line, for the evaluation report
+    inputs: tuple[str, ...] = ()  # the model outputs it is computed from; () = the model output of its own name
+    compute: Callable[[Outputs, Parameters], np.ndarray] | None = None  # None: the model output itself
+    fit: Callable[[Outputs, Outputs | None], tuple[Parameters, np.ndarray]] | None = None  # (params, validation column)
+    parameters: tuple[str, ...] = ()  # the calibration fields that hold what `fit` fitted
+    fitted: str = ""  # what `parameters` are, in words (error messages)
+    check: Callable[[Parameters], str | None] | None = None  # the problem with stored parameters, or None
+    default_weight: float = 0.0  # α in the default weighted sum
+    float_encoder: bool = False  # int8 noise of the encoder would be amplified: the camera keeps it float
+    export_score: str | None = None  # the `export --score` choice that ships this term alone
+
+    @property
+    def model_outputs(self) -> tuple[str, ...]:
+        return self.inputs or (self.name,)
+
+    def column(self, outputs: Outputs, parameters: Parameters) -> np.ndarray:
+        """(N,) float64 values of the term from raw model outputs and its fitted parameters."""
+        if self.compute is None:
+            return np.asarray(outputs[self.name], dtype=np.float64).reshape(-1)
+        return self.compute(outputs, parameters)
+
+    def fit_on(self, validation: Outputs, reference: Outputs | None) -> tuple[Parameters, np.ndarray]:
+        """(fitted parameters, honest validation column) from the raw outputs of good validation images and,
+        when given, of good training images (`reference`)."""
+        if self.fit is None:
+            return {}, self.column(validation, {})
+        return self.fit(validation, reference)
+
+
+# ------------------------------------------------------------------------------------------ latent_mahalanobis
+
+
+def fit_code_gaussian(codes) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, whitening) of codes (N, d): whitening is the inverse square root of the Ledoit–Wolf covariance."""
+    codes = np.asarray(codes, dtype=np.float64)
+    if codes.ndim != 2 or len(codes) < MIN_SAMPLES:
+        raise GanspectionError(f"the code Gaussian needs at least {MIN_SAMPLES} codes (N, d), got shape {codes.shape}")
+    return codes.mean(axis=0), whitening_matrix(codes)
+
+
+def latent_mahalanobis(codes, code_mean, code_whitening) -> np.ndarray:
+    """Squared Mahalanobis distances ‖W (z − μ)‖² of codes (N, d) → (N,) float64."""
+    codes = np.asarray(codes, dtype=np.float64)
+    mean, whitening = np.asarray(code_mean, np.float64), np.asarray(code_whitening, np.float64)
+    if codes.ndim != 2 or codes.shape[1] != len(mean):
+        raise GanspectionError(f"expected codes of shape (N, {len(mean)}), got {codes.shape}")
+    whitened = (codes - mean) @ whitening.T
+    return np.sum(np.square(whitened), axis=1)
+
+
+def leave_one_out_mahalanobis(codes) -> np.ndarray:
+    """Each code's latent_mahalanobis under the Gaussian fitted to all the OTHER codes (honest validation values)."""
+    codes = np.asarray(codes, dtype=np.float64)
+    if len(codes) <= MIN_SAMPLES:  # one remaining code has no covariance: fall back to in-sample
+        return latent_mahalanobis(codes, *fit_code_gaussian(codes))
+    distances = np.empty(len(codes))
+    for i in range(len(codes)):
+        others = np.delete(codes, i, axis=0)
+        distances[i] = latent_mahalanobis(codes[i : i + 1], *fit_code_gaussian(others))[0]
+    return distances
+
+
+def _fit_latent_mahalanobis(validation, _reference):
+    codes = np.asarray(validation[CODE_OUTPUT], dtype=np.float64)
+    mean, whitening = fit_code_gaussian(codes)
+    return {"code_mean": mean, "code_whitening": whitening}, leave_one_out_mahalanobis(codes)
+
+
+def _check_code_gaussian(parameters) -> str | None:
+    mean, whitening = parameters["code_mean"], parameters["code_whitening"]
+    if not isinstance(mean, list) or not mean or not all_finite_numbers(mean):
+        return "'code_mean' must be a non-empty list of finite numbers (term 'latent_mahalanobis')"
+    if not is_square_matrix(whitening, len(mean)):
+        return f"'code_whitening' must be a {len(mean)}x{len(mean)} matrix of finite numbers (term 'latent_mahalanobis')"
+    return None
+
+
+# ------------------------------------------------------------------------------------------ normalized_map_max
+
+
+def fit_map_gaussian(error_maps) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, floored std) per pixel of the smoothed error maps (N, S, S) of good images: the normalized_map_max fit."""
+    return _gaussian_of_smoothed(smooth_error_maps(error_maps))
+
+
+def normalized_map_max(error_maps, map_mean, map_std) -> np.ndarray:
+    """max over pixels of (smoothed error − map_mean) / map_std, for error maps (N, S, S) → (N,) float64."""
+    mean, std = np.asarray(map_mean, np.float64), np.asarray(map_std, np.float64)
+    maps = np.asarray(error_maps)
+    if maps.ndim != 3 or maps.shape[1:] != mean.shape:
+        raise GanspectionError(f"expected error maps of shape (N, {mean.shape[0]}, {mean.shape[1]}), got {maps.shape}")
+    return _largest_z_scores(smooth_error_maps(maps), mean, std)
+
+
+def leave_one_out_normalized_map_max(error_maps) -> np.ndarray:
+    """Each map's normalized_map_max under the per-pixel Gaussian of all the OTHER maps (honest validation values)."""
+    smoothed = smooth_error_maps(error_maps).astype(np.float64)  # once, not once per left-out map
+    if len(smoothed) <= MIN_SAMPLES:  # one remaining map has no spread: fall back to in-sample
+        return _largest_z_scores(smoothed, *_gaussian_of_smoothed(smoothed))
+    return np.array([_largest_z_scores(smoothed[i : i + 1], *_gaussian_of_smoothed(np.delete(smoothed, i, axis=0)))[0]
+                     for i in range(len(smoothed))])
+
+
+def _gaussian_of_smoothed(smoothed) -> tuple[np.ndarray, np.ndarray]:
+    maps = np.asarray(smoothed, dtype=np.float64)
+    if len(maps) < MIN_SAMPLES:
+        raise GanspectionError(f"the per-pixel error Gaussian needs at least {MIN_SAMPLES} error maps, got {len(maps)}")
+    mean, std = maps.mean(axis=0), maps.std(axis=0, ddof=1)
+    floor = max(MAP_STD_FLOOR * float(std.mean()), STD_FLOOR_ABSOLUTE)
+    return mean, np.maximum(std, floor)
+
+
+def _largest_z_scores(smoothed, mean, std) -> np.ndarray:
+    return ((smoothed - mean) / std).max(axis=(1, 2))
+
+
+def _fit_normalized_map_max(validation, reference):
+    maps = validation[ERROR_MAP_OUTPUT]
+    if reference is None:  # no training maps: the validation maps, each validation value leave-one-out
+        mean, std = fit_map_gaussian(maps)
+        return {"map_mean": mean, "map_std": std}, leave_one_out_normalized_map_max(maps)
+    mean, std = fit_map_gaussian(reference[ERROR_MAP_OUTPUT])
+    return {"map_mean": mean, "map_std": std}, normalized_map_max(maps, mean, std)
+
+
+def _check_map_gaussian(parameters) -> str | None:
+    mean, std = parameters["map_mean"], parameters["map_std"]
+    for key, matrix in (("map_mean", mean), ("map_std", std)):
+        if not isinstance(matrix, list) or not matrix or not is_square_matrix(matrix, len(matrix)):
+            return f"'{key}' must be a square matrix of finite numbers (term 'normalized_map_max')"
+    if len(mean) != len(std) or min(min(row) for row in std) <= 0:
+        return "'map_mean' and 'map_std' must have the same size and 'map_std' must be positive"
+    return None
+
+
+# ------------------------------------------------------------------------------------------ the registry
+
+REGISTRY: tuple[Term, ...] = (
+    Term("latent", "½‖z‖² of the code z = E(x): its negative log-likelihood under the N(0, I) prior"),
+    Term("cycle", "mean (z − E(x̂))² over the code: does the reconstruction x̂ = G(z) encode back to z?"),
+    Term("reconstruction", "mean |x − x̂| over pixels and channels"),
+    Term("critic_feature", "mean |f(x, z) − f(x̂, z)| over the critic's features (only the image side differs)"),
+    Term("critic", "−D(x, z): the critic scores real pairs high, so a high value means unlike the training data",
+         export_score="critic"),
+    Term("map_max", "the maximum of the smoothed per-pixel error map |x − x̂|"),
+    Term("latent_mahalanobis",
+         "the squared Mahalanobis distance of the code E(x) from a Gaussian fitted to the codes of the good "
+         "validation images",
+         inputs=(CODE_OUTPUT,), compute=lambda outputs, p: latent_mahalanobis(outputs[CODE_OUTPUT], p["code_mean"],
+                                                                              p["code_whitening"]),
+         fit=_fit_latent_mahalanobis, parameters=("code_mean", "code_whitening"), fitted="the code Gaussian",
+         check=_check_code_gaussian, float_encoder=True, export_score="latent"),
+    Term("normalized_map_max",
+         "the maximum of the smoothed error map after standardising every pixel by the mean and spread of the good "
+         "training images' maps at that pixel",
+         inputs=(ERROR_MAP_OUTPUT,), compute=lambda outputs, p: normalized_map_max(outputs[ERROR_MAP_OUTPUT],
+                                                                                   p["map_mean"], p["map_std"]),
+         fit=_fit_normalized_map_max, parameters=("map_mean", "map_std"), fitted="the per-pixel Gaussian",
+         check=_check_map_gaussian, default_weight=1.0, float_encoder=True),
+)
+BY_NAME = {term.name: term for term in REGISTRY}
+TERMS = tuple(BY_NAME)  # the names, in the order of every term matrix and of calibration.json
+DEFAULT_WEIGHTS = {term.name: term.default_weight for term in REGISTRY}
+PARAMETERS = tuple(name for term in REGISTRY for name in term.parameters)  # every fitted calibration field
+# `export --score`: one term alone (its export_score name), or "combined" (the calibrated combination).
+COMBINED_SCORE = "combined"
+SCORES = (*sorted(term.export_score for term in REGISTRY if term.export_score), COMBINED_SCORE)
+
+
+def term(name) -> Term:
+    """The registry entry of `name`; an unknown name is a one-line error listing the known ones."""
+    if name not in BY_NAME:
+        raise GanspectionError(f"unknown score term {name!r}; choose from {', '.join(TERMS)}")
+    return BY_NAME[name]
+
+
+def export_terms(score) -> tuple[str, ...]:
+    """The terms an `export --score` choice ships."""
+    if score == COMBINED_SCORE:
+        return TERMS
+    return tuple(t.name for t in REGISTRY if t.export_score == score)
+
+
+def outputs_needed(terms, with_error_map=False) -> list[str]:
+    """The model outputs the terms are computed from, in order, without repeats ("code" for latent_mahalanobis,
+    "error_map" for normalized_map_max), plus "error_map" for heatmaps when `with_error_map`."""
+    needed = []
+    for name in terms:
+        for output in BY_NAME[name].model_outputs:
+            if output not in needed:
+                needed.append(output)
+    if with_error_map and ERROR_MAP_OUTPUT not in needed:
+        needed.append(ERROR_MAP_OUTPUT)
+    return needed
+
+
+MODEL_TERMS = tuple(t.name for t in REGISTRY if not t.inputs)  # the terms the term model outputs as they are
+MODEL_OUTPUTS = tuple(outputs_needed(TERMS, with_error_map=True))  # everything the term model outputs
+# Outputs that need a float encoder on the camera (int8 encoder noise amplified by the fitted whitening or
+# per-pixel spread); the error map of heatmaps is one of them.
+FLOAT_ENCODER_OUTPUTS = frozenset(o for t in REGISTRY if t.float_encoder for o in t.model_outputs)
+
+
+def all_finite_numbers(vector) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vector)
+
+
+def is_square_matrix(matrix, size) -> bool:
+    return (
+        isinstance(matrix, list)
+        and len(matrix) == size
+        and all(isinstance(row, list) and len(row) == size and all_finite_numbers(row) for row in matrix)
+    )
