@@ -25,9 +25,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ganspection_tf import edge, export, scoring, training  # noqa: E402
+from ganspection_tf import edge, export, scoring  # noqa: E402
 from ganspection_tf.data import mvtec, pipeline  # noqa: E402
 from ganspection_tf.images import read_image  # noqa: E402
+from ganspection_tf.run import RunFolder  # noqa: E402
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 LABELS = {"none": "TFLite float32", "float16": "TFLite float16", "dynamic": "TFLite dynamic", "int8": "TFLite int8"}
@@ -36,13 +37,14 @@ WARMUP = 3
 
 def main(argv=None):
     args = parse_args(argv)
-    model = training.load_model(args.run)
+    run = RunFolder(args.run, data_root=args.data)
+    model = run.load_model()
     term_model = scoring.build_term_model(model)
-    calibration = scoring.ensure_calibration(args.run, model, log=note, term_model=term_model)
-    paths, labels = test_split(args.data or run_category(args.run))
+    calibration = scoring.ensure_calibration(run, model, log=note, term_model=term_model)
+    paths, labels = test_split(run.category_root)
     images, _ = pipeline.load_images(paths, model.image_size, model.channels, skip_unreadable=False)
     frames = [read_image(path) for path in paths]
-    note(f"{len(paths)} test images of {args.data or run_category(args.run)}, model {model.image_size} px")
+    note(f"{len(paths)} test images of {run.category_root}, model {model.image_size} px")
 
     rows = [keras_row(term_model, calibration, images, labels)]
     with tempfile.TemporaryDirectory(prefix="edge-latency-") as folder:
@@ -70,10 +72,6 @@ def parse_args(argv):
 
 def note(message):
     print(message, file=sys.stderr, flush=True)
-
-
-def run_category(run_dir) -> Path:
-    return Path(training.read_run_config(run_dir)["data"]["root"])
 
 
 def test_split(category_dir):

@@ -21,9 +21,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from ganspection_tf import artifacts, scoring, training  # noqa: E402
-from ganspection_tf.calibration import map_sigma, smooth_error_maps  # noqa: E402
+from ganspection_tf import scoring  # noqa: E402
 from ganspection_tf.data import mvtec, pipeline  # noqa: E402
+from ganspection_tf.heatmaps import map_sigma, smooth_error_maps  # noqa: E402
+from ganspection_tf.run import RunFolder  # noqa: E402
 
 FLOORS = (0.0, 0.25, 0.5, 1.0)
 DIHEDRAL = 8  # 4 quarter turns × (no flip, horizontal flip)
@@ -31,16 +32,12 @@ DIHEDRAL = 8  # 4 quarter turns × (no flip, horizontal flip)
 
 def main(argv=None):
     args = parse_args(argv)
-    model = training.load_model(args.run)
+    run = RunFolder(args.run, data_root=args.data)
+    model = run.load_model()
     term_model = scoring.build_term_model(model)
-    splits = artifacts.read_json(args.run / training.SPLITS_FILE, what="split list")
-    category = mvtec.scan_category(args.data or splits["root"])
-    folder = Path(splits["root"]) / "train" / "good" if splits.get("is_mvtec") else Path(splits["root"])
-    paths = {
-        "train": [folder / Path(p).name for p in splits["train"]],
-        "validation": [folder / Path(p).name for p in splits["validation"]],
-        "test": [t.path for t in category.test],
-    }
+    category = mvtec.scan_category(run.category_root)
+    paths = {"train": run.training_images(), "validation": run.validation_images(),
+             "test": [t.path for t in category.test]}
     maps = {name: error_maps(term_model, found, model.image_size, model.channels) for name, found in paths.items()}
     labels = np.array([t.label for t in category.test])
     defects = [t.defect for t in category.test]

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from ganspection_tf import artifacts, pictures
 from ganspection_tf.errors import GanspectionError, first_line
+from ganspection_tf.run import LOGS_FOLDER, SAMPLES_FOLDER
 
 LOST_CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)
 EXPLODING_CRITIC = 1e4  # |Wasserstein estimate| beyond this means the critic has run away
@@ -79,14 +80,14 @@ class SampleWriter(keras.callbacks.Callback):
         super().__init__()
         self.folder, self.every, self.final_step = Path(folder), every, final_step
         self.real, self.z = inputs
-        self.writer = tf.summary.create_file_writer(str(self.folder / "logs" / "images"))
+        self.writer = tf.summary.create_file_writer(str(self.folder / LOGS_FOLDER / "images"))
 
     def on_epoch_end(self, epoch, logs=None):
         step = int(self.model.step.numpy())
         if step % self.every and step != self.final_step:
             return
         for kind, image in sample_grids(self.model, self.real, self.z).items():
-            artifacts.write_png(self.folder / "samples" / f"step{step:06d}_{kind}.png", image)
+            artifacts.write_png(self.folder / SAMPLES_FOLDER / f"step{step:06d}_{kind}.png", image)
             with self.writer.as_default(step=step):
                 tf.summary.image(kind, image[None], max_outputs=1)
         self.writer.flush()

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from ganspection_tf import artifacts, images
-from ganspection_tf.calibration import heatmap_overlay
+from ganspection_tf.heatmaps import heatmap_overlay
 from ganspection_tf.errors import GanspectionError
 
 LIVE_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://")

@@ -16,6 +16,7 @@ import click
 
 from ganspection_tf import __version__
 from ganspection_tf.errors import GanspectionError, MissingTrainExtra
+from ganspection_tf.terms import DEFAULT_WEIGHTS, REGISTRY, SCORES, TERMS
 
 EXIT_USER_ERROR = 2
 
@@ -188,6 +189,8 @@ def _demo_edge_scoring(bundle, category):
 
 # ------------------------------------------------------------------------------------------------ evaluate
 
+_DEFAULT_WEIGHTS_TEXT = ",".join(f"{name}={weight:g}" for name, weight in DEFAULT_WEIGHTS.items() if weight)
+
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
@@ -200,7 +203,7 @@ def _demo_edge_scoring(bundle, category):
               help="How the terms are combined (default weighted); recalibrates.")
 @click.option("--weights", default=None,
               help="α of the weighted sum as TERM=α pairs, e.g. map_max=1,latent_mahalanobis=1 (unnamed terms get 0; "
-                   "default normalized_map_max=1); recalibrates.")
+                   f"default {_DEFAULT_WEIGHTS_TEXT}); terms: {', '.join(TERMS)}; recalibrates.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 def evaluate(run_dir, data, category, max_fpr, method, weights, batch_size):
     """Metrics of a trained run on a labelled test split; writes RUN_DIR/eval/ with report.html."""
@@ -236,8 +239,7 @@ def _echo_to_stderr(message):
 
 # ------------------------------------------------------------------------------------------------ score
 
-SCORE_FIELDS = ("path", "score", "latent", "cycle", "reconstruction", "critic_feature", "critic", "map_max",
-                "latent_mahalanobis", "normalized_map_max", "anomalous")
+SCORE_FIELDS = ("path", "score", *TERMS, "anomalous")
 
 
 @cli.command()
@@ -256,12 +258,14 @@ def score(run_dir, paths, output_format, output, heatmaps, batch_size):
     and the command then exits with status 2 naming the first one, so a script cannot miss them.
     """
     require_train_extra("score")
-    from ganspection_tf import artifacts, scoring, training
+    from ganspection_tf import artifacts, scoring
+    from ganspection_tf.run import RunFolder
 
     files = _image_files(paths)
-    model = training.load_model(run_dir)
+    run = RunFolder(run_dir)
+    model = run.load_model()
     term_model = scoring.build_term_model(model)
-    calibration = scoring.ensure_calibration(run_dir, model, log=_echo_to_stderr, term_model=term_model)
+    calibration = scoring.ensure_calibration(run, model, log=_echo_to_stderr, term_model=term_model)
     if heatmaps is not None:
         artifacts.ensure_writable_folder(heatmaps, option="--heatmaps")
     results = scoring.score_files(files, term_model, calibration, batch_size, keep_originals=heatmaps is not None)
@@ -324,7 +328,7 @@ def _write_rows(results, handle, output_format, heatmaps):
 
 def _write_heatmap(result, folder, used_names):
     from ganspection_tf import artifacts
-    from ganspection_tf.calibration import anomaly_map, heatmap_overlay
+    from ganspection_tf.heatmaps import anomaly_map, heatmap_overlay
 
     name, count = f"{result.path.stem}_heatmap.png", 1
     while name in used_names:  # the same file name in two folders
@@ -344,9 +348,9 @@ def _write_heatmap(result, folder, used_names):
 @click.option("--quantize", default="int8", show_default=True,
               type=click.Choice(["none", "float16", "dynamic", "int8"]),
               help="int8: integer networks calibrated on good images (score arithmetic stays float).")
-@click.option("--score", "score_name", default="combined", show_default=True,
-              type=click.Choice(["latent", "critic", "combined"]),
-              help="latent: encoder only; critic: encoder + critic; combined: all terms, with heatmaps.")
+@click.option("--score", "score_name", default="combined", show_default=True, type=click.Choice(SCORES),
+              help="; ".join(f"{t.export_score}: {t.name} alone" for t in REGISTRY if t.export_score)
+              + "; combined: the calibrated score (the networks its terms need), with heatmaps.")
 @click.option("--calibration", "calibration_dir", default=None, type=click.Path(path_type=Path),
               help="Folder of good images for int8 calibration (default: the run's training images).")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")

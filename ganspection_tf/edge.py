@@ -30,14 +30,15 @@ from ai_edge_litert.interpreter import Interpreter
 
 from ganspection_tf import __version__, images
 from ganspection_tf.artifacts import read_json
-from ganspection_tf.calibration import TERMS, Calibration, anomaly_map, outputs_needed
+from ganspection_tf.calibration import Calibration
 from ganspection_tf.errors import GanspectionError
+from ganspection_tf.heatmaps import anomaly_map
+from ganspection_tf.terms import ERROR_MAP_OUTPUT, SCORES, TERMS, outputs_needed
 
 BUNDLE_FORMAT = "ganspection-tf-edge-bundle"
 FORMAT_VERSION = 1
 MODEL_FILE, METADATA_FILE, PARITY_FILE = "model.tflite", "metadata.json", "parity.json"
-INPUT_NAME, ERROR_MAP_OUTPUT = "image", "error_map"
-SCORES = ("latent", "critic", "combined")
+INPUT_NAME = "image"
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 RESIZE_RULE = "cv2.INTER_AREA stretch to image_size x image_size (aspect ratio not kept)"
 NORMALISATION = "uint8 RGB/gray input; the model computes x / 127.5 - 1 itself"

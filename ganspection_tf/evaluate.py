@@ -29,13 +29,15 @@ import cv2
 import numpy as np
 from sklearn import metrics as skm
 
-from ganspection_tf import artifacts, scoring, training
-from ganspection_tf.calibration import anomaly_map, fit_calibration_from_outputs, map_sigma
+from ganspection_tf import artifacts, scoring
+from ganspection_tf.calibration import fit_calibration_from_outputs
 from ganspection_tf.data import mvtec, pipeline
 from ganspection_tf.errors import GanspectionError
+from ganspection_tf.heatmaps import anomaly_map, map_sigma
 from ganspection_tf.images import read_image, resize_image
+from ganspection_tf.run import RunFolder
+from ganspection_tf.terms import MODEL_OUTPUTS, REGISTRY, TERMS
 
-EVAL_FOLDER = "eval"
 COMBINED = "combined"
 # Pixel metrics are computed on maps and masks resized to this square size (masks with nearest neighbour):
 # MVTec images are up to 1024², and 256² keeps the per-image memory at 320 kB while thin defects survive.
@@ -51,19 +53,22 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
                  weights=None) -> dict:
     """Evaluates `run_dir` on the test split of its own category (or of `data` / `category`); returns metrics.
 
-    The returned dict is what ``eval/metrics.json`` holds, plus ``"report"``: the path of ``report.html``.
+    With `data`, the run's training and validation images are also looked up there by file name when they are
+    no longer where training found them (the dataset was moved). The returned dict is what
+    ``eval/metrics.json`` holds, plus ``"report"``: the path of ``report.html``.
     """
     run_dir = Path(run_dir)
-    category_found = _test_category(run_dir, data, category, log)  # lists files only: no test image is read yet
-    model = training.load_model(run_dir)
+    category_found = _test_category(RunFolder(run_dir), data, category, log)  # lists files: no test image read yet
+    run = RunFolder(run_dir, data_root=None if data is None else category_found.root)
+    model = run.load_model()
     term_model = scoring.build_term_model(model)
     # Read once: the calibration (if it must be refitted) and the comparison fusions use the same good images.
-    good_outputs = scoring.calibration_outputs(run_dir, term_model, log)
+    good_outputs = scoring.calibration_outputs(run, term_model, log)
     calibration = scoring.ensure_calibration(
-        run_dir, model, log=log, term_model=term_model, method=method, max_fpr=max_fpr, weights=weights,
+        run, model, log=log, term_model=term_model, method=method, max_fpr=max_fpr, weights=weights,
         outputs=good_outputs,
     )
-    out = artifacts.ensure_writable_folder(run_dir / EVAL_FOLDER, option="RUN_DIR")
+    out = artifacts.ensure_writable_folder(run.eval_folder, option="RUN_DIR")
     scored = _score_test_split(category_found.test, term_model, calibration, batch_size)
     comparisons = _comparison_scores(*good_outputs, scored, calibration)
     all_scores = {COMBINED: scored["combined"], **scored["terms"], **comparisons}
@@ -197,12 +202,9 @@ def _region_weights(masks):
 # --------------------------------------------------------------------------------------------- test split
 
 
-def _test_category(run_dir, data, category, log):
+def _test_category(run, data, category, log):
     """The labelled test split: the run's own category unless `data` is given; refuses incomplete splits."""
-    if data is None:
-        splits = artifacts.read_json(Path(run_dir) / training.SPLITS_FILE, what="split list")
-        data = splits["root"]
-    found = mvtec.scan_category(data, category)
+    found = mvtec.scan_category(run.category_root if data is None else data, category)
     if not found.test:
         raise GanspectionError(
             f"{found.root}: no test images to evaluate on; pass --data pointing at an MVTec-style category with "
@@ -232,7 +234,7 @@ def _score_test_split(test, term_model, calibration, batch_size):
     count, side = len(test), PIXEL_EVAL_SIZE
     maps = np.empty((count, side, side), dtype=np.float32)
     masks = np.zeros((count, side, side), dtype=bool)
-    outputs = {name: [] for name in scoring.MODEL_OUTPUTS}  # error maps too: normalized_map_max needs them
+    outputs = {name: [] for name in MODEL_OUTPUTS}  # error maps too: normalized_map_max needs them
     for start in range(0, count, batch_size):
         batch = test[start : start + batch_size]
         images, _ = pipeline.load_images([t.path for t in batch], size, channels, skip_unreadable=False)
@@ -274,12 +276,12 @@ def _comparison_scores(validation_outputs, reference_outputs, scored, calibratio
         "fusion: weighted, default α": {"method": "weighted"},
         "fusion: weighted, previous default α (map_max + latent_mahalanobis)": {
             "method": "weighted", "weights": PREVIOUS_DEFAULT_WEIGHTS},
-        "fusion: weighted, equal α": {"method": "weighted", "weights": [1.0] * len(scoring.TERMS)},
+        "fusion: weighted, equal α": {"method": "weighted", "weights": [1.0] * len(TERMS)},
         "fusion: mahalanobis": {"method": "mahalanobis"},
     }
     fusions = {}
     for name, options in candidates.items():
-        fitted = fit_calibration_from_outputs(validation_outputs, scoring.TERMS, reference_outputs=reference_outputs,
+        fitted = fit_calibration_from_outputs(validation_outputs, TERMS, reference_outputs=reference_outputs,
                                               max_fpr=calibration.max_fpr, **options)
         fusions[name] = fitted.combine(fitted.term_matrix(scored["outputs"]))
     return fusions
@@ -439,10 +441,9 @@ precision {threshold['precision']:.3f}, recall {threshold['recall']:.3f}, false-
 {chr(10).join(rows)}
 </table>
 <p>The "fusion" rows are other ways of combining the terms, fitted on the same good validation images and shown
-for comparison only: the threshold applies to "combined". map_max is the maximum of the smoothed per-pixel error
-map; normalized_map_max the maximum of that map after standardising every pixel by the mean and spread of the
-good training images' maps at that pixel; latent_mahalanobis the squared Mahalanobis distance of the code E(x)
-from a Gaussian fitted to the codes of the good validation images.</p>
+for comparison only: the threshold applies to "combined". The terms (x the image, z = E(x) its code,
+x̂ = G(z) its reconstruction, f the critic's features):</p>
+<ul>{_term_explanations()}</ul>
 <h2>Pixel level</h2><p>{pixel_text}</p>
 <h2>Figures</h2>
 <p><img src="roc.png" alt="ROC curves"></p>
@@ -453,6 +454,10 @@ from a Gaussian fitted to the codes of the good validation images.</p>
 <a href="heatmaps.png">heatmaps.png</a></p>
 </body></html>
 """
+
+
+def _term_explanations():
+    return "".join(f"<li><b>{html.escape(term.name)}</b>: {html.escape(term.explanation)}</li>" for term in REGISTRY)
 
 
 def _maybe(value):

@@ -37,7 +37,6 @@ test run (tests/edge_support.py) with an int8 encoder against a float one: max |
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import os
 import re
@@ -52,22 +51,20 @@ import numpy as np
 import tensorflow as tf
 
 import ganspection_tf
-from ganspection_tf import artifacts, edge, scoring, training
-from ganspection_tf.calibration import (
-    CODE_OUTPUT,
-    ERROR_MAP_OUTPUT,
-    TERMS,
-    Calibration,
-    fit_calibration_from_outputs,
-    outputs_needed,
-)
-from ganspection_tf.data import mvtec, pipeline
+from ganspection_tf import artifacts, edge, scoring
+from ganspection_tf.calibration import Calibration, fit_calibration_from_outputs
+from ganspection_tf.data import pipeline
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.images import list_images
+from ganspection_tf.run import RunFolder, as_run
+from ganspection_tf.terms import (
+    COMBINED_SCORE,
+    FLOAT_ENCODER_OUTPUTS,
+    SCORES,
+    export_terms,
+    outputs_needed,
+)
 
-# --score latent ships latent_mahalanobis, not the N(0, I) NLL "latent": image AUROC on MVTec bottle (64 px)
-# 0.91 / 0.89 at steps 500 / 750 against 0.60 for the NLL.
-SCORE_TERMS = {"latent": ("latent_mahalanobis",), "critic": ("critic",), "combined": TERMS}
 MIN_REPRESENTATIVE = 100  # int8 activation ranges from fewer good images are too narrow (and too lucky)
 MAX_REPRESENTATIVE = 300  # calibration time grows linearly; ranges stop moving well before this
 AUROC_TOLERANCE = 0.01
@@ -79,29 +76,29 @@ RESCALE_LAYER = "to_unit_range"
 
 def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_dir=None, force=False, log=print):
     """Export `run_dir` to the bundle folder `out`; returns the parity report (also in ``out/parity.json``)."""
-    run_dir, out = Path(run_dir), Path(out)
+    run, out = RunFolder(run_dir), Path(out)
     _check_choice("--quantize", quantize, edge.QUANTIZATIONS)
-    _check_choice("--score", score, edge.SCORES)
+    _check_choice("--score", score, SCORES)
     _check_out_folder(out)
-    model = training.load_model(run_dir)
+    model = run.load_model()
     term_model = scoring.build_term_model(model)
-    calibration = score_calibration(run_dir, model, term_model, score, log)
-    scorer = build_scorer(term_model, calibration.terms, with_error_map=score == "combined")
+    calibration = score_calibration(run, model, term_model, score, log)
+    scorer = build_scorer(term_model, calibration.terms, with_error_map=score == COMBINED_SCORE)
 
     representative = None
     if quantize == "int8":
-        representative = representative_images(run_dir, model.image_size, model.channels, calibration_dir, log)
+        representative = representative_images(run, model.image_size, model.channels, calibration_dir, log)
     log(f"converting the {score} scorer ({scorer.count_params():,} weights) to TFLite ({quantize}) …")
     tflite_model, float_layers = convert(scorer, quantize, representative)
     check_weights_present(tflite_model, scorer.count_params(), quantize)
 
-    metadata = bundle_metadata(run_dir, model, scorer, calibration, score, quantize, tflite_model)
+    metadata = bundle_metadata(run, model, scorer, calibration, score, quantize, tflite_model)
     metadata["int8_float_layers"] = float_layers
     metadata["representative_images"] = 0 if representative is None else len(representative)
     with _staging_folder(out) as staging:
         artifacts.write_bytes(staging / edge.MODEL_FILE, tflite_model)
         artifacts.write_json(staging / edge.METADATA_FILE, metadata)
-        report = parity_check(staging, run_dir, term_model, calibration, log)
+        report = parity_check(staging, run, term_model, calibration, log)
         report.update(quantization=quantize, score=score, tflite_bytes=len(tflite_model))
         _apply_gate(report, out, quantize, force, log)
         artifacts.write_json(staging / edge.PARITY_FILE, report)
@@ -129,13 +126,13 @@ def build_scorer(term_model: keras.Model, terms, with_error_map=False) -> keras.
     return keras.Model(image, needed(unit), name="scorer")
 
 
-def score_calibration(run_dir, model, term_model, score, log=print) -> Calibration:
+def score_calibration(run, model, term_model, score, log=print) -> Calibration:
     """The run's calibration for ``combined``; for one-term scores, that term standardised on the same images."""
-    calibration = scoring.ensure_calibration(run_dir, model, log=log, term_model=term_model)
-    if score == "combined":
+    calibration = scoring.ensure_calibration(run, model, log=log, term_model=term_model)
+    if score == COMBINED_SCORE:
         return terms_that_count(calibration)
-    (term,) = SCORE_TERMS[score]
-    values = scoring.validation_terms(run_dir, term_model, log)
+    (term,) = export_terms(score)
+    values = scoring.validation_terms(run, term_model, log)
     return fit_calibration_from_outputs(
         values, terms=[term], weights=[1.0], method="weighted", max_fpr=calibration.max_fpr,
         config_hash=calibration.config_hash, model_step=calibration.model_step,
@@ -151,19 +148,7 @@ def terms_that_count(calibration: Calibration) -> Calibration:
     """
     if calibration.method != "weighted":
         return calibration
-    keep = [i for i, weight in enumerate(calibration.weights) if weight != 0]
-
-    def pick(values):
-        return [values[i] for i in keep]
-
-    terms = pick(calibration.terms)
-    uses_code, uses_map = "latent_mahalanobis" in terms, "normalized_map_max" in terms
-    return dataclasses.replace(calibration, terms=terms, mean=pick(calibration.mean),
-                               std=pick(calibration.std), weights=pick(calibration.weights),
-                               code_mean=calibration.code_mean if uses_code else None,
-                               code_whitening=calibration.code_whitening if uses_code else None,
-                               map_mean=calibration.map_mean if uses_map else None,
-                               map_std=calibration.map_std if uses_map else None)
+    return calibration.restricted_to([t for t, weight in zip(calibration.terms, calibration.weights) if weight != 0])
 
 
 def networks(model: keras.Model) -> list[keras.Model]:
@@ -183,12 +168,13 @@ def float_island_layers(model: keras.Model) -> tuple[set[str], set[str]]:
     generator's image, the critic's value and features). Those outputs are what the score terms are computed
     from, so int8 would cap them at the representative range (the critic value is a scalar per image) and
     round the reconstruction to 256 levels; the layers are small. Normalisations would need an int8 RSQRT.
-    When the model outputs the code (latent_mahalanobis) or the error map (normalized_map_max, heatmaps), the
-    whole encoder is float (module docstring).
+    When the model outputs what a term with ``Term.float_encoder`` is computed from (the code of
+    latent_mahalanobis, the error map of normalized_map_max and of heatmaps), the whole encoder is float (module
+    docstring).
     """
     norms = (keras.layers.LayerNormalization, keras.layers.GroupNormalization)
     outputs = model.output if isinstance(model.output, dict) else {}
-    float_encoder = CODE_OUTPUT in outputs or ERROR_MAP_OUTPUT in outputs
+    float_encoder = any(name in FLOAT_ENCODER_OUTPUTS for name in outputs)
     names, islands = set(), set()
     for network in networks(model):
         float_network = float_encoder and network.name.endswith("encoder")
@@ -303,14 +289,14 @@ def _quietly(function):
 # ------------------------------------------------------------------------------------------------ data
 
 
-def representative_images(run_dir, size, channels, calibration_dir=None, log=print, seed=0) -> np.ndarray:
+def representative_images(run, size, channels, calibration_dir=None, log=print, seed=0) -> np.ndarray:
     """≥ MIN_REPRESENTATIVE good images for int8 calibration (augmented when the folder has fewer)."""
     if calibration_dir is not None:
         paths, source = list_images(calibration_dir), f"--calibration {calibration_dir}"
         if not paths:
             raise GanspectionError(f"--calibration {calibration_dir}: no images in it; point at good images")
     else:
-        paths, source = training_paths(run_dir), "the run's training images"
+        paths, source = training_paths(run), "the run's training images"
     images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True)
     if skipped:
         log(f"warning: skipped {len(skipped)} unreadable image(s) of {source}")
@@ -354,42 +340,33 @@ def augment_to(images: np.ndarray, count: int, rng) -> np.ndarray:
     return np.concatenate([images, np.stack(extra)]) if extra else images
 
 
-def training_paths(run_dir) -> list[Path]:
-    """The good training images of ``splits.json``, found like scoring.validation_paths finds validation ones."""
-    splits_path = Path(run_dir) / training.SPLITS_FILE
-    splits = artifacts.read_json(splits_path, what="split list")
-    root = Path(splits.get("root", ""))
-    folder = root / "train" / "good" if splits.get("is_mvtec") else root
-    found = []
-    for listed in map(Path, splits.get("train") or []):
-        candidate = listed if listed.is_absolute() else folder / listed.name
-        if candidate.is_file():
-            found.append(candidate)
+def training_paths(run) -> list[Path]:
+    """The good training images of the run that are still there; none is a one-line error."""
+    run = as_run(run)
+    found = run.training_images()
     if not found:
         raise GanspectionError(
-            f"{splits_path}: none of the training images is in {folder} any more; pass --calibration DIR "
-            "with good images for int8 calibration"
+            f"{run.splits_path}: none of the training images is in {run.where_images_are()} any more; pass "
+            "--calibration DIR with good images for int8 calibration"
         )
     return found
 
 
-def evaluation_set(run_dir) -> tuple[list[Path], list[int] | None, str]:
+def evaluation_set(run) -> tuple[list[Path], list[int] | None, str]:
     """(paths, labels or None, "test"|"validation"): the test split when the category has one."""
-    splits = artifacts.read_json(Path(run_dir) / training.SPLITS_FILE, what="split list")
-    root = Path(splits.get("root", ""))
-    if splits.get("is_mvtec") and root.is_dir():
-        category = mvtec.scan_category(root)
-        if category.test:
-            return [t.path for t in category.test], [t.label for t in category.test], "test"
-    return scoring.validation_paths(run_dir), None, "validation"
+    run = as_run(run)
+    category = run.test_category()
+    if category is not None and category.test:
+        return [t.path for t in category.test], [t.label for t in category.test], "test"
+    return run.validation_images(), None, "validation"
 
 
 # ------------------------------------------------------------------------------------------------ parity
 
 
-def parity_check(bundle_dir, run_dir, term_model, calibration, log=print) -> dict:
+def parity_check(bundle_dir, run, term_model, calibration, log=print) -> dict:
     """Scores the evaluation images with Keras and with the bundle (edge runtime) and compares them."""
-    paths, labels, kind = evaluation_set(run_dir)
+    paths, labels, kind = evaluation_set(run)
     _, size, _, channels = term_model.input_shape
     images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True)
     skipped_paths = {Path(path) for path, _ in skipped}
@@ -469,8 +446,8 @@ def _number(value):
 # ------------------------------------------------------------------------------------------------ bundle
 
 
-def bundle_metadata(run_dir, model, scorer, calibration, score, quantize, tflite_model) -> dict:
-    config = training.read_run_config(run_dir)
+def bundle_metadata(run, model, scorer, calibration, score, quantize, tflite_model) -> dict:
+    run = as_run(run)
     outputs = list(scorer.output)
     return {
         "format": edge.BUNDLE_FORMAT,
@@ -489,9 +466,9 @@ def bundle_metadata(run_dir, model, scorer, calibration, score, quantize, tflite
         "quantization": quantize,
         "package_version": ganspection_tf.__version__,
         "tensorflow_version": tf.__version__,
-        "config_hash": config.get("config_hash", ""),
+        "config_hash": run.config_hash,
         "model_step": scoring.model_step(model),
-        "run_dir": str(Path(run_dir).resolve()),
+        "run_dir": str(run.path.resolve()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model_sha256": hashlib.sha256(tflite_model).hexdigest(),
         "model_bytes": len(tflite_model),

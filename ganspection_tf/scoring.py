@@ -1,29 +1,11 @@
-"""The anomaly score terms of an image, computed in one batched pass of E, G (EMA weights) and D.
+"""The term model: the raw model outputs of an image in one batched pass of E, G (EMA weights) and D, and the
+run's calibration fitted from them.
 
-For an image x in [-1, 1], z = E(x), x̂ = G(z) (the reconstruction), f(·, z) = the critic's joint features:
-
-* ``latent``          ½‖z‖₂²: the negative log-likelihood of z under the N(0, I) prior, without its constant.
-                      Chosen over the distance |‖z‖ − √d| from the shell where N(0, I) codes concentrate after
-                      measuring both: the trained encoder's codes sit well inside that shell (‖z‖ ≈ 5.3 for
-                      d = 64 on MVTec bottle, 1.4 for d = 8 on the synthetic part) and anomalies lengthen them,
-                      i.e. move them TOWARDS the shell, so the shell distance ranked defects as more normal
-                      (image AUROC 0.41 on bottle, 0.19 synthetic) where the NLL ranks them right (0.60, 0.81).
-* ``cycle``           mean_j (z − E(x̂))_j²: does the reconstruction encode back to the same code?
-* ``reconstruction``  mean |x − x̂| over pixels and channels.
-* ``critic_feature``  mean |f(x, z) − f(x̂, z)| over the feature units (the reconstruction paired with the same
-                      code, so only the image side differs).
-* ``critic``          −D(x, z): the critic scores real pairs high, so a low value means "unlike training data".
-* ``map_max``         max over pixels of the error map (channel-mean |x − x̂|) smoothed with the Gaussian of
-                      ``calibration.anomaly_map`` at model resolution: image-wide means dilute small local defects,
-                      the maximum does not.
-
-The term model also outputs ``code`` (z, (B, d)): ``latent_mahalanobis`` is computed from it in numpy with the
-code Gaussian of the calibration (``calibration.py``), and the per-pixel ``error_map`` (B, S, S), from which
-``normalized_map_max`` (the default score) is computed in numpy with the calibration's per-pixel Gaussian.
-
-Every term grows with abnormality; ``calibration.py`` standardises and combines them. The term model is a
-plain functional Keras model (the networks are called as layers; the arithmetic lives in small registered
-layers), so it saves with safe_mode and converts to TFLite for the camera.
+The term model (:func:`build_term_model`) outputs ``terms.MODEL_OUTPUTS``: the terms that are model outputs as
+they are (``terms.MODEL_TERMS``), the code z = E(x) (B, d) and the per-pixel error map (B, S, S); what each term
+means and how the derived ones are computed from these outputs is the registry in ``terms.py``. It is a plain
+functional Keras model (the networks are called as layers; the arithmetic lives in small registered layers),
+so it saves with safe_mode and converts to TFLite for the camera.
 """
 
 from __future__ import annotations
@@ -39,20 +21,15 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from ganspection_tf import artifacts, training
 from ganspection_tf.calibration import (
-    CODE_OUTPUT,
     DEFAULT_MAX_FPR,
     MAX_REFERENCE_IMAGES,
-    TERMS,
-    Calibration,
     fit_calibration_from_outputs,
-    map_sigma,
-    outputs_needed,
     weight_vector,
 )
 from ganspection_tf.data import pipeline
 from ganspection_tf.errors import GanspectionError
+from ganspection_tf.heatmaps import map_sigma
 from ganspection_tf.images import (
     UnreadableImage,
     from_unit_range,
@@ -60,12 +37,10 @@ from ganspection_tf.images import (
     resize_image,
     to_unit_range,
 )
+from ganspection_tf.run import as_run
+from ganspection_tf.terms import CODE_OUTPUT, ERROR_MAP_OUTPUT, MODEL_OUTPUTS, TERMS
 
 __all__ = [
-    "CALIBRATION_FILE",
-    "MODEL_OUTPUTS",
-    "MODEL_TERMS",
-    "TERMS",
     "build_term_model",
     "calibration_outputs",
     "compute_terms",
@@ -75,10 +50,6 @@ __all__ = [
     "score_files",
     "validation_terms",
 ]
-
-CALIBRATION_FILE = "calibration.json"
-MODEL_TERMS = tuple(name for name in outputs_needed(TERMS) if name in TERMS)  # the terms the model outputs
-MODEL_OUTPUTS = tuple(outputs_needed(TERMS, with_error_map=True))  # everything compute_terms returns
 
 
 @keras.saving.register_keras_serializable(package="ganspection_tf")
@@ -158,7 +129,8 @@ class SpatialMax(layers.Layer):
 
 
 def build_term_model(model) -> keras.Model:
-    """Functional model: image (B, S, S, C) float32 in [-1, 1] → {MODEL_TERMS: (B,), "code": (B, d), "error_map"}."""
+    """Functional model: image (B, S, S, C) float32 in [-1, 1] → {MODEL_TERMS: (B,), "code": (B, d), "error_map"}
+    (``terms.MODEL_OUTPUTS``)."""
     encoder, generator, critic = model.scoring_networks()
     image = keras.Input((model.image_size, model.image_size, model.channels), name="image", dtype="float32")
     code = encoder(image)
@@ -169,7 +141,7 @@ def build_term_model(model) -> keras.Model:
     error_map = MeanGap(last_axis_only=True, name="error_map_term")([image, reconstruction])
     smoothed = GaussianSmoothing(map_sigma(model.image_size), name="smoothed_error_map")(error_map)
     # Layer names get a suffix: the critic sub-model is already called "critic" (names must be unique).
-    outputs = {
+    graph = {  # the graph of every term that is a model output (terms.MODEL_TERMS), and the code and error map
         "latent": GaussianNLL(name="latent_term")(code),
         "cycle": MeanGap(squared=True, name="cycle_term")([code, cycled_code]),
         "reconstruction": MeanGap(name="reconstruction_term")([image, reconstruction]),
@@ -177,8 +149,9 @@ def build_term_model(model) -> keras.Model:
         "critic": NegatedValue(name="critic_term")(value),
         "map_max": SpatialMax(name="map_max_term")(smoothed),
         CODE_OUTPUT: code,
-        "error_map": error_map,
+        ERROR_MAP_OUTPUT: error_map,
     }
+    outputs = {name: graph[name] for name in MODEL_OUTPUTS}
     return keras.Model(image, outputs, name="score_terms")
 
 
@@ -264,49 +237,49 @@ def reconstruct(model, images_uint8) -> np.ndarray:
     return from_unit_range(ops.convert_to_numpy(reconstruction))
 
 
-def ensure_calibration(run_dir, model=None, log=print, *, term_model=None, method=None, max_fpr=None, weights=None,
+def ensure_calibration(run, model=None, log=print, *, term_model=None, method=None, max_fpr=None, weights=None,
                        outputs=None):
-    """The run's :class:`Calibration`: ``RUN_DIR/calibration.json`` if it belongs to this model, else a new one.
+    """The run's :class:`Calibration`: its ``calibration.json`` if that belongs to this model, else a new one.
 
-    A stored file is reused when its config_hash and model step match the run's model and it agrees with any
-    `method` / `max_fpr` / `weights` given (None = accept what is stored, or the default for a new fit).
-    Otherwise the terms of the good images in ``splits.json["validation"]`` (held out of training) are
-    computed and fitted, the per-pixel Gaussian of ``normalized_map_max`` on the error maps of (up to
-    MAX_REFERENCE_IMAGES) good training images, and the file is written atomically. This is the only place a
-    calibration is made, and it reads no image but those good train/validation images: never a test image.
-    `outputs` = :func:`calibration_outputs` already computed by the caller, to spare reading them twice.
+    `run` is a :class:`~ganspection_tf.run.RunFolder` or its path. A stored file is reused when its config_hash
+    and model step match the run's model and it agrees with any `method` / `max_fpr` / `weights` given (None =
+    accept what is stored, or the default for a new fit). Otherwise the terms of the good images in
+    ``splits.json["validation"]`` (held out of training) are computed and fitted, each term's parameters on
+    them or (normalized_map_max's per-pixel Gaussian) on the error maps of up to MAX_REFERENCE_IMAGES good
+    training images, and the file is written atomically. This is the only place a calibration is made, and it
+    reads no image but those good train/validation images: never a test image. `outputs` =
+    :func:`calibration_outputs` already computed by the caller, to spare reading them twice.
     """
-    run_dir = Path(run_dir)
-    model = model if model is not None else training.load_model(run_dir)
-    config_hash = training.read_run_config(run_dir).get("config_hash", "")
+    run = as_run(run)
+    model = model if model is not None else run.load_model()
+    config_hash = run.config_hash
     step = model_step(model)
-    path = run_dir / CALIBRATION_FILE
-    stored = _stored_calibration(path, log)
+    stored = run.read_calibration(log)
     if stored is not None and _still_valid(stored, config_hash, step, method, max_fpr, weights):
         return stored
     if outputs is None:
-        outputs = calibration_outputs(run_dir, term_model if term_model is not None else build_term_model(model), log)
+        outputs = calibration_outputs(run, term_model if term_model is not None else build_term_model(model), log)
     validation, reference = outputs
     calibration = fit_calibration_from_outputs(
         validation, TERMS, reference_outputs=reference, weights=weights, method=method or "weighted",
         max_fpr=DEFAULT_MAX_FPR if max_fpr is None else max_fpr, config_hash=config_hash, model_step=step,
     )
-    artifacts.write_json(path, calibration.to_dict())
+    run.write_calibration(calibration)
     log(
         f"calibrated on {calibration.n_validation} good validation images ({calibration.method}, max FPR "
-        f"{calibration.max_fpr:g}): threshold {calibration.threshold:.4g}; written to {path}"
+        f"{calibration.max_fpr:g}): threshold {calibration.threshold:.4g}; written to {run.calibration_path}"
     )
     return calibration
 
 
-def calibration_outputs(run_dir, term_model, log=print):
+def calibration_outputs(run, term_model, log=print):
     """(validation outputs, training reference outputs or None): everything a calibration is fitted from."""
-    return validation_terms(run_dir, term_model, log), reference_terms(run_dir, term_model, log)
+    return validation_terms(run, term_model, log), reference_terms(run, term_model, log)
 
 
-def validation_terms(run_dir, term_model, log=print) -> dict[str, np.ndarray]:
+def validation_terms(run, term_model, log=print) -> dict[str, np.ndarray]:
     """Raw model outputs (compute_terms) of the run's held-out good validation images (model size and channels)."""
-    paths = validation_paths(run_dir)
+    paths = as_run(run).validation_images()
     _, size, _, channels = term_model.input_shape
     images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True)
     if skipped:
@@ -315,46 +288,18 @@ def validation_terms(run_dir, term_model, log=print) -> dict[str, np.ndarray]:
     return compute_terms(term_model, images)
 
 
-def reference_terms(run_dir, term_model, log=print) -> dict[str, np.ndarray] | None:
+def reference_terms(run, term_model, log=print) -> dict[str, np.ndarray] | None:
     """Raw model outputs of up to MAX_REFERENCE_IMAGES good TRAINING images (evenly spaced over the split), for
     the per-pixel Gaussian of normalized_map_max; None (with a warning) when none of them is there any more."""
-    splits = artifacts.read_json(Path(run_dir) / training.SPLITS_FILE, what="split list")
-    folder = _training_folder(splits)
-    listed = splits.get("train") or []
-    if len(listed) > MAX_REFERENCE_IMAGES:
-        listed = [listed[i] for i in np.linspace(0, len(listed) - 1, MAX_REFERENCE_IMAGES).astype(int)]
-    paths = [folder / Path(p).name for p in listed if (folder / Path(p).name).is_file()]
+    run = as_run(run)
+    paths = run.training_images(at_most=MAX_REFERENCE_IMAGES)
     if len(paths) < 2:
-        log(f"warning: the training images are not in {folder} any more; normalized_map_max falls back to "
-            "per-pixel statistics of the validation images")
+        log(f"warning: the training images are not in {run.where_images_are()} any more; normalized_map_max "
+            "falls back to per-pixel statistics of the validation images")
         return None
     _, size, _, channels = term_model.input_shape
     images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=True)
     return compute_terms(term_model, images)
-
-
-def validation_paths(run_dir) -> list[Path]:
-    """The validation images of ``splits.json``, found under the recorded (absolute) category root.
-
-    splits.json lists paths as the training command saw them, relative to ITS working folder, while "root"
-    is absolute; validation images are always files directly in the training folder, so they are looked up
-    there by name, independent of where this command runs.
-    """
-    splits_path = Path(run_dir) / training.SPLITS_FILE
-    splits = artifacts.read_json(splits_path, what="split list")
-    listed = splits.get("validation") or []
-    if not listed:
-        raise GanspectionError(
-            f"{splits_path}: no good validation images were held out of training (--val-fraction 0); calibration "
-            "needs good images the model never saw: retrain with e.g. --val-fraction 0.15"
-        )
-    folder = _training_folder(splits)
-    return [_locate(Path(p), folder, splits_path) for p in listed]
-
-
-def _training_folder(splits) -> Path:
-    root = Path(splits["root"])
-    return root / "train" / "good" if splits.get("is_mvtec") else root
 
 
 def model_step(model) -> int | None:
@@ -382,16 +327,6 @@ def _predict_function(term_model):
     return _PREDICT_FUNCTIONS[term_model]
 
 
-def _stored_calibration(path, log):
-    if not path.is_file():
-        return None
-    try:
-        return Calibration.from_dict(artifacts.read_json(path, what="calibration"), source=str(path))
-    except GanspectionError as error:
-        log(f"warning: {error}; recomputing it")
-        return None
-
-
 def _still_valid(stored, config_hash, step, method, max_fpr, weights):
     return (
         stored.config_hash == config_hash
@@ -400,16 +335,4 @@ def _still_valid(stored, config_hash, step, method, max_fpr, weights):
         and (method is None or stored.method == method)
         and (max_fpr is None or stored.max_fpr == max_fpr)
         and (weights is None or stored.weights == weight_vector(weights))
-    )
-
-
-def _locate(listed: Path, folder: Path, splits_path: Path) -> Path:
-    if listed.is_absolute() and listed.is_file():
-        return listed
-    candidate = folder / listed.name
-    if candidate.is_file():
-        return candidate
-    raise GanspectionError(
-        f"{splits_path}: validation image {listed} is not in {folder} any more; restore the training images "
-        "there (calibration must use the images held out of training)"
     )

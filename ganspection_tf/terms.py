@@ -132,7 +132,8 @@ def _check_code_gaussian(parameters) -> str | None:
     if not isinstance(mean, list) or not mean or not all_finite_numbers(mean):
         return "'code_mean' must be a non-empty list of finite numbers (term 'latent_mahalanobis')"
     if not is_square_matrix(whitening, len(mean)):
-        return f"'code_whitening' must be a {len(mean)}x{len(mean)} matrix of finite numbers (term 'latent_mahalanobis')"
+        return (f"'code_whitening' must be a {len(mean)}x{len(mean)} matrix of finite numbers "
+                "(term 'latent_mahalanobis')")
     return None
 
 

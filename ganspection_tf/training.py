@@ -1,15 +1,7 @@
 """`ganspection-tf train`: from a folder of good images to a run folder a person can inspect.
 
-Run folder::
-
-    config.json       every hyper-parameter, seed, data summary, package / TensorFlow versions
-    splits.json       the good training images, and the validation images held out for calibration
-    model.keras       the trained model (loads with safe_mode=True); refreshed at every checkpoint
-    checkpoints/      tf.train checkpoints (weights, EMA, both optimizers, step) for --resume
-    samples/          PNG grids: fixed-z samples, reconstructions, samples with z ×2 and ×3
-    logs/             TensorBoard scalars and image grids
-    history.csv       the logged losses, one row per log interval
-    status.json       running / finished / diverged, with the step and the reason
+The run folder's files (config.json, splits.json, model.keras, checkpoints/, samples/, logs/, history.csv,
+status.json) are described and named in ``run.py``.
 
 One Keras "epoch" is one log interval of `log_every` steps, so ``--resume`` restarts ``fit`` at a whole epoch.
 """
@@ -31,11 +23,11 @@ import ganspection_tf
 from ganspection_tf import artifacts, distribute
 from ganspection_tf.callbacks import CheckpointWriter, DivergenceGuard, SampleWriter
 from ganspection_tf.data import mvtec, pipeline
-from ganspection_tf.errors import GanspectionError, first_line
+from ganspection_tf.errors import GanspectionError
 from ganspection_tf.models.bigan import WassersteinBiGAN
+from ganspection_tf.run import HISTORY_FILE, LOGS_FOLDER, MODEL_FILE, RunFolder
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-MODEL_FILE, CONFIG_FILE, SPLITS_FILE, STATUS_FILE = "model.keras", "config.json", "splits.json", "status.json"
 SAMPLE_COUNT = 16
 
 
@@ -160,8 +152,8 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
     epoch_steps = math.gcd(config.steps, config.checkpoint_every, config.sample_every, config.log_every, start_step)
     run_record = _describe_run(config, strategy_name, strategy.num_replicas_in_sync, images, splits)
     if distribute.is_chief(strategy):
-        artifacts.write_json(run_dir / CONFIG_FILE, run_record)
-        artifacts.write_json(run_dir / SPLITS_FILE, splits)
+        RunFolder(run_dir).write_config(run_record)
+        RunFolder(run_dir).write_splits(splits)
         _write_status(run_dir, "running", start_step)
 
     dataset = pipeline.make_train_dataset(
@@ -172,8 +164,8 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         guard,
         CheckpointWriter(checkpoints, folder / MODEL_FILE, config.checkpoint_every, config.steps, guard),
         SampleWriter(folder, _sample_inputs(images, config), config.sample_every, config.steps, config.latent_dim),
-        keras.callbacks.CSVLogger(str(folder / "history.csv"), append=start_step > 0),
-        keras.callbacks.TensorBoard(log_dir=str(folder / "logs"), write_graph=False, update_freq="epoch"),
+        keras.callbacks.CSVLogger(str(folder / HISTORY_FILE), append=start_step > 0),
+        keras.callbacks.TensorBoard(log_dir=str(folder / LOGS_FOLDER), write_graph=False, update_freq="epoch"),
         *(extra_callbacks or []),
     ]
     log(
@@ -181,7 +173,7 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         f"{strategy_name} strategy × {strategy.num_replicas_in_sync} replicas, global batch {global_batch}"
     )
     started = time.time()
-    with distribute.explain_lost_workers(strategy, run_dir / "checkpoints"):
+    with distribute.explain_lost_workers(strategy, RunFolder(run_dir).checkpoints):
         model.fit(
             dataset,
             epochs=config.steps // epoch_steps,
@@ -238,30 +230,12 @@ class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         self.inner_optimizer.iterations.assign_add(1)
 
 
-def load_model(run_dir) -> WassersteinBiGAN:
-    """Loads a run's model.keras with safe_mode=True, turning a broken or foreign file into a one-line error."""
-    path = Path(run_dir) / MODEL_FILE
-    if not path.is_file():
-        raise GanspectionError(f"{path}: no trained model here; train one with 'ganspection-tf train --out {run_dir}'")
-    try:
-        return keras.models.load_model(path, safe_mode=True)
-    except Exception as error:  # Keras raises many types for a truncated or foreign archive.
-        raise GanspectionError(
-            f"{path}: cannot load the model ({first_line(error)}); it is truncated or from another version — "
-            "retrain, or restore it with 'ganspection-tf train --resume'"
-        ) from None
-
-
-def read_run_config(run_dir) -> dict:
-    return artifacts.read_json(Path(run_dir) / CONFIG_FILE, what="run config")
-
-
 # -------------------------------------------------------------------------------------------- set-up helpers
 
 
 def _reconcile_with_existing_run(config, run_dir, resume, overrides, chief=True):
     """A new run refuses a used folder; --resume takes the stored config plus the allowed `overrides`."""
-    stored = run_dir / CONFIG_FILE
+    stored = RunFolder(run_dir).config_path
     if not resume:
         if stored.exists() and chief:
             raise GanspectionError(
@@ -270,7 +244,7 @@ def _reconcile_with_existing_run(config, run_dir, resume, overrides, chief=True)
         return config
     if not stored.exists():
         return config  # nothing to resume: start fresh (makes a restarted cluster job idempotent)
-    previous = TrainConfig.from_dict(artifacts.read_json(stored, "run config")["train"])
+    previous = TrainConfig.from_dict(RunFolder(run_dir).read_config()["train"])
     for name, value in overrides.items():
         if name in RESUMABLE_FIELDS:
             setattr(previous, name, value)
@@ -340,13 +314,13 @@ def _checkpoint_manager(model, folder, keep):
     )
     # TensorFlow writes checkpoint data first and updates the 'checkpoint' index atomically last, so a kill at
     # any moment leaves the previous complete checkpoint as the latest one.
-    return tf.train.CheckpointManager(checkpoint, str(folder / "checkpoints"), max_to_keep=max(1, keep))
+    return tf.train.CheckpointManager(checkpoint, str(RunFolder(folder).checkpoints), max_to_keep=max(1, keep))
 
 
 def _restore(checkpoints, run_dir, resume, log):
     # Every worker restores the chief's checkpoint (in the run folder); the other workers only write theirs
     # into throw-away folders.
-    latest = tf.train.latest_checkpoint(str(Path(run_dir) / "checkpoints")) if resume else None
+    latest = tf.train.latest_checkpoint(str(RunFolder(run_dir).checkpoints)) if resume else None
     if latest is None:
         return 0
     checkpoints.checkpoint.restore(latest).assert_existing_objects_matched()
@@ -356,7 +330,7 @@ def _restore(checkpoints, run_dir, resume, log):
 
 
 def _write_status(run_dir, state, step, **details):
-    artifacts.write_json(Path(run_dir) / STATUS_FILE, {"state": state, "step": step, **details})
+    RunFolder(run_dir).write_status(state, step, **details)
 
 
 def _sample_inputs(images, config):

@@ -24,6 +24,8 @@ from corpus import (
 )
 
 from ganspection_tf import training
+from ganspection_tf.errors import GanspectionError
+from ganspection_tf.run import RunFolder
 from ganspection_tf.cli import main
 
 TINY_FLAGS = [
@@ -78,7 +80,7 @@ def test_training_skips_unreadable_files_with_one_warning_and_converts_odd_ones(
     splits = training.artifacts.read_json(tmp_path / "run" / "splits.json")
     used = {name.rsplit("/", 1)[-1] for name in splits["train"]}
     assert {path.name for path in odd} <= used  # converted, not rejected
-    assert training.read_run_config(tmp_path / "run")["train"]["channels"] == 3  # gray image in an RGB category
+    assert RunFolder(tmp_path / "run").read_config()["train"]["channels"] == 3  # gray image in an RGB category
 
 
 def test_training_stops_when_no_image_is_readable(tmp_path, capfd):
@@ -152,8 +154,8 @@ def test_truncated_model_is_refused_in_one_line(synthetic_category, tmp_path):
                    log=lambda *_: None)
     model_file = run / "model.keras"
     model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 3])
-    with pytest.raises(training.GanspectionError, match="model.keras") as caught:
-        training.load_model(run)
+    with pytest.raises(GanspectionError, match="model.keras") as caught:
+        RunFolder(run).load_model()
     assert "\n" not in str(caught.value)
 
 

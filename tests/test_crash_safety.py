@@ -12,6 +12,7 @@ import pytest
 from conftest import tiny_settings
 
 from ganspection_tf import artifacts, training
+from ganspection_tf.run import RunFolder
 from ganspection_tf.errors import GanspectionError
 
 
@@ -54,7 +55,7 @@ def test_kill_minus_nine_then_resume_reaches_the_same_final_step(synthetic_categ
 
     resumed_from = [m for m in messages if m.startswith("resumed from")]
     assert resumed_from and int(resumed_from[0].rsplit(" ", 1)[1]) >= killed_at  # at most one interval lost
-    model = training.load_model(run_dir)
+    model = RunFolder(run_dir).load_model()
     assert int(model.step) == steps
     assert int(model.d_optimizer.iterations) == steps  # optimizer state carried across the kill
     assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
@@ -76,7 +77,7 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(synthetic_
     assert status["state"] == "diverged" and status["reason"]
     assert latest_checkpoint_step(run_dir) == 2
     assert (run_dir / "model.keras").read_bytes() == good_model
-    assert int(training.load_model(run_dir).step) == 2
+    assert int(RunFolder(run_dir).load_model().step) == 2
 
 
 def test_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
@@ -110,7 +111,7 @@ def test_a_full_disk_during_training_keeps_the_last_model(synthetic_category, tm
     with pytest.raises(GanspectionError, match="disk is full"):
         training.train(config, run_dir, verbose=0, log=quiet)
     monkeypatch.setattr(os, "replace", real_replace)
-    assert int(training.load_model(run_dir).step) == 2
+    assert int(RunFolder(run_dir).load_model().step) == 2
     assert not list(run_dir.glob(".model.keras.*"))
 
 

@@ -9,15 +9,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from edge_support import edge_category, exported_bundle, quiet, trained_run  # noqa: E402
 
-from ganspection_tf import edge, export, scoring, training  # noqa: E402
-from ganspection_tf.calibration import (  # noqa: E402
-    TERM_INPUTS,
-    TERMS,
-    Calibration,
-    fit_calibration,
-    fit_calibration_from_outputs,
-    outputs_needed,
-)
+from ganspection_tf import edge, export, scoring  # noqa: E402
+from ganspection_tf.calibration import Calibration, fit_calibration, fit_calibration_from_outputs  # noqa: E402
+from ganspection_tf.run import RunFolder  # noqa: E402
+from ganspection_tf.terms import MODEL_TERMS, TERMS, outputs_needed  # noqa: E402
 from ganspection_tf.cli import main  # noqa: E402
 from ganspection_tf.errors import GanspectionError  # noqa: E402
 
@@ -63,7 +58,7 @@ def test_converted_models_hold_their_weights(run_dir, tmp_path_factory):
         assert sizes[quantize] >= export.BYTES_PER_WEIGHT[quantize] * metadata["scorer_weights"]
     # The default scorer (normalized_map_max) keeps the encoder in float (it outputs the error map), so
     # the int8 saving comes from the generator: its upsampling kernels shrink from 4 bytes a weight to 1.
-    generator = training.load_model(run_dir).scoring_networks()[1]
+    generator = RunFolder(run_dir).load_model().scoring_networks()[1]
     upsampling_weights = sum(layer.count_params() for layer in generator.layers if layer.name.startswith("gen_up"))
     assert upsampling_weights > 5000
     assert sizes["int8"] < sizes["none"] - 2 * upsampling_weights
@@ -86,8 +81,8 @@ def test_int8_score_is_not_capped_at_the_calibration_range(run_dir, tmp_path_fac
         np.full((size, size, 3), 255, np.uint8),  # blown-out frame
         np.repeat(np.kron([[0, 255], [255, 0]], np.ones((size // 2, size // 2)))[..., None], 3, 2).astype(np.uint8),
     ]
-    validation = [scorer.score_file(p).score for p in scoring.validation_paths(run_dir)]
-    keras_terms = scoring.compute_terms(scoring.build_term_model(training.load_model(run_dir)), np.stack(far_off))
+    validation = [scorer.score_file(p).score for p in RunFolder(run_dir).validation_images()]
+    keras_terms = scoring.compute_terms(scoring.build_term_model(RunFolder(run_dir).load_model()), np.stack(far_off))
     keras_scores = scorer.calibration.combine(scorer.calibration.term_matrix(keras_terms))
     assert min(keras_scores) > max(validation)  # the premise: Keras sees them as far off
     lite_scores = np.array([scorer.score(image, color_order="rgb").score for image in far_off])
@@ -148,7 +143,7 @@ def test_latent_score_exports_the_encoder_alone(run_dir, tmp_path_factory):
     assert metadata["terms"] == ["latent_mahalanobis"] and metadata["outputs"] == ["code"] and not metadata["heatmap"]
     assert metadata["calibration"]["terms"] == ["latent_mahalanobis"] and metadata["calibration"]["weights"] == [1.0]
     assert len(metadata["calibration"]["code_mean"]) == 8
-    encoder = training.load_model(run_dir).scoring_networks()[0]
+    encoder = RunFolder(run_dir).load_model().scoring_networks()[0]
     assert metadata["scorer_weights"] == encoder.count_params()  # no G, no D
     assert metadata["scorer_weights"] < 0.5 * edge.read_metadata(combined)["scorer_weights"]
     assert report["spearman"] > 0.9
@@ -159,14 +154,14 @@ def test_critic_score_exports_encoder_and_critic(run_dir, tmp_path):
     report = export.export_bundle(run_dir, out, quantize="none", score="critic", log=quiet)
     metadata = edge.read_metadata(out)
     assert metadata["terms"] == ["critic"] and not metadata["heatmap"] and report["max_abs_diff"] < 1e-3
-    encoder, _, critic = training.load_model(run_dir).scoring_networks()
+    encoder, _, critic = RunFolder(run_dir).load_model().scoring_networks()
     assert metadata["scorer_weights"] == encoder.count_params() + critic.count_params()  # no generator
 
 
 def test_combined_bundle_scores_like_the_runs_calibration(run_dir, tmp_path_factory):
     out, _ = bundle(tmp_path_factory, "int8")
     metadata = edge.read_metadata(out)
-    stored = Calibration.from_dict(json.loads((run_dir / scoring.CALIBRATION_FILE).read_text()))
+    stored = Calibration.from_dict(json.loads(RunFolder(run_dir).calibration_path.read_text()))
     shipped = Calibration.from_dict(metadata["calibration"])
     # Only the terms with a non-zero weight are computed on the camera; the scores are exactly the same.
     assert shipped.terms == [t for t, w in zip(stored.terms, stored.weights) if w]
@@ -191,7 +186,7 @@ def test_terms_that_count_keeps_every_term_for_mahalanobis():
 
 def test_terms_that_count_keeps_each_gaussian_only_for_its_term():
     rng = np.random.default_rng(2)
-    outputs = {term: rng.normal(size=30) for term in TERMS if term not in TERM_INPUTS}
+    outputs = {term: rng.normal(size=30) for term in MODEL_TERMS}
     outputs["code"] = rng.normal(size=(30, 4))
     outputs["error_map"] = np.abs(rng.normal(size=(30, 8, 8)))
     default = export.terms_that_count(fit_calibration_from_outputs(outputs))

@@ -111,9 +111,9 @@ def test_missing_paths_are_refused_in_one_line(evaluated_run, tmp_path, capsys):
 
 def test_score_files_streams_one_batch_at_a_time(evaluated_run, category, monkeypatch):
     """Decoding runs at most one batch ahead of the rows handed out: memory stays flat for long lists."""
-    from ganspection_tf import training
+    from ganspection_tf.run import RunFolder
 
-    model = training.load_model(evaluated_run)
+    model = RunFolder(evaluated_run).load_model()
     term_model = scoring.build_term_model(model)
     calibration = scoring.ensure_calibration(evaluated_run, model, term_model=term_model, log=lambda *a: None)
     decoded = []

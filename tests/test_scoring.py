@@ -16,10 +16,13 @@ import pytest  # noqa: E402
 from sklearn.covariance import ledoit_wolf  # noqa: E402
 
 from ganspection_tf import calibration as cal  # noqa: E402
-from ganspection_tf import scoring, training  # noqa: E402
+from ganspection_tf import heatmaps, stats  # noqa: E402
+from ganspection_tf import terms as registry  # noqa: E402
+from ganspection_tf import scoring  # noqa: E402
 from ganspection_tf.data import pipeline  # noqa: E402
 from ganspection_tf.data.synthetic import write_synthetic_category  # noqa: E402
 from ganspection_tf.errors import GanspectionError  # noqa: E402
+from ganspection_tf.run import RunFolder  # noqa: E402
 from ganspection_tf.training import TrainConfig, build_model, train  # noqa: E402
 
 TINY = dict(image_size=32, width=8, latent_dim=8, critic_steps=1, batch_size=8, jit_compile=False)
@@ -68,13 +71,13 @@ def validation_matrix(n=40, seed=0):
 
 def code_gaussian(n=30, d=8, seed=0):
     codes = np.random.default_rng(seed).normal(size=(n, d)) * np.linspace(0.5, 2.0, d)
-    mean, whitening = cal.fit_code_gaussian(codes)
+    mean, whitening = registry.fit_code_gaussian(codes)
     return {"code_mean": mean, "code_whitening": whitening}
 
 
 def map_gaussian(side=8, seed=0):
     maps = np.abs(np.random.default_rng(seed).normal(0.1, 0.03, size=(20, side, side)))
-    mean, std = cal.fit_map_gaussian(maps)
+    mean, std = registry.fit_map_gaussian(maps)
     return {"map_mean": mean, "map_std": std}
 
 
@@ -104,7 +107,7 @@ def test_term_model_outputs_match_their_definitions(tiny_model, term_model, imag
         "code": z,
     }
     terms = scoring.compute_terms(term_model, images)
-    assert set(terms) == set(scoring.MODEL_OUTPUTS) == (set(scoring.TERMS) - {"latent_mahalanobis",
+    assert set(terms) == set(registry.MODEL_OUTPUTS) == (set(registry.TERMS) - {"latent_mahalanobis",
                                                                                "normalized_map_max"}) | {
         "error_map", "code"}
     for name, values in expected.items():
@@ -115,14 +118,14 @@ def test_term_model_outputs_match_their_definitions(tiny_model, term_model, imag
 def test_map_max_is_the_maximum_of_the_smoothed_error_map(term_model, images):
     """The in-graph smoothing equals calibration.anomaly_map's (cv2) at model resolution, also at the borders."""
     terms = scoring.compute_terms(term_model, images)
-    expected = [cal.anomaly_map(error, (32, 32)).max() for error in terms["error_map"]]
+    expected = [heatmaps.anomaly_map(error, (32, 32)).max() for error in terms["error_map"]]
     np.testing.assert_allclose(terms["map_max"], expected, rtol=1e-5, atol=1e-6)
     spikes = np.zeros((2, 32, 32), np.float32)
     spikes[0, 0, 0], spikes[1, 5, 31] = 1.0, 2.0  # corners and edges exercise the reflected border
     for sigma in (1.0, 2.0):
         smoothed = keras.ops.convert_to_numpy(scoring.GaussianSmoothing(sigma)(spikes))
         for spike, result in zip(spikes, smoothed):
-            np.testing.assert_allclose(result, cal.anomaly_map(spike, (32, 32), sigma=sigma), atol=1e-6)
+            np.testing.assert_allclose(result, heatmaps.anomaly_map(spike, (32, 32), sigma=sigma), atol=1e-6)
 
 
 def test_ema_weights_are_used_for_scoring(tiny_model, term_model, images):
@@ -185,21 +188,21 @@ def test_weighted_combination_is_standardised_weighted_sum():
 def test_weights_dict_fills_missing_terms_with_zero():
     fitted = fit(validation_matrix(), weights={"reconstruction": 2.0})
     assert fitted.weights == [0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    assert fit(validation_matrix()).weights == [cal.DEFAULT_WEIGHTS[t] for t in cal.TERMS]
-    assert {t for t, w in cal.DEFAULT_WEIGHTS.items() if w} == {"normalized_map_max"}
+    assert fit(validation_matrix()).weights == [registry.DEFAULT_WEIGHTS[t] for t in registry.TERMS]
+    assert {t for t, w in registry.DEFAULT_WEIGHTS.items() if w} == {"normalized_map_max"}
 
 
 def test_ledoit_wolf_matches_scikit_learn():
     samples = validation_matrix(25)
     expected, _ = ledoit_wolf(samples)
-    np.testing.assert_allclose(cal.ledoit_wolf_covariance(samples), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(stats.ledoit_wolf_covariance(samples), expected, rtol=1e-10, atol=1e-12)
 
 
 def test_mahalanobis_score_is_the_distance_under_the_shrunk_covariance():
     val = validation_matrix()
     fitted = fit(val, method="mahalanobis")
     standardized = (val - val.mean(axis=0)) / val.std(axis=0, ddof=1)
-    inverse = np.linalg.inv(cal.ledoit_wolf_covariance(standardized))
+    inverse = np.linalg.inv(stats.ledoit_wolf_covariance(standardized))
     point = val[:4] * 1.5
     u = fitted.standardize(point)
     expected = np.sqrt(np.einsum("ni,ij,nj->n", u, inverse, u))
@@ -243,8 +246,8 @@ def test_calibration_round_trips_through_json():
         fitted = fit(validation_matrix(), method=method, config_hash="abc", model_step=7)
         restored = cal.Calibration.from_dict(json.loads(json.dumps(fitted.to_dict())))
         assert restored == fitted
-        np.testing.assert_array_equal(restored.code_mean, code_gaussian()["code_mean"])
-        np.testing.assert_array_equal(restored.code_whitening, code_gaussian()["code_whitening"])
+        np.testing.assert_array_equal(restored.parameters["code_mean"], code_gaussian()["code_mean"])
+        np.testing.assert_array_equal(restored.parameters["code_whitening"], code_gaussian()["code_whitening"])
         np.testing.assert_array_equal(restored.combine(validation_matrix()), fitted.combine(validation_matrix()))
 
 
@@ -261,7 +264,7 @@ def test_calibration_round_trips_through_json():
         (lambda d: d.update(method="median"), "'method'"),
         (lambda d: d.update(method="mahalanobis"), "'whitening' must be a 8x8"),
         (lambda d: d.update(terms=["latent"] * 8), "distinct"),
-        (lambda d: d.update(terms=[*cal.TERMS[:-1], "bogus"]), "unknown terms"),
+        (lambda d: d.update(terms=[*registry.TERMS[:-1], "bogus"]), "unknown terms"),
         (lambda d: d.pop("code_mean"), "'code_mean'"),
         (lambda d: d.update(code_whitening=d["code_whitening"][:3]), "'code_whitening' must be a 8x8"),
         (lambda d: d.update(max_fpr=1.5), "'max_fpr'"),
@@ -296,7 +299,7 @@ def test_fit_refuses_normalized_map_max_without_the_map_gaussian():
 def model_outputs(n, seed, shift=0.0):
     """Raw term-model outputs of n images, like scoring.compute_terms returns them."""
     rng = np.random.default_rng(seed)
-    outputs = {term: rng.normal(1.0, 0.2, n) for term in cal.TERMS if term not in cal.TERM_INPUTS}
+    outputs = {term: rng.normal(1.0, 0.2, n) for term in registry.TERMS if term in registry.MODEL_TERMS}
     outputs["code"] = rng.normal(size=(n, 8)) * np.linspace(0.5, 2.0, 8) + shift
     outputs["error_map"] = np.abs(rng.normal(0.1, 0.02, size=(n, 16, 16))).astype(np.float32)
     return outputs
@@ -309,42 +312,42 @@ def test_latent_mahalanobis_is_the_squared_distance_under_the_validation_gaussia
     centred = test["code"] - validation["code"].mean(axis=0)
     expected = np.einsum("ni,ij,nj->n", centred, np.linalg.inv(covariance), centred)
     matrix = fitted.term_matrix(test)
-    np.testing.assert_allclose(matrix[:, cal.TERMS.index("latent_mahalanobis")], expected, rtol=1e-6)
-    np.testing.assert_array_equal(matrix[:, cal.TERMS.index("map_max")], test["map_max"])
+    np.testing.assert_allclose(matrix[:, registry.TERMS.index("latent_mahalanobis")], expected, rtol=1e-6)
+    np.testing.assert_array_equal(matrix[:, registry.TERMS.index("map_max")], test["map_max"])
 
 
 def test_validation_latent_mahalanobis_is_leave_one_out():
     """Each validation code is measured against the Gaussian of the others: larger than the in-sample values."""
     validation = model_outputs(30, 0)
     codes = validation["code"]
-    honest = cal.leave_one_out_mahalanobis(codes)
-    mean, whitening = cal.fit_code_gaussian(codes[1:])
-    assert honest[0] == pytest.approx(cal.latent_mahalanobis(codes[:1], mean, whitening)[0])
-    in_sample = cal.latent_mahalanobis(codes, *cal.fit_code_gaussian(codes))
+    honest = registry.leave_one_out_mahalanobis(codes)
+    mean, whitening = registry.fit_code_gaussian(codes[1:])
+    assert honest[0] == pytest.approx(registry.latent_mahalanobis(codes[:1], mean, whitening)[0])
+    in_sample = registry.latent_mahalanobis(codes, *registry.fit_code_gaussian(codes))
     assert np.all(honest > in_sample)
     fitted = cal.fit_calibration_from_outputs(validation)
-    column = cal.TERMS.index("latent_mahalanobis")
+    column = registry.TERMS.index("latent_mahalanobis")
     assert fitted.mean[column] == pytest.approx(honest.mean())
 
 
 def test_outputs_needed_maps_derived_terms_to_their_model_outputs():
-    assert cal.outputs_needed(["map_max", "latent_mahalanobis"]) == ["map_max", "code"]
-    assert cal.outputs_needed(["latent", "critic"]) == ["latent", "critic"]
-    assert cal.outputs_needed(["normalized_map_max"], with_error_map=True) == ["error_map"]  # no repeat
-    assert cal.outputs_needed(["critic"], with_error_map=True) == ["critic", "error_map"]
+    assert registry.outputs_needed(["map_max", "latent_mahalanobis"]) == ["map_max", "code"]
+    assert registry.outputs_needed(["latent", "critic"]) == ["latent", "critic"]
+    assert registry.outputs_needed(["normalized_map_max"], with_error_map=True) == ["error_map"]  # no repeat
+    assert registry.outputs_needed(["critic"], with_error_map=True) == ["critic", "error_map"]
 
 
 def test_normalized_map_max_is_the_largest_per_pixel_z_score_of_the_smoothed_map():
     rng = np.random.default_rng(3)
     good = np.abs(rng.normal(0.1, 0.02, size=(40, 16, 16))).astype(np.float32)
-    mean, std = cal.fit_map_gaussian(good)
+    mean, std = registry.fit_map_gaussian(good)
     smoothed = np.stack([cv2.GaussianBlur(m, (0, 0), 0.5, borderType=cv2.BORDER_REFLECT) for m in good])
     np.testing.assert_allclose(mean, smoothed.mean(axis=0), rtol=1e-5)
-    floor = cal.MAP_STD_FLOOR * smoothed.std(axis=0, ddof=1).mean()
+    floor = registry.MAP_STD_FLOOR * smoothed.std(axis=0, ddof=1).mean()
     np.testing.assert_allclose(std, np.maximum(smoothed.std(axis=0, ddof=1), floor), rtol=1e-4)
     new = good[:2].copy()
     new_smoothed = np.stack([cv2.GaussianBlur(m, (0, 0), 0.5, borderType=cv2.BORDER_REFLECT) for m in new])
-    np.testing.assert_allclose(cal.normalized_map_max(new, mean, std),
+    np.testing.assert_allclose(registry.normalized_map_max(new, mean, std),
                                ((new_smoothed - mean) / std).max(axis=(1, 2)), rtol=1e-4)
 
 
@@ -353,53 +356,53 @@ def test_normalized_map_max_discounts_places_where_good_parts_always_err():
     rng = np.random.default_rng(4)
     good = np.abs(rng.normal(0.05, 0.01, size=(60, 32, 32))).astype(np.float32)
     good[:, :, :4] += np.abs(rng.normal(0.3, 0.1, size=(60, 32, 4)))  # a "rim" that is always reconstructed badly
-    mean, std = cal.fit_map_gaussian(good)
+    mean, std = registry.fit_map_gaussian(good)
     on_rim, in_quiet_place = good[:1].copy(), good[:1].copy()
     on_rim[0, 14:18, 0:4] += 0.25
     in_quiet_place[0, 14:18, 20:24] += 0.25
-    plain_max = [float(cal.smooth_error_maps(m).max()) for m in (on_rim, in_quiet_place)]
-    normalized = [float(cal.normalized_map_max(m, mean, std)[0]) for m in (on_rim, in_quiet_place)]
+    plain_max = [float(heatmaps.smooth_error_maps(m).max()) for m in (on_rim, in_quiet_place)]
+    normalized = [float(registry.normalized_map_max(m, mean, std)[0]) for m in (on_rim, in_quiet_place)]
     assert plain_max[0] > plain_max[1]  # the plain maximum ranks the rim error higher ...
     assert normalized[1] > 3 * normalized[0]  # ... the per-pixel z-score ranks the quiet-place error far higher
 
 
 def test_normalized_map_max_uses_training_maps_when_given_else_leave_one_out():
     validation, training_maps = model_outputs(20, 0), model_outputs(50, 5)
-    column = cal.TERMS.index("normalized_map_max")
+    column = registry.TERMS.index("normalized_map_max")
     with_reference = cal.fit_calibration_from_outputs(validation, reference_outputs=training_maps)
-    mean, std = cal.fit_map_gaussian(training_maps["error_map"])
-    np.testing.assert_allclose(with_reference.map_mean, mean)
-    values = cal.normalized_map_max(validation["error_map"], mean, std)
+    mean, std = registry.fit_map_gaussian(training_maps["error_map"])
+    np.testing.assert_allclose(with_reference.parameters["map_mean"], mean)
+    values = registry.normalized_map_max(validation["error_map"], mean, std)
     assert with_reference.mean[column] == pytest.approx(values.mean())
     without = cal.fit_calibration_from_outputs(validation)
-    honest = cal.leave_one_out_normalized_map_max(validation["error_map"])
+    honest = registry.leave_one_out_normalized_map_max(validation["error_map"])
     assert honest[0] == pytest.approx(
-        cal.normalized_map_max(validation["error_map"][:1], *cal.fit_map_gaussian(validation["error_map"][1:]))[0])
+        registry.normalized_map_max(validation["error_map"][:1], *registry.fit_map_gaussian(validation["error_map"][1:]))[0])
     assert without.mean[column] == pytest.approx(honest.mean())
-    in_sample = cal.normalized_map_max(validation["error_map"], *cal.fit_map_gaussian(validation["error_map"]))
+    in_sample = registry.normalized_map_max(validation["error_map"], *registry.fit_map_gaussian(validation["error_map"]))
     assert honest.mean() > in_sample.mean()
 
 
 def test_anomaly_map_smooths_and_upsamples():
     error = np.zeros((32, 32), np.float32)
     error[10, 20] = 1.0
-    amap = cal.anomaly_map(error, (90, 120), sigma=1.0)
+    amap = heatmaps.anomaly_map(error, (90, 120), sigma=1.0)
     assert amap.shape == (90, 120) and amap.dtype == np.float32
     peak_row, peak_col = np.unravel_index(np.argmax(amap), amap.shape)
     assert abs(peak_row - 10.5 * 90 / 32) <= 3 and abs(peak_col - 20.5 * 120 / 32) <= 3
     assert amap.max() < 0.5  # the single-pixel spike is spread out
-    np.testing.assert_allclose(cal.anomaly_map(error, (32, 32), sigma=0), error)
+    np.testing.assert_allclose(heatmaps.anomaly_map(error, (32, 32), sigma=0), error)
 
 
 def test_default_smoothing_scales_with_the_model_resolution():
     error = np.random.default_rng(0).random((64, 64)).astype(np.float32)
-    np.testing.assert_allclose(cal.anomaly_map(error, (64, 64)), cal.anomaly_map(error, (64, 64), sigma=2.0))
+    np.testing.assert_allclose(heatmaps.anomaly_map(error, (64, 64)), heatmaps.anomaly_map(error, (64, 64), sigma=2.0))
     small = error[:32, :32]
-    np.testing.assert_allclose(cal.anomaly_map(small, (32, 32)), cal.anomaly_map(small, (32, 32), sigma=1.0))
+    np.testing.assert_allclose(heatmaps.anomaly_map(small, (32, 32)), heatmaps.anomaly_map(small, (32, 32), sigma=1.0))
 
 
 def test_heatmap_overlay_keeps_the_image_size():
-    overlay = cal.heatmap_overlay(np.zeros((40, 50, 1), np.uint8), np.ones((40, 50), np.float32))
+    overlay = heatmaps.heatmap_overlay(np.zeros((40, 50, 1), np.uint8), np.ones((40, 50), np.float32))
     assert overlay.shape == (40, 50, 3) and overlay.dtype == np.uint8
 
 
@@ -441,10 +444,10 @@ def test_calibration_without_the_training_images_falls_back_to_the_validation_ma
     messages = []
     fitted = scoring.ensure_calibration(run_copy, log=messages.append)
     assert any("normalized_map_max falls back" in m for m in messages)
-    validation = scoring.validation_terms(run_copy, scoring.build_term_model(training.load_model(run_copy)))
-    np.testing.assert_allclose(fitted.map_mean, cal.fit_map_gaussian(validation["error_map"])[0], rtol=1e-6)
+    validation = scoring.validation_terms(run_copy, scoring.build_term_model(RunFolder(run_copy).load_model()))
+    np.testing.assert_allclose(fitted.parameters["map_mean"], registry.fit_map_gaussian(validation["error_map"])[0], rtol=1e-6)
     column = fitted.terms.index("normalized_map_max")
-    honest = cal.leave_one_out_normalized_map_max(validation["error_map"])
+    honest = registry.leave_one_out_normalized_map_max(validation["error_map"])
     assert fitted.mean[column] == pytest.approx(honest.mean(), rel=1e-6)
 
 

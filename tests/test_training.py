@@ -11,6 +11,7 @@ from conftest import tiny_settings
 from ganspection_tf import training
 from ganspection_tf.cli import main
 from ganspection_tf.errors import GanspectionError
+from ganspection_tf.run import RunFolder
 
 SAMPLE_KINDS = ("fixed_z", "reconstructions", "z_x2", "z_x3")
 
@@ -55,7 +56,7 @@ def test_history_has_one_row_per_log_interval(trained_run):
 
 
 def test_saved_model_loads_safely_and_matches_the_checkpoint_step(trained_run):
-    model = training.load_model(trained_run)
+    model = RunFolder(trained_run).load_model()
     assert int(model.step) == 4
     assert model.get_config()["width"] == 8
 
@@ -64,13 +65,13 @@ def test_resume_continues_step_count_and_optimizer_state(synthetic_category, tmp
     run_dir = tmp_path / "run"
     config = training.TrainConfig(data=str(synthetic_category), **tiny_settings(steps=4))
     training.train(config, run_dir, verbose=0, log=quiet)
-    first = training.load_model(run_dir)
+    first = RunFolder(run_dir).load_model()
     moments_at_4 = [np.array(v) for v in first.g_optimizer.variables]
 
     messages = []
     longer = training.TrainConfig(data=str(synthetic_category), **tiny_settings(steps=8))
     training.train(longer, run_dir, resume=True, verbose=0, log=messages.append)
-    resumed = training.load_model(run_dir)
+    resumed = RunFolder(run_dir).load_model()
 
     assert any("resumed from" in message and "step 4" in message for message in messages)
     assert int(resumed.step) == 8
