@@ -204,6 +204,9 @@ def _region_weights(masks):
 
 def _test_category(run, data, category, log):
     """The labelled test split: the run's own category unless `data` is given; refuses incomplete splits."""
+    if data is None and not run.category_root.is_dir():
+        raise GanspectionError(f"{run.category_root}: the run's category is not there any more; if it was moved, "
+                               "pass --data with its new location")
     found = mvtec.scan_category(run.category_root if data is None else data, category)
     if not found.test:
         raise GanspectionError(

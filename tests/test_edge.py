@@ -162,7 +162,8 @@ def test_terms_come_from_the_workstations_term_matrix(scorer):
     result = scorer.score(frame, color_order="rgb")
     calibration = scorer.calibration
     smoothed = cv2.GaussianBlur(outputs["error_map"][0].astype(np.float32), (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)
-    z_scores = (smoothed - np.asarray(calibration.map_mean)) / np.asarray(calibration.map_std)
+    z_scores = (smoothed - np.asarray(calibration.parameters["map_mean"])) / np.asarray(
+        calibration.parameters["map_std"])
     assert result.terms["normalized_map_max"] == pytest.approx(float(z_scores.max()), rel=1e-5)
     assert result.score == pytest.approx(float(calibration.combine(calibration.term_matrix(outputs))[0]), rel=1e-12)
 

@@ -166,8 +166,8 @@ def test_combined_bundle_scores_like_the_runs_calibration(run_dir, tmp_path_fact
     # Only the terms with a non-zero weight are computed on the camera; the scores are exactly the same.
     assert shipped.terms == [t for t, w in zip(stored.terms, stored.weights) if w]
     assert sorted(metadata["outputs"]) == sorted(outputs_needed(shipped.terms, with_error_map=True))
-    assert (shipped.map_mean, shipped.map_std) == (stored.map_mean, stored.map_std)  # the default's Gaussian
-    assert shipped.code_mean is None and stored.code_mean is not None  # latent_mahalanobis does not count
+    assert shipped.parameters == {k: stored.parameters[k] for k in ("map_mean", "map_std")}  # the default's Gaussian
+    assert "code_mean" in stored.parameters  # latent_mahalanobis is fitted, but does not count
     terms = np.random.default_rng(0).normal(1.0, 0.5, (50, len(stored.terms)))
     kept = [stored.terms.index(t) for t in shipped.terms]
     np.testing.assert_array_equal(shipped.combine(terms[:, kept]), stored.combine(terms))
@@ -190,14 +190,15 @@ def test_terms_that_count_keeps_each_gaussian_only_for_its_term():
     outputs["code"] = rng.normal(size=(30, 4))
     outputs["error_map"] = np.abs(rng.normal(size=(30, 8, 8)))
     default = export.terms_that_count(fit_calibration_from_outputs(outputs))
-    assert default.terms == ["normalized_map_max"] and np.asarray(default.map_mean).shape == (8, 8)
-    assert default.code_mean is None and default.code_whitening is None
+    assert default.terms == ["normalized_map_max"] and np.asarray(default.parameters["map_mean"]).shape == (8, 8)
+    assert set(default.parameters) == {"map_mean", "map_std"}
+    assert default.to_dict()["code_mean"] is None and default.to_dict()["code_whitening"] is None
     assert outputs_needed(default.terms) == ["error_map"]
     code_only = export.terms_that_count(fit_calibration_from_outputs(outputs, weights={"latent_mahalanobis": 1.0}))
-    assert code_only.terms == ["latent_mahalanobis"] and len(code_only.code_mean) == 4
-    assert code_only.map_mean is None and code_only.map_std is None
+    assert code_only.terms == ["latent_mahalanobis"] and len(code_only.parameters["code_mean"]) == 4
+    assert set(code_only.parameters) == {"code_mean", "code_whitening"}
     without = export.terms_that_count(fit_calibration_from_outputs(outputs, weights={"map_max": 1.0}))
-    assert without.terms == ["map_max"] and without.code_mean is None and without.map_mean is None
+    assert without.terms == ["map_max"] and without.parameters == {}
 
 
 # ------------------------------------------------------------------------------------------------ the gate

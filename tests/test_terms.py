@@ -1,0 +1,74 @@
+"""The score-term registry: every term is one entry, and everything that lists terms follows it."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ganspection_tf import calibration, terms
+from ganspection_tf.errors import GanspectionError
+
+
+def test_the_registry_runs_without_tensorflow():
+    """terms.py (and the calibration built on it) is what the camera imports: no TensorFlow."""
+    code = "import sys, ganspection_tf.terms, ganspection_tf.calibration; print('tensorflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_every_term_is_listed_once_with_an_explanation():
+    names = [term.name for term in terms.REGISTRY]
+    assert len(names) == len(set(names)) and tuple(names) == terms.TERMS
+    assert all(term.explanation and "\n" not in term.explanation for term in terms.REGISTRY)
+    assert sum(terms.DEFAULT_WEIGHTS.values()) > 0
+
+
+def test_derived_terms_declare_their_inputs_and_fitted_parameters():
+    for term in terms.REGISTRY:
+        assert (term.fit is None) == (not term.parameters)
+        assert set(term.model_outputs) <= set(terms.MODEL_OUTPUTS)
+    assert terms.BY_NAME["latent_mahalanobis"].model_outputs == (terms.CODE_OUTPUT,)
+    assert terms.BY_NAME["normalized_map_max"].model_outputs == (terms.ERROR_MAP_OUTPUT,)
+
+
+def test_export_scores_ship_one_term_or_the_combination():
+    assert terms.export_terms("latent") == ("latent_mahalanobis",)
+    assert terms.export_terms("critic") == ("critic",)
+    assert terms.export_terms(terms.COMBINED_SCORE) == terms.TERMS
+    assert set(terms.SCORES) == {"latent", "critic", "combined"}
+
+
+def test_unknown_term_names_are_one_line_errors():
+    with pytest.raises(GanspectionError, match="unknown score term 'bogus'; choose from latent, cycle"):
+        terms.term("bogus")
+
+
+def test_a_new_term_is_one_entry(monkeypatch):
+    """Adding a term to the registry is enough for calibration to fit, store and compute it."""
+    doubled = terms.Term("double_reconstruction", "twice the reconstruction error",
+                         inputs=("reconstruction",), compute=lambda outputs, _p: 2.0 * np.asarray(
+                             outputs["reconstruction"], np.float64))
+    registry = (*terms.REGISTRY, doubled)
+    by_name = {term.name: term for term in registry}
+    monkeypatch.setattr(terms, "BY_NAME", by_name)
+    monkeypatch.setattr(calibration, "BY_NAME", by_name)
+    monkeypatch.setattr(calibration, "TERMS", tuple(by_name))
+    rng = np.random.default_rng(0)
+    outputs = {"reconstruction": rng.normal(1.0, 0.1, 20), "critic": rng.normal(0.0, 1.0, 20)}
+    fitted = calibration.fit_calibration_from_outputs(outputs, ["critic", "double_reconstruction"],
+                                                      weights={"double_reconstruction": 1.0})
+    restored = calibration.Calibration.from_dict(fitted.to_dict())
+    matrix = restored.term_matrix(outputs)
+    np.testing.assert_allclose(matrix[:, 1], 2.0 * outputs["reconstruction"])
+    assert restored.combine(matrix)[0] == pytest.approx((2.0 * outputs["reconstruction"][0] - fitted.mean[1])
+                                                        / fitted.std[1])
+
+
+def test_only_the_registry_lists_the_terms():
+    """No other module of the package spells out the list of terms (one place to add a term)."""
+    from pathlib import Path
+
+    package = Path(terms.__file__).parent
+    spelled = '"reconstruction", "critic_feature"'
+    holders = [path.name for path in package.rglob("*.py") if spelled in path.read_text(encoding="utf-8")]
+    assert holders == []
