@@ -35,6 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ganspection_tf.defects import random_site
 from ganspection_tf.errors import GanspectionError
 
 DEFECT_TYPES = ("scratch", "hole", "stain")
@@ -108,7 +109,7 @@ def apply_defect(img: np.ndarray, kind: str, rng: np.random.Generator,
         raise GanspectionError(f"unknown defect type {kind!r}; use one of {', '.join(DEFECT_TYPES)}")
     height, width = img.shape[:2]
     size = min(height, width)
-    centre = _point_on_face(rng, width, height, size) if sites is None else _point_among(rng, sites)
+    centre = _point_on_face(rng, width, height, size) if sites is None else random_site(rng, sites)
     mask = np.zeros((height, width), dtype=np.uint8)
     out = img.astype(np.float32)
     region = {"scratch": _draw_scratch, "hole": _draw_hole, "stain": _draw_stain}[kind](out, mask, centre, size, rng)
@@ -219,15 +220,6 @@ def _draw_texture(rng, size) -> np.ndarray:
     phase_u, phase_v = rng.uniform(0.0, 2 * np.pi, size=2)
     weave = np.sin(2 * np.pi * u / period + phase_u) * np.sin(2 * np.pi * v / period + phase_v)
     return 125.0 + 12.0 * grain + 10.0 * weave
-
-
-def _point_among(rng: np.random.Generator, sites: np.ndarray) -> tuple[int, int]:
-    """A random (x, y) among the True pixels of `sites`."""
-    candidates = np.flatnonzero(sites)
-    if not len(candidates):
-        raise GanspectionError("no place to draw a defect: the defect sites are empty")
-    y, x = divmod(int(candidates[rng.integers(len(candidates))]), sites.shape[1])
-    return x, y
 
 
 def _brush_streaks(rng: np.random.Generator, theta: np.ndarray) -> np.ndarray:
