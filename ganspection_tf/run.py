@@ -124,21 +124,7 @@ class RunFolder:
 
     def load_model(self):
         """model.keras with safe_mode=True; a missing, broken or foreign file is a one-line error."""
-        path = self.model_path
-        if not path.is_file():
-            raise GanspectionError(f"{path}: no trained model here; train one with 'ganspection-tf train --out "
-                                   f"{self.path}'")
-        import keras
-
-        import ganspection_tf.models.bigan  # noqa: F401  registers the model's classes for deserialisation
-
-        try:
-            return keras.models.load_model(path, safe_mode=True)
-        except Exception as error:  # Keras raises many types for a truncated or foreign archive.
-            raise GanspectionError(
-                f"{path}: cannot load the model ({first_line(error)}); it is truncated or from another version — "
-                "retrain, or restore it with 'ganspection-tf train --resume'"
-            ) from None
+        return load_model(self.model_path)
 
     # ------------------------------------------------------------------------------------------ images
 
@@ -199,6 +185,27 @@ class RunFolder:
     def where_images_are(self) -> str:
         """The training folders in words, for messages about images that are not there."""
         return " or ".join(str(folder) for folder in self.training_folders())
+
+
+def load_model(path):
+    """The model of a run folder, or of its ``model.keras`` file given as `path`, loaded with safe_mode=True; a
+    missing, broken or foreign file is a one-line error. Imports TensorFlow (only here)."""
+    path = Path(path)
+    model_file = path if path.is_file() or path.name == MODEL_FILE else path / MODEL_FILE
+    if not model_file.is_file():
+        raise GanspectionError(f"{model_file}: no trained model here; train one with 'ganspection-tf train --out "
+                               f"{model_file.parent}'")
+    import keras
+
+    import ganspection_tf.models.bigan  # noqa: F401  registers the model's classes for deserialisation
+
+    try:
+        return keras.models.load_model(model_file, safe_mode=True)
+    except Exception as error:  # Keras raises many types for a truncated or foreign archive.
+        raise GanspectionError(
+            f"{model_file}: cannot load the model ({first_line(error)}); it is truncated or from another version — "
+            "retrain, or restore it with 'ganspection-tf train --resume'"
+        ) from None
 
 
 def as_run(run) -> RunFolder:
