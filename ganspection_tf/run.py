@@ -161,8 +161,8 @@ class RunFolder:
             if located is None:
                 raise GanspectionError(
                     f"{self.splits_path}: validation image {path} is not in {self.where_images_are()} any more; "
-                    "restore the training images there, or pass --data with the category's new location (calibration must use "
-                    "the images held out of training)"
+                    "restore the training images there, or pass --data with the category's new location "
+                    "(calibration must use the images held out of training)"
                 )
             found.append(located)
         return found
