@@ -133,6 +133,7 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
             epochs=config.steps // epoch_steps,
             initial_epoch=start_step // epoch_steps,
             steps_per_epoch=epoch_steps,
+            shuffle=False,  # the dataset shuffles itself; fit's default True only makes Keras warn it is ignored
             callbacks=callbacks,
             verbose=verbose,
         )
@@ -176,8 +177,9 @@ keras.saving.get_custom_objects()["ganspection_tf>StepCountingLossScaleOptimizer
 
 
 def load_model(run_dir) -> WassersteinBiGAN:
-    """Loads a run's model.keras with safe_mode=True, turning a broken or foreign file into a one-line error."""
-    path = Path(run_dir) / MODEL_FILE
+    """Loads a run's model.keras (``run_dir`` may also be that file) with safe_mode=True, turning a broken or
+    foreign file into a one-line error."""
+    path = Path(run_dir) if Path(run_dir).is_file() else Path(run_dir) / MODEL_FILE
     if not path.is_file():
         raise GanspectionError(f"{path}: no trained model here; train one with 'ganspection-tf train --out {run_dir}'")
     try:
