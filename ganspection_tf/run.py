@@ -29,6 +29,7 @@ import numpy as np
 
 from ganspection_tf import artifacts
 from ganspection_tf.calibration import Calibration
+from ganspection_tf.config import train_config_from_record
 from ganspection_tf.data import mvtec
 from ganspection_tf.errors import GanspectionError, first_line
 
@@ -85,6 +86,10 @@ class RunFolder:
 
     def write_config(self, record: dict) -> None:
         artifacts.write_json(self.config_path, record)
+
+    def read_train_config(self):
+        """The checked training config (``config.TrainConfig``; one-line errors for a damaged or hand-edited file)."""
+        return train_config_from_record(self.read_config(), self.config_path)
 
     @property
     def config_hash(self) -> str:
@@ -199,6 +204,10 @@ def load_model(path):
 
     import ganspection_tf.models.bigan  # noqa: F401  registers the model's classes for deserialisation
 
+    # A model.keras of a mixed_float16 run saved before the model counted its own steps names this optimizer class.
+    keras.saving.get_custom_objects()["ganspection_tf>StepCountingLossScaleOptimizer"] = (
+        keras.optimizers.LossScaleOptimizer
+    )
     try:
         return keras.models.load_model(model_file, safe_mode=True)
     except Exception as error:  # Keras raises many types for a truncated or foreign archive.
