@@ -7,7 +7,8 @@ base install (a test checks that ``tensorflow`` never appears in ``sys.modules``
 A frame is scored like the workstation scores a file:
 
 1. ``images.frame_to_rgb`` (BGR(A) from OpenCV or RGB(A), 1/3/4 channels, to the bundle's channel count),
-2. ``images.resize_image`` (cv2.INTER_AREA stretch to the model size — the training resize rule),
+2. ``images.resize_image`` (cv2.INTER_AREA to the model size with the run's stretch / pad / crop mode, stored in
+   the bundle's ``resize`` — the training resize rule),
 3. the TFLite model (uint8 in; it scales to [-1, 1] itself) computes the raw outputs (score terms, the code,
    the error map),
 4. ``Calibration.term_matrix`` makes the terms from them (the workstation's function: normalized_map_max from
@@ -39,7 +40,8 @@ MODEL_FILE, METADATA_FILE, PARITY_FILE = "model.tflite", "metadata.json", "parit
 INPUT_NAME, ERROR_MAP_OUTPUT = "image", "error_map"
 SCORES = ("latent", "critic", "combined")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-RESIZE_RULE = "cv2.INTER_AREA stretch to image_size x image_size (aspect ratio not kept)"
+# What "resize" held before it named the run's mode (images.RESIZE_MODES): such bundles were stretched.
+LEGACY_RESIZE_RULE = "cv2.INTER_AREA stretch to image_size x image_size (aspect ratio not kept)"
 NORMALISATION = "uint8 RGB/gray input; the model computes x / 127.5 - 1 itself"
 
 # key -> accepted Python type(s) of metadata.json; anything else is refused with a one-line error.
@@ -75,10 +77,11 @@ class EdgeResult:
     heatmap: np.ndarray | None
     latency_ms: float
     error_map: np.ndarray | None = None  # the model's low-resolution map (bundles with heatmaps), for later use
+    resize: str = images.DEFAULT_RESIZE  # the bundle's resize mode, to map the error map back onto the frame
 
     def heatmap_at(self, height: int, width: int) -> np.ndarray:
         """The anomaly map at a frame's size, from the map this scoring already produced (no second inference)."""
-        return anomaly_map(self.error_map, (height, width))  # the workstation's smoothing
+        return anomaly_map(self.error_map, (height, width), resize=self.resize)  # the workstation's smoothing
 
 
 class EdgeScorer:
@@ -90,6 +93,7 @@ class EdgeScorer:
         self.calibration = Calibration.from_dict(self.metadata["calibration"], source=str(self._metadata_path))
         self.image_size = self.metadata["image_size"]
         self.channels = self.metadata["channels"]
+        self.resize = bundle_resize(self.metadata)
         self.terms = list(self.metadata["terms"])
         self.threshold = float(self.calibration.threshold)
         self.has_heatmap = bool(self.metadata["heatmap"])
@@ -102,7 +106,7 @@ class EdgeScorer:
     def preprocess(self, frame, color_order: str = "bgr") -> np.ndarray:
         """Steps 1-2: the exact uint8 ``(S, S, C)`` array the model sees (the training pipeline's pixels)."""
         rgb = images.frame_to_rgb(frame, color_order, channels=self.channels)
-        return images.resize_image(rgb, self.image_size)
+        return images.resize_image(rgb, self.image_size, self.resize)
 
     def score(self, frame, color_order: str = "bgr", heatmap: bool = False) -> EdgeResult:
         """Score one frame; ``heatmap=True`` adds the anomaly map at the frame's size (combined bundles only)."""
@@ -117,7 +121,7 @@ class EdgeScorer:
         terms = {name: float(value) for name, value in zip(self.calibration.terms, matrix[0])}
         score = float(self.calibration.combine(matrix)[0])
         result = EdgeResult(score, bool(score > self.threshold), terms, None, 0.0,
-                            outputs[ERROR_MAP_OUTPUT][0] if self.has_heatmap else None)
+                            outputs[ERROR_MAP_OUTPUT][0] if self.has_heatmap else None, self.resize)
         if heatmap:
             result.heatmap = result.heatmap_at(*np.asarray(frame).shape[:2])
         result.latency_ms = (time.perf_counter() - started) * 1000.0
@@ -188,6 +192,12 @@ def read_metadata(bundle_dir) -> dict:
     return metadata
 
 
+def bundle_resize(metadata) -> str:
+    """The bundle's resize mode (``images.RESIZE_MODES``); bundles from before the choice existed stretched."""
+    resize = metadata["resize"]
+    return images.DEFAULT_RESIZE if resize == LEGACY_RESIZE_RULE else resize
+
+
 def _metadata_problem(metadata) -> str | None:
     missing = sorted(key for key in _REQUIRED_KEYS if key not in metadata)
     if missing:
@@ -198,6 +208,8 @@ def _metadata_problem(metadata) -> str | None:
             return f"'{key}' has type {type(value).__name__}"
     if metadata["image_size"] < 1 or metadata["channels"] not in (1, 3):
         return f"image_size {metadata['image_size']} / channels {metadata['channels']} out of range"
+    if bundle_resize(metadata) not in images.RESIZE_MODES:
+        return f"resize {metadata['resize']!r} is not one of {list(images.RESIZE_MODES)}"
     if metadata["color_order"] != "rgb":
         return f"color_order {metadata['color_order']!r}; the model input is always RGB"
     if metadata["score"] not in SCORES or metadata["quantization"] not in QUANTIZATIONS:

@@ -32,6 +32,7 @@ from ganspection_tf import artifacts, distribute
 from ganspection_tf.callbacks import CheckpointWriter, DivergenceGuard, SampleWriter
 from ganspection_tf.data import mvtec, pipeline
 from ganspection_tf.errors import GanspectionError, first_line
+from ganspection_tf.images import DEFAULT_RESIZE
 from ganspection_tf.models.bigan import WassersteinBiGAN
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -64,6 +65,7 @@ class TrainConfig:
     beta_2: float = 0.9
     weight_decay: float = 0.0
     augment: str = "none"
+    resize: str = DEFAULT_RESIZE  # stretch | pad | crop: how images become the model's square (images.resize_image)
     val_fraction: float = 0.15
     seed: int = 0
     log_every: int = 50
@@ -258,6 +260,12 @@ def read_run_config(run_dir) -> dict:
     return artifacts.read_json(Path(run_dir) / CONFIG_FILE, what="run config")
 
 
+def run_resize(run_dir) -> str:
+    """The run's resize mode (``images.resize_image``) from its config.json; runs from before the option existed
+    were stretched (the field's default)."""
+    return TrainConfig.from_dict(read_run_config(run_dir)["train"]).resize
+
+
 # -------------------------------------------------------------------------------------------- set-up helpers
 
 
@@ -296,7 +304,8 @@ def _load_training_images(config, log):
     train_paths, val_paths = mvtec.split_validation(category.train, config.val_fraction, config.seed)
     channels = pipeline.decide_channels(train_paths, config.channels)
     log(f"decoding {len(train_paths)} training images from {category.root} at {config.image_size} px …")
-    images, skipped = pipeline.load_images(train_paths, config.image_size, channels, skip_unreadable=True)
+    images, skipped = pipeline.load_images(train_paths, config.image_size, channels, skip_unreadable=True,
+                                           resize=config.resize)
     if skipped:
         listed = "; ".join(f"{path} ({reason})" for path, reason in skipped)
         log(f"warning: skipped {len(skipped)} unreadable training image(s): {listed}")

@@ -56,7 +56,7 @@ def test_metadata_round_trip(bundle, scorer):
     assert Calibration.from_dict(calibration.to_dict()) == calibration == scorer.calibration
     assert (scorer.image_size, scorer.channels, scorer.terms) == (32, 3, list(calibration.terms))
     assert scorer.threshold == metadata["threshold"] == calibration.threshold
-    assert metadata["resize"] == edge.RESIZE_RULE and "INTER_AREA" in metadata["resize"]
+    assert metadata["resize"] == "stretch"  # the run was trained without --resize
     for key in ("package_version", "config_hash", "quantization", "score", "normalisation", "outputs"):
         assert metadata[key], key
 
@@ -76,6 +76,7 @@ CORRUPTIONS = {
                        "differs from the calibration"),
     "broken calibration": (lambda f: edit_metadata(f, lambda m: m["calibration"].update(std=[0, 0, 0, 0, 0])),
                            "invalid calibration"),
+    "unknown resize": (lambda f: edit_metadata(f, lambda m: m.update(resize="squash")), "resize 'squash'"),
     "model replaced": (lambda f: (f / "model.tflite").write_bytes(b"TFL3" + b"\0" * 64), "checksum"),
     "model missing": (lambda f: (f / "model.tflite").unlink(), "model.tflite: missing from the bundle"),
 }
@@ -88,6 +89,11 @@ def test_corrupted_or_foreign_bundles_are_refused_in_one_line(case, bundle_copy)
     with pytest.raises(GanspectionError, match=message) as error:
         edge.EdgeScorer(bundle_copy)
     assert "\n" not in str(error.value)
+
+
+def test_bundles_from_before_the_resize_choice_stretch(bundle_copy):
+    edit_metadata(bundle_copy, lambda m: m.update(resize=edge.LEGACY_RESIZE_RULE))
+    assert edge.EdgeScorer(bundle_copy).resize == "stretch"
 
 
 def test_a_model_that_does_not_match_its_metadata_is_refused(bundle_copy, tmp_path_factory):
@@ -133,6 +139,22 @@ def test_edge_preprocessing_matches_the_training_pipeline(odd_files, scorer):
         assert from_camera.shape == from_file.shape == (32, 32, 3)
         assert np.abs(from_camera.astype(int) - trained_on[i]).max() <= 1, path.name
         np.testing.assert_array_equal(from_file, trained_on[i])
+
+
+@pytest.mark.parametrize("resize", ["pad", "crop"])
+def test_edge_preprocessing_and_heatmaps_follow_the_bundles_resize_mode(odd_files, bundle_copy, resize):
+    from ganspection_tf.data.pipeline import load_images
+
+    edit_metadata(bundle_copy, lambda m: m.update(resize=resize))
+    scorer = edge.EdgeScorer(bundle_copy)
+    trained_on, _ = load_images(odd_files, 32, 3, resize=resize)
+    for i, path in enumerate(odd_files):
+        np.testing.assert_array_equal(scorer.preprocess(read_image(path), color_order="rgb"), trained_on[i])
+    frame = read_image(odd_files[0])  # 150 × 90: the model saw the central 90 × 90 (crop) or all of it (pad)
+    heatmap = scorer.score(frame, color_order="rgb", heatmap=True).heatmap
+    assert heatmap.shape == (90, 150) and heatmap[:, 60:90].min() > 0
+    unseen = np.concatenate([heatmap[:, :30], heatmap[:, -30:]], axis=1)
+    assert (unseen.max() == 0) == (resize == "crop")
 
 
 # ------------------------------------------------------------------------------------------------ scoring
