@@ -65,7 +65,7 @@ def test_resume_continues_step_count_and_optimizer_state(synthetic_category, tmp
     config = training.TrainConfig(data=str(synthetic_category), **tiny_settings(steps=4))
     training.train(config, run_dir, verbose=0, log=quiet)
     first = training.load_model(run_dir)
-    moments_at_4 = [np.array(v) for v in first.g_optimizer.variables]
+    moments_at_4 = [v.numpy() for v in first.g_optimizer.variables]
 
     messages = []
     longer = training.TrainConfig(data=str(synthetic_category), **tiny_settings(steps=8))
@@ -76,7 +76,7 @@ def test_resume_continues_step_count_and_optimizer_state(synthetic_category, tmp
     assert int(resumed.step) == 8
     assert int(resumed.d_optimizer.iterations) == 8  # 1 critic step per step, counted across both runs
     assert len(list(csv.DictReader((run_dir / "history.csv").open()))) == 4  # appended, not restarted
-    assert any(not np.array_equal(a, np.array(b)) for a, b in zip(moments_at_4, resumed.g_optimizer.variables))
+    assert any(not np.array_equal(a, b.numpy()) for a, b in zip(moments_at_4, resumed.g_optimizer.variables))
 
 
 def test_a_used_run_folder_is_refused_without_resume(trained_run, synthetic_category):
