@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ganspection_tf.config import ModelConfig
 from ganspection_tf.models.bigan import WassersteinBiGAN
 
 
 def tiny_model(**overrides):
     settings = dict(image_size=32, channels=3, latent_dim=8, width=8, critic_steps=2, seed=3)
     settings.update(overrides)
-    model = WassersteinBiGAN(**settings)
+    model = WassersteinBiGAN(ModelConfig(**settings))
     model.compile(keras.optimizers.Adam(2e-4, 0.5, 0.9), keras.optimizers.Adam(2e-4, 0.5, 0.9))
     return model
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from ganspection_tf.config import AUGMENTATIONS
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.images import DEFAULT_RESIZE, UnreadableImage, native_channels, read_image, resize_image
 
-_AUGMENTATIONS = ("hflip", "vflip", "rot90")
 
 
 def load_images(
@@ -93,16 +93,16 @@ class Augment:
         names = [n.strip().lower() for n in (flags or "").split(",") if n.strip()]
         if names == ["none"]:
             return cls()
-        unknown = [n for n in names if n not in _AUGMENTATIONS]
+        unknown = [n for n in names if n not in AUGMENTATIONS]
         if unknown:
             raise GanspectionError(
-                f"unknown augmentation {unknown[0]!r}; use a comma list of {', '.join(_AUGMENTATIONS)}, or none"
+                f"unknown augmentation {unknown[0]!r}; use a comma list of {', '.join(AUGMENTATIONS)}, or none"
             )
         return cls(**{n: True for n in names})
 
     def as_flags(self) -> str:
         """The inverse of :meth:`from_flags`, for configs and logs."""
-        return ",".join(n for n in _AUGMENTATIONS if getattr(self, n)) or "none"
+        return ",".join(n for n in AUGMENTATIONS if getattr(self, n)) or "none"
 
     @property
     def enabled(self) -> bool:
