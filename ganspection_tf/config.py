@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.images import DEFAULT_RESIZE, RESIZE_MODES
 
 SUPPORTED_SIZES = (32, 64, 128, 256)
 NORMS = ("none", "layer", "instance", "spectral")
@@ -22,6 +21,13 @@ STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 MAX_CRITIC_STEPS = 15  # the model draws 2 noise tensors per critic update and 1 per generator update, 32 per step
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which keras.utils.set_random_seed uses, takes 32 bits
 MAX_STEPS = 10**9
+# How a picture becomes the model's square input (training, scoring and the camera alike).
+INTERPOLATIONS = ("area",)  # cv2.INTER_AREA: averages when shrinking, no aliasing
+# How images become the model's square (train --resize, images.resize_image); runs and bundles from before the
+# choice were stretched. The bundle's preprocessing calls it "aspect".
+RESIZE_MODES = ("stretch", "pad", "crop")
+DEFAULT_RESIZE = RESIZE_MODES[0]
+ASPECTS = RESIZE_MODES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +65,9 @@ class Check:
         if self.comma_list:
             names = [name.strip().lower() for name in value.split(",") if name.strip()]
             unknown = [name for name in names if name not in self.choices] if names != ["none"] else []
-            return f"{unknown[0]!r} is unknown; use a comma list of {', '.join(self.choices)}, or none" if unknown else None
+            if unknown:
+                return f"{unknown[0]!r} is unknown; use a comma list of {', '.join(self.choices)}, or none"
+            return None
         if self.choices and value not in self.choices:
             return f"must be one of {', '.join(map(str, self.choices))}"
         return None
@@ -134,7 +142,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values, source="model config", prefix=""):
-        return _build(cls, values, source, prefix)
+        return build_checked(cls, values, source, prefix)
 
 
 @dataclasses.dataclass
@@ -200,7 +208,7 @@ class TrainConfig:
             model_names = set(_names(ModelConfig))
             values["model"] = {key: values.pop(key) for key in list(values) if key in model_names}
         values["model"] = ModelConfig.from_dict(values["model"], source, prefix + "model.")
-        return _build(cls, values, source, prefix)
+        return build_checked(cls, values, source, prefix)
 
 
 _FIX = "fix it or start a new run in another --out"
@@ -221,19 +229,21 @@ def check_value(name, value) -> str | None:
     return option_fields()[name].metadata["check"].problem(value)
 
 
-def _build(cls, values, source, prefix):
+def build_checked(cls, values, source, prefix, fix=_FIX):
+    """A dataclass of `setting` fields from a stored dict, refusing unknown keys and values out of range in one
+    line naming `source` and the key (missing keys take their defaults: fields added later)."""
     if not isinstance(values, dict):
-        raise GanspectionError(f"{source}: '{prefix.rstrip('.')}' must be an object of settings; {_FIX}")
+        raise GanspectionError(f"{source}: '{prefix.rstrip('.')}' must be an object of settings; {fix}")
     fields = {field.name: field for field in dataclasses.fields(cls)}
     values = dict(values)
     unknown = [key for key in values if key not in fields]
     if unknown:
-        raise GanspectionError(f"{source}: unknown key '{prefix}{unknown[0]}'; {_FIX}")
+        raise GanspectionError(f"{source}: unknown key '{prefix}{unknown[0]}'; {fix}")
     for key, value in values.items():
         check = fields[key].metadata.get("check")
         problem = check.problem(value) if check else None
         if problem:
-            raise GanspectionError(f"{source}: '{prefix}{key}' is {_shown(value)}: it {problem}; {_FIX}")
+            raise GanspectionError(f"{source}: '{prefix}{key}' is {_shown(value)}: it {problem}; {fix}")
         if check and check.kind is float and value is not None:
             values[key] = float(value)  # a hand-written 10 for 10.0
     return cls(**values)

@@ -53,6 +53,7 @@ import tensorflow as tf
 
 import ganspection_tf
 from ganspection_tf import artifacts, console, edge, scoring, training
+from ganspection_tf.bundle_metadata import BundleMetadata, Preprocessing
 from ganspection_tf.calibration import (
     CODE_OUTPUT,
     ERROR_MAP_OUTPUT,
@@ -98,12 +99,12 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
     tflite_model, float_layers = convert(scorer, quantize, representative)
     check_weights_present(tflite_model, scorer.count_params(), quantize)
 
-    metadata = bundle_metadata(run_dir, model, scorer, calibration, score, quantize, tflite_model)
-    metadata["int8_float_layers"] = float_layers
-    metadata["representative_images"] = 0 if representative is None else len(representative)
+    metadata = bundle_metadata(run_dir, model, scorer, calibration, score, quantize, tflite_model,
+                               int8_float_layers=float_layers,
+                               representative_images=0 if representative is None else len(representative))
     with _staging_folder(out) as staging:
         artifacts.write_bytes(staging / edge.MODEL_FILE, tflite_model)
-        artifacts.write_json(staging / edge.METADATA_FILE, metadata)
+        artifacts.write_json(staging / edge.METADATA_FILE, metadata.to_dict())
         report = parity_check(staging, run_dir, term_model, calibration)
         report.update(quantization=quantize, score=score, tflite_bytes=len(tflite_model),
                       latency_ms=model_latency_ms(tflite_model))
@@ -493,34 +494,35 @@ def _number(value):
 # ------------------------------------------------------------------------------------------------ bundle
 
 
-def bundle_metadata(run_dir, model, scorer, calibration, score, quantize, tflite_model) -> dict:
+def bundle_metadata(
+    run_dir, model, scorer, calibration, score, quantize, tflite_model, **details
+) -> BundleMetadata:
+    """The bundle's metadata; `details` (figures for people, not read by the scorer) are recorded as given."""
     config = training.read_run_config(run_dir)
     outputs = list(scorer.output)
-    return {
-        "format": edge.BUNDLE_FORMAT,
-        "format_version": edge.FORMAT_VERSION,
-        "image_size": int(model.image_size),
-        "channels": int(model.channels),
-        "color_order": "rgb",
-        "resize": training.run_resize(run_dir),
-        "normalisation": edge.NORMALISATION,
-        "score": score,
-        "terms": list(calibration.terms),
-        "outputs": outputs,
-        "heatmap": edge.ERROR_MAP_OUTPUT in outputs,
-        "calibration": calibration.to_dict(),
-        "threshold": calibration.threshold,
-        "quantization": quantize,
-        "package_version": ganspection_tf.__version__,
-        "tensorflow_version": tf.__version__,
-        "config_hash": config.get("config_hash", ""),
-        "model_step": scoring.model_step(model),
-        "run_dir": str(Path(run_dir).resolve()),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model_sha256": hashlib.sha256(tflite_model).hexdigest(),
-        "model_bytes": len(tflite_model),
-        "scorer_weights": int(scorer.count_params()),
-    }
+    return BundleMetadata(
+        preprocessing=Preprocessing(image_size=int(model.image_size), channels=int(model.channels),
+                                    aspect=training.run_resize(run_dir)),
+        score=score,
+        terms=list(calibration.terms),
+        outputs=outputs,
+        heatmap=edge.ERROR_MAP_OUTPUT in outputs,
+        calibration=calibration.to_dict(),
+        threshold=calibration.threshold,
+        quantization=quantize,
+        package_version=ganspection_tf.__version__,
+        config_hash=config.get("config_hash", ""),
+        model_sha256=hashlib.sha256(tflite_model).hexdigest(),
+        details=dict(
+            tensorflow_version=tf.__version__,
+            model_step=scoring.model_step(model),
+            run_dir=str(Path(run_dir).resolve()),
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            model_bytes=len(tflite_model),
+            scorer_weights=int(scorer.count_params()),
+            **details,
+        ),
+    )
 
 
 def _check_choice(option, value, choices):

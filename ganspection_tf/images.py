@@ -25,15 +25,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ganspection_tf.config import DEFAULT_RESIZE, RESIZE_MODES  # chosen per run; config.json and bundles store it
 from ganspection_tf.errors import GanspectionError
 
 # Decoding a 20000x20000 RGB image takes 1.2 GB; no inspection photo needs more than this many pixels.
 MAX_PIXELS = 64_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-# How an image becomes the model's square input (resize_image); chosen once per run, stored in its config.json
-# and in its bundles' metadata. Runs and bundles from before the choice existed were stretched.
-RESIZE_MODES = ("stretch", "pad", "crop")
-DEFAULT_RESIZE = "stretch"
 
 # Our guard is stricter than Pillow's warning threshold (~89 Mpx), so its DecompressionBombWarning would only
 # duplicate the GanspectionError raised below. Pillow's hard DecompressionBombError is still caught.

@@ -117,7 +117,7 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
     callbacks = [
         guard,
         CheckpointWriter(checkpoints, folder / MODEL_FILE, config.checkpoint_every, config.steps, guard),
-        SampleWriter(folder, _sample_inputs(images, config), config.sample_every, config.steps, config.model.latent_dim),
+        SampleWriter(folder, _sample_inputs(images, config), config.sample_every, config.steps),
         keras.callbacks.CSVLogger(str(folder / "history.csv"), append=start_step > 0),
         keras.callbacks.TensorBoard(log_dir=str(folder / "logs"), write_graph=False, update_freq="epoch"),
         *(extra_callbacks or []),

@@ -148,8 +148,8 @@ def test_training_into_a_used_folder_keeps_everything(synthetic_category, tmp_pa
 
 def test_truncated_model_is_refused_in_one_line(synthetic_category, tmp_path):
     run = tmp_path / "run"
-    training.train(training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=2)), run, verbose=0,
-                   log=lambda *_: None)
+    config = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=2))
+    training.train(config, run, verbose=0, log=lambda *_: None)
     model_file = run / "model.keras"
     model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 3])
     with pytest.raises(training.GanspectionError, match="model.keras") as caught:

@@ -84,7 +84,7 @@ def test_commands_print_no_start_up_lines_and_no_warnings(session, command):
 def test_the_resize_mode_is_chosen_once_and_used_everywhere(session):
     work = session["work"]
     assert json.loads((work / "runs/bottle/config.json").read_text())["train"]["resize"] == "pad"
-    assert json.loads((work / "bundle/metadata.json").read_text())["resize"] == "pad"
+    assert json.loads((work / "bundle/metadata.json").read_text())["preprocessing"]["aspect"] == "pad"
     # The camera (LiteRT, float32) and the workstation (Keras) score the same good images alike only when both
     # letterbox them as training did.
     with open(work / "scores.csv", encoding="utf-8") as handle:
