@@ -64,7 +64,7 @@ from ganspection_tf.calibration import (
 )
 from ganspection_tf.data import mvtec, pipeline
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.images import list_images
+from ganspection_tf.images import DEFAULT_RESIZE, list_images
 
 # --score latent ships latent_mahalanobis, not the N(0, I) NLL "latent": image AUROC on MVTec bottle (64 px)
 # 0.91 / 0.89 at steps 500 / 750 against 0.60 for the NLL.
@@ -93,7 +93,8 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
 
     representative = None
     if quantize == "int8":
-        representative = representative_images(run_dir, model.image_size, model.channels, calibration_dir, log)
+        representative = representative_images(run_dir, model.image_size, model.channels, calibration_dir, log,
+                                               resize=training.run_resize(run_dir))
     log(f"converting the {score} scorer ({scorer.count_params():,} weights) to TFLite ({quantize}) …")
     tflite_model, float_layers = convert(scorer, quantize, representative)
     check_weights_present(tflite_model, scorer.count_params(), quantize)
@@ -285,7 +286,8 @@ def _quietly(function):
 # ------------------------------------------------------------------------------------------------ data
 
 
-def representative_images(run_dir, size, channels, calibration_dir=None, log=print, seed=0) -> np.ndarray:
+def representative_images(run_dir, size, channels, calibration_dir=None, log=print, seed=0,
+                          resize=DEFAULT_RESIZE) -> np.ndarray:
     """≥ MIN_REPRESENTATIVE good images for int8 calibration (augmented when the folder has fewer)."""
     if calibration_dir is not None:
         paths, source = list_images(calibration_dir), f"--calibration {calibration_dir}"
@@ -293,7 +295,7 @@ def representative_images(run_dir, size, channels, calibration_dir=None, log=pri
             raise GanspectionError(f"--calibration {calibration_dir}: no images in it; point at good images")
     else:
         paths, source = training_paths(run_dir), "the run's training images"
-    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True)
+    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=resize)
     if skipped:
         log(f"warning: skipped {len(skipped)} unreadable image(s) of {source}")
     rng = np.random.default_rng(seed)
@@ -373,7 +375,8 @@ def parity_check(bundle_dir, run_dir, term_model, calibration) -> dict:
     """Scores the evaluation images with Keras and with the bundle (edge runtime) and compares them."""
     paths, labels, kind = evaluation_set(run_dir)
     _, size, _, channels = term_model.input_shape
-    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True)
+    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True,
+                                           resize=training.run_resize(run_dir))
     skipped_paths = {Path(path) for path, _ in skipped}
     kept = [i for i, path in enumerate(paths) if Path(path) not in skipped_paths]
     keras_terms = calibration.term_matrix(scoring.compute_terms(term_model, images))
@@ -498,7 +501,8 @@ def bundle_metadata(
     config = training.read_run_config(run_dir)
     outputs = list(scorer.output)
     return BundleMetadata(
-        preprocessing=Preprocessing(image_size=int(model.image_size), channels=int(model.channels)),
+        preprocessing=Preprocessing(image_size=int(model.image_size), channels=int(model.channels),
+                                    aspect=training.run_resize(run_dir)),
         score=score,
         terms=list(calibration.terms),
         outputs=outputs,

@@ -200,6 +200,12 @@ def read_train_config(run_dir) -> TrainConfig:
     return train_config_from_record(read_run_config(run_dir), Path(run_dir) / CONFIG_FILE)
 
 
+def run_resize(run_dir) -> str:
+    """The run's resize mode (``images.resize_image``) from its config.json; runs from before the option existed
+    were stretched (the field's default)."""
+    return read_train_config(run_dir).resize
+
+
 # -------------------------------------------------------------------------------------------- set-up helpers
 
 
@@ -251,7 +257,7 @@ def _load_training_images(config, log):
     channels = pipeline.decide_channels(train_paths, config.model.channels)
     size = config.model.image_size
     log(f"decoding {len(train_paths)} training images from {category.root} at {size} px …")
-    images, skipped = pipeline.load_images(train_paths, size, channels, skip_unreadable=True)
+    images, skipped = pipeline.load_images(train_paths, size, channels, skip_unreadable=True, resize=config.resize)
     if skipped:
         listed = "; ".join(f"{path} ({reason})" for path, reason in skipped)
         log(f"warning: skipped {len(skipped)} unreadable training image(s): {listed}")

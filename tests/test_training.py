@@ -56,7 +56,7 @@ def test_saved_model_loads_safely_and_matches_the_checkpoint_step(tiny_run):
 def test_resume_continues_step_count_and_optimizer_state(synthetic_category, tiny_run_copy):
     run_dir = tiny_run_copy  # trained for 4 steps
     first = training.load_model(run_dir)
-    moments_at_4 = [np.array(v) for v in first.g_optimizer.variables]
+    moments_at_4 = [v.numpy() for v in first.g_optimizer.variables]
 
     messages = []
     longer = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=8))
@@ -67,7 +67,7 @@ def test_resume_continues_step_count_and_optimizer_state(synthetic_category, tin
     assert int(resumed.step) == 8
     assert int(resumed.d_optimizer.iterations) == 8  # 1 critic step per step, counted across both runs
     assert len(list(csv.DictReader((run_dir / "history.csv").open()))) == 4  # appended, not restarted
-    assert any(not np.array_equal(a, np.array(b)) for a, b in zip(moments_at_4, resumed.g_optimizer.variables))
+    assert any(not np.array_equal(a, b.numpy()) for a, b in zip(moments_at_4, resumed.g_optimizer.variables))
 
 
 def test_a_used_run_folder_is_refused_without_resume(tiny_run, synthetic_category):
