@@ -42,7 +42,8 @@ def main(argv=None):
     term_model = scoring.build_term_model(model)
     calibration = scoring.ensure_calibration(run, model, log=note, term_model=term_model)
     paths, labels = test_split(run.category_root)
-    images, _ = pipeline.load_images(paths, model.image_size, model.channels, skip_unreadable=False)
+    images, _ = pipeline.load_images(paths, model.image_size, model.channels, skip_unreadable=False,
+                                     resize=run.resize)
     frames = [read_image(path) for path in paths]
     note(f"{len(paths)} test images of {run.category_root}, model {model.image_size} px")
 

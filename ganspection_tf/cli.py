@@ -258,13 +258,15 @@ def score(run_dir, paths, output_format, output, heatmaps, batch_size):
     calibration = scoring.ensure_calibration(run, model, log=_echo_to_stderr, term_model=term_model)
     if heatmaps is not None:
         artifacts.ensure_writable_folder(heatmaps, option="--heatmaps")
-    results = scoring.score_files(files, term_model, calibration, batch_size, keep_originals=heatmaps is not None)
+    resize = run.resize
+    results = scoring.score_files(files, term_model, calibration, batch_size, keep_originals=heatmaps is not None,
+                                  resize=resize)
     if output is None:
-        failed = _write_rows(results, sys.stdout, output_format, heatmaps)
+        failed = _write_rows(results, sys.stdout, output_format, heatmaps, resize)
     else:
         with artifacts.atomic_path(output) as temporary, open(temporary, "w", encoding="utf-8", newline="") as handle:
             with click.progressbar(results, length=len(files), label="scoring", file=sys.stderr) as bar:
-                failed = _write_rows(bar, handle, output_format, heatmaps)
+                failed = _write_rows(bar, handle, output_format, heatmaps, resize)
     if failed:
         raise GanspectionError(
             f"{failed[0]}: unreadable, {len(failed)} of {len(files)} images have no row (listed above); "
@@ -290,7 +292,7 @@ def _image_files(paths):
     return files
 
 
-def _write_rows(results, handle, output_format, heatmaps):
+def _write_rows(results, handle, output_format, heatmaps, resize):
     """Writes one row per scored image as it comes (flushing per row) and returns the unreadable paths."""
     import csv
     import json
@@ -312,11 +314,11 @@ def _write_rows(results, handle, output_format, heatmaps):
             handle.write(json.dumps(row) + "\n")
         handle.flush()
         if heatmaps is not None:
-            _write_heatmap(result, heatmaps, used_names)
+            _write_heatmap(result, heatmaps, used_names, resize)
     return failed
 
 
-def _write_heatmap(result, folder, used_names):
+def _write_heatmap(result, folder, used_names, resize):
     from ganspection_tf import artifacts
     from ganspection_tf.heatmaps import anomaly_map, heatmap_overlay
 
@@ -325,7 +327,7 @@ def _write_heatmap(result, folder, used_names):
         count += 1
         name = f"{result.path.stem}_{count}_heatmap.png"
     used_names.add(name)
-    amap = anomaly_map(result.error_map, result.original_hw)
+    amap = anomaly_map(result.error_map, result.original_hw, resize=resize)
     artifacts.write_png(folder / name, heatmap_overlay(result.original, amap))
 
 

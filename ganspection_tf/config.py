@@ -23,7 +23,11 @@ MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which keras.utils.set_random_see
 MAX_STEPS = 10**9
 # How a picture becomes the model's square input (training, scoring and the camera alike).
 INTERPOLATIONS = ("area",)  # cv2.INTER_AREA: averages when shrinking, no aliasing
-ASPECTS = ("stretch",)  # the whole picture stretched to the square
+# How images become the model's square (train --resize, images.resize_image); runs and bundles from before the
+# choice were stretched. The bundle's preprocessing calls it "aspect".
+RESIZE_MODES = ("stretch", "pad", "crop")
+DEFAULT_RESIZE = RESIZE_MODES[0]
+ASPECTS = RESIZE_MODES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +161,9 @@ class TrainConfig:
     weight_decay: float = setting(0.0, float, "> 0 uses AdamW.", low=0.0, high=1.0)
     augment: str = setting("none", str, "Comma-separated: hflip, vflip, rot90 (or none).", choices=AUGMENTATIONS,
                            comma_list=True)
+    resize: str = setting(DEFAULT_RESIZE, str, "How images become the model's square: stretch (aspect ratio not "
+                          "kept), pad (whole image, black bands) or crop (central square). Stored with the run; "
+                          "evaluate, score, export and the camera use it.", choices=RESIZE_MODES)
     val_fraction: float = setting(0.15, float, "Good training images held out for score calibration.", low=0.0,
                                   high=0.5)
     log_every: int = setting(50, int, "Steps per logged row (and per Keras epoch).", low=1, high=MAX_STEPS)

@@ -7,8 +7,8 @@ base install (a test checks that ``tensorflow`` never appears in ``sys.modules``
 A frame is scored like the workstation scores a file:
 
 1. ``images.frame_to_rgb`` (BGR(A) from OpenCV or RGB(A), 1/3/4 channels, to the bundle's channel count),
-2. ``images.resize_image`` (the bundle's numeric preprocessing: cv2.INTER_AREA stretch to the model size — the
-   training resize rule),
+2. ``images.resize_image`` (the bundle's numeric preprocessing: cv2.INTER_AREA to the model size with the run's
+   ``aspect`` — stretch, pad or crop — the training resize rule),
 3. the TFLite model (uint8 in; it scales to [-1, 1] itself) computes the raw outputs (score terms, the code,
    the error map),
 4. ``Calibration.term_matrix`` makes the terms from them (the workstation's function: normalized_map_max from
@@ -53,10 +53,11 @@ class EdgeResult:
     heatmap: np.ndarray | None
     latency_ms: float
     error_map: np.ndarray | None = None  # the model's low-resolution map (bundles with heatmaps), for later use
+    resize: str = images.DEFAULT_RESIZE  # the bundle's resize mode, to map the error map back onto the frame
 
     def heatmap_at(self, height: int, width: int) -> np.ndarray:
         """The anomaly map at a frame's size, from the map this scoring already produced (no second inference)."""
-        return anomaly_map(self.error_map, (height, width))  # the workstation's smoothing
+        return anomaly_map(self.error_map, (height, width), resize=self.resize)  # the workstation's smoothing
 
 
 class EdgeScorer:
@@ -68,6 +69,7 @@ class EdgeScorer:
         self.calibration = Calibration.from_dict(self.metadata.calibration, source=str(self._metadata_path))
         self.preprocessing = self.metadata.preprocessing
         self.image_size, self.channels = self.preprocessing.image_size, self.preprocessing.channels
+        self.resize = self.preprocessing.aspect  # the run's --resize
         self.terms = list(self.metadata.terms)
         self.threshold = float(self.calibration.threshold)
         self.has_heatmap = self.metadata.heatmap
@@ -80,7 +82,7 @@ class EdgeScorer:
     def preprocess(self, frame, color_order: str = "bgr") -> np.ndarray:
         """Steps 1-2: the exact uint8 ``(S, S, C)`` array the model sees (the training pipeline's pixels)."""
         rgb = images.frame_to_rgb(frame, color_order, channels=self.channels)
-        return images.resize_image(rgb, self.image_size)
+        return images.resize_image(rgb, self.image_size, self.resize)
 
     def score(self, frame, color_order: str = "bgr", heatmap: bool = False) -> EdgeResult:
         """Score one frame; ``heatmap=True`` adds the anomaly map at the frame's size (combined bundles only)."""
@@ -95,7 +97,7 @@ class EdgeScorer:
         terms = {name: float(value) for name, value in zip(self.calibration.terms, matrix[0])}
         score = float(self.calibration.combine(matrix)[0])
         result = EdgeResult(score, bool(score > self.threshold), terms, None, 0.0,
-                            outputs[ERROR_MAP_OUTPUT][0] if self.has_heatmap else None)
+                            outputs[ERROR_MAP_OUTPUT][0] if self.has_heatmap else None, self.resize)
         if heatmap:
             result.heatmap = result.heatmap_at(*np.asarray(frame).shape[:2])
         result.latency_ms = (time.perf_counter() - started) * 1000.0

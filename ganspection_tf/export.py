@@ -56,7 +56,7 @@ from ganspection_tf.bundle_metadata import BundleMetadata, Preprocessing
 from ganspection_tf.calibration import Calibration, fit_calibration_from_outputs
 from ganspection_tf.data import pipeline
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.images import list_images
+from ganspection_tf.images import DEFAULT_RESIZE, list_images
 from ganspection_tf.run import RunFolder, as_run
 from ganspection_tf.terms import (
     COMBINED_SCORE,
@@ -90,7 +90,8 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
 
     representative = None
     if quantize == "int8":
-        representative = representative_images(run, model.image_size, model.channels, calibration_dir, log)
+        representative = representative_images(run, model.image_size, model.channels, calibration_dir, log,
+                                               resize=run.resize)
     log(f"converting the {score} scorer ({scorer.count_params():,} weights) to TFLite ({quantize}) …")
     tflite_model, float_layers = convert(scorer, quantize, representative)
     check_weights_present(tflite_model, scorer.count_params(), quantize)
@@ -271,7 +272,8 @@ def _quietly(function):
 # ------------------------------------------------------------------------------------------------ data
 
 
-def representative_images(run, size, channels, calibration_dir=None, log=print, seed=0) -> np.ndarray:
+def representative_images(run, size, channels, calibration_dir=None, log=print, seed=0,
+                          resize=DEFAULT_RESIZE) -> np.ndarray:
     """≥ MIN_REPRESENTATIVE good images for int8 calibration (augmented when the folder has fewer)."""
     if calibration_dir is not None:
         paths, source = list_images(calibration_dir), f"--calibration {calibration_dir}"
@@ -279,7 +281,7 @@ def representative_images(run, size, channels, calibration_dir=None, log=print, 
             raise GanspectionError(f"--calibration {calibration_dir}: no images in it; point at good images")
     else:
         paths, source = training_paths(run), "the run's training images"
-    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True)
+    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=resize)
     if skipped:
         log(f"warning: skipped {len(skipped)} unreadable image(s) of {source}")
     rng = np.random.default_rng(seed)
@@ -350,7 +352,8 @@ def parity_check(bundle_dir, run, term_model, calibration) -> dict:
     """Scores the evaluation images with Keras and with the bundle (edge runtime) and compares them."""
     paths, labels, kind = evaluation_set(run)
     _, size, _, channels = term_model.input_shape
-    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True)
+    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True,
+                                           resize=run.resize)
     skipped_paths = {Path(path) for path, _ in skipped}
     kept = [i for i, path in enumerate(paths) if Path(path) not in skipped_paths]
     keras_terms = calibration.term_matrix(scoring.compute_terms(term_model, images))
@@ -475,7 +478,8 @@ def bundle_metadata(
     run = as_run(run)
     outputs = list(scorer.output)
     return BundleMetadata(
-        preprocessing=Preprocessing(image_size=int(model.image_size), channels=int(model.channels)),
+        preprocessing=Preprocessing(image_size=int(model.image_size), channels=int(model.channels),
+                                    aspect=run.resize),
         score=score,
         terms=list(calibration.terms),
         outputs=outputs,

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from ganspection_tf.errors import GanspectionError
+from ganspection_tf.images import DEFAULT_RESIZE, map_to_image
 
 # Smoothing of the per-pixel error map before upsampling (suppresses single-pixel noise of the generator; a
 # defect spans several model pixels). None = MAP_SIGMA_FRACTION of the map side: 1 px at 32, 2 px at 64
@@ -39,20 +40,19 @@ def smooth_error_maps(error_maps, sigma=DEFAULT_MAP_SIGMA) -> np.ndarray:
     return np.stack([cv2.GaussianBlur(m, (0, 0), sigmaX=float(sigma), borderType=cv2.BORDER_REFLECT) for m in maps])
 
 
-def anomaly_map(error_map, out_hw, sigma=DEFAULT_MAP_SIGMA) -> np.ndarray:
+def anomaly_map(error_map, out_hw, sigma=DEFAULT_MAP_SIGMA, resize=DEFAULT_RESIZE) -> np.ndarray:
     """Per-pixel error at model resolution (S, S) → smoothed float32 map of size out_hw = (height, width).
 
     Smoothing happens at model resolution (sigma in model pixels; None = :func:`map_sigma` of the side), then
-    bilinear upsampling to the original image, so the map lines up with the photo whatever its size.
+    bilinear upsampling to the original image, undoing the run's ``resize`` mode (``images.map_to_image``), so
+    the map lines up with the photo whatever its size and aspect ratio.
     """
     error = np.asarray(error_map, dtype=np.float32)
     if error.ndim == 3 and error.shape[-1] == 1:
         error = error[..., 0]
     if error.ndim != 2:
         raise GanspectionError(f"expected an error map of shape (S, S), got {error.shape}")
-    error = smooth_error_maps(error[None], sigma)[0]
-    height, width = int(out_hw[0]), int(out_hw[1])
-    return cv2.resize(error, (width, height), interpolation=cv2.INTER_LINEAR)
+    return map_to_image(smooth_error_maps(error[None], sigma)[0], out_hw, resize)
 
 
 def heatmap_overlay(image_uint8, amap, full_scale=HEATMAP_FULL_SCALE, opacity=0.5) -> np.ndarray:

@@ -92,6 +92,12 @@ class RunFolder:
         return train_config_from_record(self.read_config(), self.config_path)
 
     @property
+    def resize(self) -> str:
+        """The run's resize mode (``images.resize_image``); runs from before the option existed were stretched
+        (the field's default)."""
+        return self.read_train_config().resize
+
+    @property
     def config_hash(self) -> str:
         """The hash of the training config the model was trained with ("" for a config without one)."""
         return self.read_config().get("config_hash", "")

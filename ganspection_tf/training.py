@@ -216,7 +216,7 @@ def _load_training_images(config, log):
     channels = pipeline.decide_channels(train_paths, config.model.channels)
     size = config.model.image_size
     log(f"decoding {len(train_paths)} training images from {category.root} at {size} px …")
-    images, skipped = pipeline.load_images(train_paths, size, channels, skip_unreadable=True)
+    images, skipped = pipeline.load_images(train_paths, size, channels, skip_unreadable=True, resize=config.resize)
     if skipped:
         listed = "; ".join(f"{path} ({reason})" for path, reason in skipped)
         log(f"warning: skipped {len(skipped)} unreadable training image(s): {listed}")

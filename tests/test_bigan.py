@@ -33,7 +33,7 @@ def weight_snapshot(model):
         "critic": model.critic.trainable_variables,
         "ema": model.ema_weights,
     }
-    return {name: [np.array(v) for v in variables] for name, variables in groups.items()}
+    return {name: [v.numpy() for v in variables] for name, variables in groups.items()}
 
 
 def test_one_step_moves_every_weight_group_with_finite_losses():

@@ -74,6 +74,7 @@ def test_a_format_version_1_bundle_loads_and_scores_the_same(bundle, scorer, tmp
     edit_metadata(old, as_format_version_1)
     old_scorer = edge.EdgeScorer(old)
     assert old_scorer.preprocessing == scorer.preprocessing and old_scorer.metadata.format_version == 1
+    assert old_scorer.resize == "stretch"  # bundles from before train --resize were stretched
     frame = np.random.default_rng(3).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     assert old_scorer.score(frame).score == scorer.score(frame).score
 
@@ -106,6 +107,8 @@ CORRUPTIONS = {
                        "differs from the calibration"),
     "broken calibration": (lambda f: edit_metadata(f, lambda m: m["calibration"].update(std=[0, 0, 0, 0, 0])),
                            "invalid calibration"),
+    "unknown aspect": (lambda f: edit_metadata(f, lambda m: m["preprocessing"].update(aspect="squash")),
+                       "'preprocessing.aspect' is 'squash'"),
     "model replaced": (lambda f: (f / "model.tflite").write_bytes(b"TFL3" + b"\0" * 64), "checksum"),
     "model missing": (lambda f: (f / "model.tflite").unlink(), "model.tflite: missing from the bundle"),
 }
@@ -163,6 +166,22 @@ def test_edge_preprocessing_matches_the_training_pipeline(odd_files, scorer):
         assert from_camera.shape == from_file.shape == (32, 32, 3)
         assert np.abs(from_camera.astype(int) - trained_on[i]).max() <= 1, path.name
         np.testing.assert_array_equal(from_file, trained_on[i])
+
+
+@pytest.mark.parametrize("resize", ["pad", "crop"])
+def test_edge_preprocessing_and_heatmaps_follow_the_bundles_resize_mode(odd_files, bundle_copy, resize):
+    from ganspection_tf.data.pipeline import load_images
+
+    edit_metadata(bundle_copy, lambda m: m["preprocessing"].update(aspect=resize))
+    scorer = edge.EdgeScorer(bundle_copy)
+    trained_on, _ = load_images(odd_files, 32, 3, resize=resize)
+    for i, path in enumerate(odd_files):
+        np.testing.assert_array_equal(scorer.preprocess(read_image(path), color_order="rgb"), trained_on[i])
+    frame = read_image(odd_files[0])  # 150 × 90: the model saw the central 90 × 90 (crop) or all of it (pad)
+    heatmap = scorer.score(frame, color_order="rgb", heatmap=True).heatmap
+    assert heatmap.shape == (90, 150) and heatmap[:, 60:90].min() > 0
+    unseen = np.concatenate([heatmap[:, :30], heatmap[:, -30:]], axis=1)
+    assert (unseen.max() == 0) == (resize == "crop")
 
 
 # ------------------------------------------------------------------------------------------------ scoring
