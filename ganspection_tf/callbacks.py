@@ -1,6 +1,8 @@
-"""The Keras callbacks of `train`: stop on divergence, write checkpoints and model.keras, draw sample grids."""
+"""The Keras callbacks of `train`: stop on divergence, write checkpoints and model.keras, draw sample grids,
+stop within a wall-clock budget."""
 
 import math
+import time
 from pathlib import Path
 
 import keras
@@ -70,6 +72,33 @@ class CheckpointWriter(keras.callbacks.Callback):
             ) from None
         with artifacts.atomic_path(self.model_path) as temporary:
             self.model.save(temporary)
+
+
+class WallClockBudget(keras.callbacks.Callback):
+    """Stops training at the first checkpoint step after which one more checkpoint interval would pass the budget.
+
+    It runs after CheckpointWriter, so the step it stops at has just been saved: model.keras is the stopped model
+    and --resume continues from it. The time counts from the start of fit (graph tracing included), not the
+    image decoding before it; the pace is the mean time per step so far.
+    """
+
+    def __init__(self, minutes, checkpoint_every):
+        super().__init__()
+        self.seconds, self.every = 60.0 * minutes, checkpoint_every
+        self.started = self.first_step = self.stopped_at = None
+
+    def on_train_begin(self, logs=None):
+        self.started, self.first_step = time.monotonic(), int(self.model.step.numpy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.step.numpy())
+        if step % self.every:
+            return
+        elapsed = time.monotonic() - self.started
+        per_step = elapsed / max(step - self.first_step, 1)
+        if elapsed + per_step * self.every > self.seconds:
+            self.stopped_at = step
+            self.model.stop_training = True
 
 
 class SampleWriter(keras.callbacks.Callback):
