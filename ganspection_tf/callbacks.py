@@ -59,7 +59,8 @@ class CheckpointWriter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         step = int(self.model.step.numpy())
-        if self.guard.reason or (step % self.every and step != self.final_step):
+        stopping_early = self.model.stop_training  # e.g. WallClockBudget: save where training stops
+        if self.guard.reason or (step % self.every and step != self.final_step and not stopping_early):
             return
         try:
             self.manager.save(checkpoint_number=step)
@@ -75,28 +76,27 @@ class CheckpointWriter(keras.callbacks.Callback):
 
 
 class WallClockBudget(keras.callbacks.Callback):
-    """Stops training at the first checkpoint step after which one more checkpoint interval would pass the budget.
+    """Stops training at the end of the first log interval after which one more interval would pass the budget.
 
-    It runs after CheckpointWriter, so the step it stops at has just been saved: model.keras is the stopped model
+    It runs before CheckpointWriter, which then saves the step it stopped at: model.keras is the stopped model
     and --resume continues from it. The time counts from the start of fit (graph tracing included), not the
     image decoding before it; the pace is the mean time per step so far.
     """
 
-    def __init__(self, minutes, checkpoint_every):
+    def __init__(self, minutes):
         super().__init__()
-        self.seconds, self.every = 60.0 * minutes, checkpoint_every
-        self.started = self.first_step = self.stopped_at = None
+        self.seconds = 60.0 * minutes
+        self.started = self.first_step = self.last_step = self.stopped_at = None
 
     def on_train_begin(self, logs=None):
-        self.started, self.first_step = time.monotonic(), int(self.model.step.numpy())
+        self.started = time.monotonic()
+        self.first_step = self.last_step = int(self.model.step.numpy())
 
     def on_epoch_end(self, epoch, logs=None):
         step = int(self.model.step.numpy())
-        if step % self.every:
-            return
+        interval, self.last_step = step - self.last_step, step
         elapsed = time.monotonic() - self.started
-        per_step = elapsed / max(step - self.first_step, 1)
-        if elapsed + per_step * self.every > self.seconds:
+        if elapsed + elapsed / max(step - self.first_step, 1) * interval > self.seconds:
             self.stopped_at = step
             self.model.stop_training = True
 

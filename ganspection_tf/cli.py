@@ -70,8 +70,8 @@ TRAIN_OPTIONS = [
     click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096), help="Per replica."),
     click.option("--steps", default=2000, show_default=True, type=click.IntRange(1)),
     click.option("--max-minutes", default=None, type=click.FloatRange(0, min_open=True),
-                 help="Wall-clock budget: stop at the first checkpoint after which one more checkpoint interval "
-                      "would pass it (--steps still bounds the run)."),
+                 help="Wall-clock budget: stop (and save a checkpoint) after the first log interval after which "
+                      "one more interval would pass it (--steps still bounds the run)."),
     click.option("--learning-rate", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True)),
     click.option("--weight-decay", default=0.0, show_default=True, type=click.FloatRange(0),
                  help="> 0 uses AdamW."),

@@ -172,11 +172,11 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
     budget = _wall_clock_budget(config, strategy_name)
     callbacks = [
         guard,
+        *([budget] if budget else []),
         CheckpointWriter(checkpoints, folder / MODEL_FILE, config.checkpoint_every, config.steps, guard),
         SampleWriter(folder, _sample_inputs(images, config), config.sample_every, config.steps, config.latent_dim),
         keras.callbacks.CSVLogger(str(folder / "history.csv"), append=start_step > 0),
         keras.callbacks.TensorBoard(log_dir=str(folder / "logs"), write_graph=False, update_freq="epoch"),
-        *([budget] if budget else []),
         *(extra_callbacks or []),
     ]
     log(
@@ -215,7 +215,7 @@ def _wall_clock_budget(config, strategy_name):
         return None
     if strategy_name == "multiworker":  # each worker would time itself and they could stop at different steps
         raise GanspectionError("--max-minutes does not work with --strategy multiworker; bound the run with --steps")
-    return WallClockBudget(config.max_minutes, config.checkpoint_every)
+    return WallClockBudget(config.max_minutes)
 
 
 def build_model(config: TrainConfig) -> WassersteinBiGAN:
