@@ -34,7 +34,7 @@ from ganspection_tf.score_choice import ScoreChoice, choose_score
 
 CHOICE_FILE = "score_choice.json"
 DRAW_SIZE = 256  # defects are drawn at this resolution (or the model's, if larger), then resized: thin stays thin
-COPIES_PER_IMAGE = 3
+COPIES_PER_IMAGE = 5
 DEFECT_SEED = 0
 
 
