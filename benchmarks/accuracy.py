@@ -42,7 +42,7 @@ def accuracy(context, minutes, method, out, resume, **options):
     if context.get_parameter_source("steps") == ParameterSource.DEFAULT:
         options["steps"] = UNBOUNDED_STEPS
     options["max_minutes"] = minutes
-    run_dir = train(TrainConfig(**options), out, resume=resume, verbose=2)
+    run_dir = train(TrainConfig.from_flat(**options), out, resume=resume, verbose=2)
     metrics = evaluate_run(run_dir, method=method, log=lambda message: click.echo(message, err=True))
     trained_seconds = artifacts.read_json(Path(run_dir) / STATUS_FILE, what="run status").get("seconds", 0.0)
     summary = _summary(metrics, trained_seconds, minutes)

@@ -54,7 +54,7 @@ DEFAULT_ROOT = REPO.parent / "shared" / "data" / "mvtec_ad"
 # The synthetic categories: written at 256 px with about as many images as an MVTec category.
 SYNTHETIC = {"synthetic_unaligned": "unaligned", "synthetic_texture": "texture"}
 SYNTHETIC_SIZES = dict(image_size=256, n_train=200, n_test_good=40, n_test_per_defect=20)
-DEFAULTS = TrainConfig(data="")  # the defaults of `train`: the template uses the same size, split and seed
+DEFAULTS = TrainConfig().flat()  # the defaults of `train`: the template uses the same size, split, seed, resize
 TEMPLATE_SCORE = "normalized_map_max"
 
 
@@ -65,7 +65,7 @@ def main(argv=None):
     rows = []
     for name, folder in categories.items():
         print(f"--- {name}: {folder}", file=sys.stderr, flush=True)
-        template = template_row(folder, args.image_size or DEFAULTS.image_size)
+        template = template_row(folder, args.image_size or DEFAULTS["image_size"])
         rows.append({"category": name, "score": "template", **template})
         if not args.template_only:
             model = model_row(folder, out / "runs" / name, args.minutes, args.image_size)
@@ -130,22 +130,24 @@ def template_row(folder, size) -> dict:
     """Template-baseline metrics of one category (module docstring), like `evaluate` reports them."""
     started = time.monotonic()
     category = mvtec.scan_category(folder)
-    train_paths, validation_paths = mvtec.split_validation(category.train, DEFAULTS.val_fraction, DEFAULTS.seed)
-    channels = pipeline.decide_channels(train_paths, DEFAULTS.channels)
-    training, _ = pipeline.load_images(train_paths, size, channels)
+    train_paths, validation_paths = mvtec.split_validation(category.train, DEFAULTS["val_fraction"], DEFAULTS["seed"])
+    channels = pipeline.decide_channels(train_paths, DEFAULTS["channels"])
+    resize = DEFAULTS["resize"]
+    training, _ = pipeline.load_images(train_paths, size, channels, resize=resize)
     template = to_unit_range(training).mean(axis=0)
-    validation, _ = pipeline.load_images(validation_paths, size, channels)
+    validation, _ = pipeline.load_images(validation_paths, size, channels, resize=resize)
     calibration = fit_calibration_from_outputs(
         {"error_map": template_error_maps(validation, template)}, [TEMPLATE_SCORE],
         reference_outputs={"error_map": template_error_maps(training, template)}, weights=[1.0],
     )
-    test_images, _ = pipeline.load_images([t.path for t in category.test], size, channels, skip_unreadable=False)
+    test_images, _ = pipeline.load_images([t.path for t in category.test], size, channels, skip_unreadable=False,
+                                          resize=resize)
     test_maps = template_error_maps(test_images, template)
     scores = calibration.combine(calibration.term_matrix({"error_map": test_maps}))
     labels = np.array([t.label for t in category.test])
     defects = [t.defect for t in category.test]
     pixel_maps = np.stack([anomaly_map(m, (PIXEL_EVAL_SIZE, PIXEL_EVAL_SIZE)) for m in test_maps])
-    masks = np.stack([read_mask(t.mask, PIXEL_EVAL_SIZE) if t.mask else np.zeros((PIXEL_EVAL_SIZE,) * 2, bool)
+    masks = np.stack([read_mask(t.mask, PIXEL_EVAL_SIZE, resize) if t.mask else np.zeros((PIXEL_EVAL_SIZE,) * 2, bool)
                       for t in category.test])
     image = image_metrics(labels, defects, {TEMPLATE_SCORE: scores})[TEMPLATE_SCORE]
     pixel = pixel_metrics(masks, pixel_maps)

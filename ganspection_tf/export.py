@@ -52,7 +52,8 @@ import numpy as np
 import tensorflow as tf
 
 import ganspection_tf
-from ganspection_tf import artifacts, edge, scoring, training
+from ganspection_tf import artifacts, console, edge, scoring, training
+from ganspection_tf.bundle_metadata import BundleMetadata, Preprocessing
 from ganspection_tf.calibration import (
     CODE_OUTPUT,
     ERROR_MAP_OUTPUT,
@@ -63,7 +64,7 @@ from ganspection_tf.calibration import (
 )
 from ganspection_tf.data import mvtec, pipeline
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.images import list_images
+from ganspection_tf.images import DEFAULT_RESIZE, list_images
 
 # --score latent ships latent_mahalanobis, not the N(0, I) NLL "latent": image AUROC on MVTec bottle (64 px)
 # 0.91 / 0.89 at steps 500 / 750 against 0.60 for the NLL.
@@ -75,6 +76,8 @@ AUROC_TOLERANCE = 0.01
 BYTES_PER_WEIGHT = {"none": 4, "float16": 2, "dynamic": 1, "int8": 1}
 WEIGHT_BYTES_SLACK = 0.9
 RESCALE_LAYER = "to_unit_range"
+LATENCY_THREADS, LATENCY_WARMUP, LATENCY_RUNS = 1, 3, 10
+SLOW_FACTOR = 2.0  # --quantize dynamic warns when it is this many times slower than float32
 
 
 def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_dir=None, force=False, log=print):
@@ -90,19 +93,24 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
 
     representative = None
     if quantize == "int8":
-        representative = representative_images(run_dir, model.image_size, model.channels, calibration_dir, log)
+        representative = representative_images(run_dir, model.image_size, model.channels, calibration_dir, log,
+                                               resize=training.run_resize(run_dir))
     log(f"converting the {score} scorer ({scorer.count_params():,} weights) to TFLite ({quantize}) …")
     tflite_model, float_layers = convert(scorer, quantize, representative)
     check_weights_present(tflite_model, scorer.count_params(), quantize)
 
-    metadata = bundle_metadata(run_dir, model, scorer, calibration, score, quantize, tflite_model)
-    metadata["int8_float_layers"] = float_layers
-    metadata["representative_images"] = 0 if representative is None else len(representative)
+    metadata = bundle_metadata(run_dir, model, scorer, calibration, score, quantize, tflite_model,
+                               int8_float_layers=float_layers,
+                               representative_images=0 if representative is None else len(representative))
     with _staging_folder(out) as staging:
         artifacts.write_bytes(staging / edge.MODEL_FILE, tflite_model)
-        artifacts.write_json(staging / edge.METADATA_FILE, metadata)
-        report = parity_check(staging, run_dir, term_model, calibration, log)
-        report.update(quantization=quantize, score=score, tflite_bytes=len(tflite_model))
+        artifacts.write_json(staging / edge.METADATA_FILE, metadata.to_dict())
+        report = parity_check(staging, run_dir, term_model, calibration)
+        report.update(quantization=quantize, score=score, tflite_bytes=len(tflite_model),
+                      latency_ms=model_latency_ms(tflite_model))
+        log(describe_parity(report))
+        if quantize == "dynamic":
+            _warn_if_slow(report, scorer, log)
         _apply_gate(report, out, quantize, force, log)
         artifacts.write_json(staging / edge.PARITY_FILE, report)
         _publish(staging, out)
@@ -270,40 +278,16 @@ def check_weights_present(tflite_model: bytes, weight_count: int, quantize: str)
         )
 
 
-@contextlib.contextmanager
-def _native_output_captured():
-    """The converter prints pages of logs to the process's stdout/stderr; keep them unless it fails."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        saved = [os.dup(1), os.dup(2)]
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        failed = True
-        try:
-            yield
-            failed = False
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            if failed:
-                sink.seek(0)
-                sys.stderr.write(sink.read().decode("utf-8", "replace")[-5000:])
-
-
 def _quietly(function):
-    with _native_output_captured(), contextlib.redirect_stdout(sys.__stdout__):
+    with console.native_output_captured(), contextlib.redirect_stdout(sys.__stdout__):
         return function()
 
 
 # ------------------------------------------------------------------------------------------------ data
 
 
-def representative_images(run_dir, size, channels, calibration_dir=None, log=print, seed=0) -> np.ndarray:
+def representative_images(run_dir, size, channels, calibration_dir=None, log=print, seed=0,
+                          resize=DEFAULT_RESIZE) -> np.ndarray:
     """≥ MIN_REPRESENTATIVE good images for int8 calibration (augmented when the folder has fewer)."""
     if calibration_dir is not None:
         paths, source = list_images(calibration_dir), f"--calibration {calibration_dir}"
@@ -311,7 +295,7 @@ def representative_images(run_dir, size, channels, calibration_dir=None, log=pri
             raise GanspectionError(f"--calibration {calibration_dir}: no images in it; point at good images")
     else:
         paths, source = training_paths(run_dir), "the run's training images"
-    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True)
+    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=resize)
     if skipped:
         log(f"warning: skipped {len(skipped)} unreadable image(s) of {source}")
     rng = np.random.default_rng(seed)
@@ -387,11 +371,12 @@ def evaluation_set(run_dir) -> tuple[list[Path], list[int] | None, str]:
 # ------------------------------------------------------------------------------------------------ parity
 
 
-def parity_check(bundle_dir, run_dir, term_model, calibration, log=print) -> dict:
+def parity_check(bundle_dir, run_dir, term_model, calibration) -> dict:
     """Scores the evaluation images with Keras and with the bundle (edge runtime) and compares them."""
     paths, labels, kind = evaluation_set(run_dir)
     _, size, _, channels = term_model.input_shape
-    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True)
+    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True,
+                                           resize=training.run_resize(run_dir))
     skipped_paths = {Path(path) for path, _ in skipped}
     kept = [i for i, path in enumerate(paths) if Path(path) not in skipped_paths]
     keras_terms = calibration.term_matrix(scoring.compute_terms(term_model, images))
@@ -407,7 +392,6 @@ def parity_check(bundle_dir, run_dir, term_model, calibration, log=print) -> dic
                            for j, t in enumerate(calibration.terms)},
         latency_ms_p50=float(np.median([r.latency_ms for r in lite_results])),
     )
-    log(describe_parity(report))
     return report
 
 
@@ -442,7 +426,48 @@ def describe_parity(report) -> str:
             f"{report['max_abs_diff']:.4g}, Spearman ρ {_number(report['spearman'])}")
     if report["auroc_keras"] is not None:
         text += f", image AUROC Keras {report['auroc_keras']:.4f} → TFLite {report['auroc_tflite']:.4f}"
-    return text + f", decisions agree on {100 * report.get('decision_agreement', float('nan')):.1f} %"
+    text += f", decisions agree on {100 * report.get('decision_agreement', float('nan')):.1f} %"
+    if report.get("latency_ms") is not None:
+        text += f"; model {report['latency_ms']:.3g} ms per image (this CPU, {LATENCY_THREADS} thread)"
+    return text
+
+
+# ------------------------------------------------------------------------------------------------ latency
+
+
+def model_latency_ms(tflite_model: bytes, runs=LATENCY_RUNS) -> float:
+    """Median milliseconds per image of a converted scorer alone on this CPU, one LiteRT thread, batch 1.
+
+    The input is a mid-gray image: none of the variants has data-dependent control flow. A few warm-up runs
+    come first (the first invocation allocates and packs weights).
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    with console.native_output_captured():
+        interpreter = Interpreter(model_content=tflite_model, num_threads=LATENCY_THREADS)
+        interpreter.allocate_tensors()
+    runner = interpreter.get_signature_runner()
+    details = runner.get_input_details()[edge.INPUT_NAME]
+    image = np.full(details["shape"], 128, dtype=np.uint8)
+    timings = []
+    for run in range(LATENCY_WARMUP + runs):
+        started = time.perf_counter()
+        runner(**{edge.INPUT_NAME: image})
+        if run >= LATENCY_WARMUP:
+            timings.append((time.perf_counter() - started) * 1000.0)
+    return float(np.median(timings))
+
+
+def _warn_if_slow(report, scorer, log):
+    """--quantize dynamic has no fast kernels in LiteRT on x86: measure it against float32 and say so."""
+    float_ms = model_latency_ms(convert(scorer, "none")[0])
+    report["latency_ms_float32"] = float_ms
+    ratio = report["latency_ms"] / float_ms
+    if ratio > SLOW_FACTOR:
+        log(f"warning: --quantize dynamic runs {report['latency_ms']:.3g} ms per image on this CPU, {ratio:.0f}× "
+            f"slower than the float32 export of the same model ({float_ms:.3g} ms; LiteRT has no fast "
+            "dynamic-range kernels here). Use --quantize int8 (fastest), float16 or none, unless the camera's "
+            "CPU is measured to run it fast (benchmarks/edge_latency.py)")
 
 
 def _apply_gate(report, out, quantize, force, log):
@@ -469,34 +494,35 @@ def _number(value):
 # ------------------------------------------------------------------------------------------------ bundle
 
 
-def bundle_metadata(run_dir, model, scorer, calibration, score, quantize, tflite_model) -> dict:
+def bundle_metadata(
+    run_dir, model, scorer, calibration, score, quantize, tflite_model, **details
+) -> BundleMetadata:
+    """The bundle's metadata; `details` (figures for people, not read by the scorer) are recorded as given."""
     config = training.read_run_config(run_dir)
     outputs = list(scorer.output)
-    return {
-        "format": edge.BUNDLE_FORMAT,
-        "format_version": edge.FORMAT_VERSION,
-        "image_size": int(model.image_size),
-        "channels": int(model.channels),
-        "color_order": "rgb",
-        "resize": edge.RESIZE_RULE,
-        "normalisation": edge.NORMALISATION,
-        "score": score,
-        "terms": list(calibration.terms),
-        "outputs": outputs,
-        "heatmap": edge.ERROR_MAP_OUTPUT in outputs,
-        "calibration": calibration.to_dict(),
-        "threshold": calibration.threshold,
-        "quantization": quantize,
-        "package_version": ganspection_tf.__version__,
-        "tensorflow_version": tf.__version__,
-        "config_hash": config.get("config_hash", ""),
-        "model_step": scoring.model_step(model),
-        "run_dir": str(Path(run_dir).resolve()),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model_sha256": hashlib.sha256(tflite_model).hexdigest(),
-        "model_bytes": len(tflite_model),
-        "scorer_weights": int(scorer.count_params()),
-    }
+    return BundleMetadata(
+        preprocessing=Preprocessing(image_size=int(model.image_size), channels=int(model.channels),
+                                    aspect=training.run_resize(run_dir)),
+        score=score,
+        terms=list(calibration.terms),
+        outputs=outputs,
+        heatmap=edge.ERROR_MAP_OUTPUT in outputs,
+        calibration=calibration.to_dict(),
+        threshold=calibration.threshold,
+        quantization=quantize,
+        package_version=ganspection_tf.__version__,
+        config_hash=config.get("config_hash", ""),
+        model_sha256=hashlib.sha256(tflite_model).hexdigest(),
+        details=dict(
+            tensorflow_version=tf.__version__,
+            model_step=scoring.model_step(model),
+            run_dir=str(Path(run_dir).resolve()),
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            model_bytes=len(tflite_model),
+            scorer_weights=int(scorer.count_params()),
+            **details,
+        ),
+    )
 
 
 def _check_choice(option, value, choices):

@@ -38,13 +38,15 @@ COPIES_PER_IMAGE = 5
 DEFECT_SEED = 0
 
 
-def choose_run_score(run_dir, term_model, validation_paths, validation_outputs, reference_outputs,
+def choose_run_score(run_dir, term_model, validation_paths, validation_outputs, reference_outputs, resize,
                      log=print) -> ScoreChoice:
-    """The chosen score of a run (module docstring), also written to ``RUN_DIR/score_choice.json``."""
+    """The chosen score of a run (module docstring), also written to ``RUN_DIR/score_choice.json``. `resize` is the
+    run's mode of making images square (the copies are drawn on squares, so resizing them further is plain)."""
     from ganspection_tf.scoring import compute_terms  # scoring imports this module: a late import breaks the cycle
 
     _, size, _, channels = term_model.input_shape
-    good, _ = pipeline.load_images(validation_paths, max(size, DRAW_SIZE), channels, skip_unreadable=True)
+    good, _ = pipeline.load_images(validation_paths, max(size, DRAW_SIZE), channels, skip_unreadable=True,
+                                   resize=resize)
     copies = defective_copies(good, seed=DEFECT_SEED, copies_per_image=COPIES_PER_IMAGE)
     model_inputs = np.stack([resize_image(image, size) for image in copies.images])
     defect_outputs = compute_terms(term_model, model_inputs)

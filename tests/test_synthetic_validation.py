@@ -28,7 +28,7 @@ def runs(tmp_path_factory):
                                             n_test_per_defect=1, mode=mode)
         settings = tiny_settings(image_size=64, rec_weight=10.0, steps=STEPS, log_every=STEPS,
                                  checkpoint_every=STEPS, sample_every=STEPS)
-        trained[mode] = train(TrainConfig(data=str(category), **settings), root / mode, verbose=0,
+        trained[mode] = train(TrainConfig.from_flat(data=str(category), **settings), root / mode, verbose=0,
                               log=lambda *a: None), category
     return trained
 
