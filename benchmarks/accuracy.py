@@ -70,8 +70,6 @@ def accuracy(context, minutes, method, out, resume, **options):
     from ganspection_tf.evaluate import evaluate_run
     from ganspection_tf.training import TrainConfig, train
 
-    options["data"] = str(options["data"])
-    options["devices"] = options["devices"].split(",") if options["devices"] else None
     if context.get_parameter_source("steps") == ParameterSource.DEFAULT:
         options["steps"] = UNBOUNDED_STEPS
     options["checkpoint_every"] = options["log_every"]  # the model evaluated is the one training stopped at

@@ -172,7 +172,8 @@ def _optimizer(config):
 
 
 # A model.keras of a mixed_float16 run saved before the model counted its own steps names this optimizer class.
-keras.saving.get_custom_objects()["ganspection_tf>StepCountingLossScaleOptimizer"] = keras.optimizers.LossScaleOptimizer
+_LEGACY_LOSS_SCALE_OPTIMIZER = "ganspection_tf>StepCountingLossScaleOptimizer"
+keras.saving.get_custom_objects()[_LEGACY_LOSS_SCALE_OPTIMIZER] = keras.optimizers.LossScaleOptimizer
 
 
 def load_model(run_dir) -> WassersteinBiGAN:
