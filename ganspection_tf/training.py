@@ -133,7 +133,6 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
             epochs=config.steps // epoch_steps,
             initial_epoch=start_step // epoch_steps,
             steps_per_epoch=epoch_steps,
-            shuffle=False,  # the dataset shuffles itself; fit's default True only makes Keras warn it is ignored
             callbacks=callbacks,
             verbose=verbose,
         )
