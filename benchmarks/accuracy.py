@@ -37,8 +37,6 @@ def accuracy(context, minutes, method, out, resume, **options):
     from ganspection_tf.evaluate import evaluate_run
     from ganspection_tf.training import STATUS_FILE, TrainConfig, train
 
-    options["data"] = str(options["data"])
-    options["devices"] = options["devices"].split(",") if options["devices"] else None
     if context.get_parameter_source("steps") == ParameterSource.DEFAULT:
         options["steps"] = UNBOUNDED_STEPS
     options["max_minutes"] = minutes

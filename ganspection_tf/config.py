@@ -227,11 +227,6 @@ def option_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in fields[:2] + list(dataclasses.fields(ModelConfig)) + fields[2:] if f.name != "model"}
 
 
-def check_value(name, value) -> str | None:
-    """Why `value` is not allowed for setting `name`, or None."""
-    return option_fields()[name].metadata["check"].problem(value)
-
-
 def build_checked(cls, values, source, prefix, fix=_FIX):
     """A dataclass of `setting` fields from a stored dict, refusing unknown keys and values out of range in one
     line naming `source` and the key (missing keys take their defaults: fields added later)."""

@@ -135,7 +135,6 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
             epochs=config.steps // epoch_steps,
             initial_epoch=start_step // epoch_steps,
             steps_per_epoch=epoch_steps,
-            shuffle=False,  # the dataset shuffles itself; fit's default True only makes Keras warn it is ignored
             callbacks=callbacks,
             verbose=verbose,
         )
@@ -184,7 +183,8 @@ def _optimizer(config):
 
 
 # A model.keras of a mixed_float16 run saved before the model counted its own steps names this optimizer class.
-keras.saving.get_custom_objects()["ganspection_tf>StepCountingLossScaleOptimizer"] = keras.optimizers.LossScaleOptimizer
+_LEGACY_LOSS_SCALE_OPTIMIZER = "ganspection_tf>StepCountingLossScaleOptimizer"
+keras.saving.get_custom_objects()[_LEGACY_LOSS_SCALE_OPTIMIZER] = keras.optimizers.LossScaleOptimizer
 
 
 def load_model(run_dir) -> WassersteinBiGAN:
