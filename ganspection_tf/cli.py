@@ -79,17 +79,19 @@ def _setting_option(name, field):
                         show_default=default is not None, help=check.help)
 
 
-def config_options(function):
-    """One option per TrainConfig / ModelConfig field: its default, its range and its help come from there."""
+def train_options(function):
+    """--out, --resume, and one option per TrainConfig / ModelConfig field (its default, range and help come
+    from there); also used by benchmarks/accuracy.py."""
     for name, field in reversed(option_fields().items()):
         function = _setting_option(name, field)(function)
-    return function
+    function = click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")(
+        function)
+    return click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+                        help="Run folder to write.")(function)
 
 
 @cli.command()
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Run folder to write.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@config_options
+@train_options
 @click.pass_context
 def train(context, out, resume, **options):
     """Train an anomaly model on defect-free images."""

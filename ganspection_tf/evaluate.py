@@ -30,7 +30,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from ganspection_tf import artifacts, scoring
-from ganspection_tf.calibration import fit_calibration_from_outputs
+from ganspection_tf.calibration import fit_calibration_from_outputs, weight_vector
 from ganspection_tf.data import mvtec, pipeline
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.heatmaps import anomaly_map, map_sigma
@@ -84,6 +84,7 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
         "threshold": threshold_metrics(scored["labels"], scored["combined"], calibration.threshold),
         "oracle": oracle_f1(scored["labels"], scored["combined"]),
         "pixel": pixel_metrics(scored["masks"], scored["maps"], sigma=map_sigma(model.image_size)),
+        "score_choice": score_choice_summary(run, calibration),
     }
     metrics["image_auroc"] = metrics["image"][COMBINED]["auroc"]
     _write_report_files(out, metrics, scored, category_found, model, term_model)
@@ -294,6 +295,18 @@ def _comparison_scores(validation_outputs, reference_outputs, scored, calibratio
     return fusions
 
 
+def score_choice_summary(run, calibration) -> dict | None:
+    """What ``score_choice.json`` says (chosen score, every candidate's validation AUROC on synthetic defects, why),
+    and whether the calibration uses it or --weights / --method overrode it; None when no choice was made."""
+    path = run.score_choice_path
+    if not path.is_file():
+        return None
+    choice = artifacts.read_json(path, what="score choice")
+    used = calibration.method == "weighted" and calibration.weights == weight_vector(choice["weights"],
+                                                                                   calibration.terms)
+    return {**choice, "used": used, **({} if used else {"note": "overridden by --weights / --method"})}
+
+
 def _data_summary(category):
     defects = {}
     for item in category.test:
@@ -440,6 +453,7 @@ tr.main{{font-weight:bold;background:#eef}}</style></head><body>
 <p>Calibration: {html.escape(calibration['method'])} fusion fitted on {calibration['n_validation']} good validation
 images held out of training (never on test images); threshold {threshold['value']:.4g} for a target false-positive
 rate of {calibration['max_fpr']:g}.</p>
+{_choice_html(metrics.get("score_choice"))}
 <h2>Image level</h2>
 <p><b>Image AUROC (combined): {metrics['image_auroc']:.3f}</b>. At the calibrated threshold: F1 {threshold['f1']:.3f},
 precision {threshold['precision']:.3f}, recall {threshold['recall']:.3f}, false-positive rate on good test images
@@ -466,6 +480,18 @@ x̂ = G(z) its reconstruction, f the critic's features):</p>
 
 def _term_explanations():
     return "".join(f"<li><b>{html.escape(term.name)}</b>: {html.escape(term.explanation)}</li>" for term in REGISTRY)
+
+
+def _choice_html(choice):
+    if choice is None:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{auroc:.3f}</td></tr>"
+                   for name, auroc in sorted(choice["auroc"].items(), key=lambda item: -item[1]))
+    status = "used" if choice["used"] else html.escape(choice.get("note", "not used"))
+    return f"""<h2>Score choice</h2>
+<p>Chosen on the good validation images and {choice['n_defective']} copies of them with synthetic defects (never a
+test image): <b>{html.escape(choice['reason'])}</b> ({status}).</p>
+<table><tr><th>candidate</th><th>validation AUROC, synthetic defects</th></tr>{rows}</table>"""
 
 
 def _maybe(value):

@@ -11,6 +11,7 @@ Run folder (written by ``ganspection-tf train``; ``calibration.json`` and ``eval
     history.csv       the logged losses, one row per log interval
     status.json       running / finished / diverged, with the step and the reason
     calibration.json  the fitted score (``calibration.Calibration``), made from good images only
+    score_choice.json how the score was chosen on good and synthetic-defect images (``synthetic_validation.py``)
     eval/             ``ganspection-tf evaluate``'s report
 
 :class:`RunFolder` owns these names, reads and writes the JSON files (atomically, via ``artifacts``), loads the
@@ -34,7 +35,7 @@ from ganspection_tf.data import mvtec
 from ganspection_tf.errors import GanspectionError, first_line
 
 CONFIG_FILE, SPLITS_FILE, STATUS_FILE, MODEL_FILE = "config.json", "splits.json", "status.json", "model.keras"
-CALIBRATION_FILE, HISTORY_FILE = "calibration.json", "history.csv"
+CALIBRATION_FILE, SCORE_CHOICE_FILE, HISTORY_FILE = "calibration.json", "score_choice.json", "history.csv"
 CHECKPOINTS_FOLDER, SAMPLES_FOLDER, LOGS_FOLDER, EVAL_FOLDER = "checkpoints", "samples", "logs", "eval"
 
 
@@ -70,6 +71,10 @@ class RunFolder:
     @property
     def calibration_path(self) -> Path:
         return self.path / CALIBRATION_FILE
+
+    @property
+    def score_choice_path(self) -> Path:
+        return self.path / SCORE_CHOICE_FILE
 
     @property
     def checkpoints(self) -> Path:

@@ -30,6 +30,7 @@ from ganspection_tf.calibration import (
 from ganspection_tf.data import pipeline
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.heatmaps import map_sigma
+from ganspection_tf.synthetic_validation import choose_run_score
 from ganspection_tf.images import (
     DEFAULT_RESIZE,
     UnreadableImage,
@@ -248,8 +249,10 @@ def ensure_calibration(run, model=None, log=print, *, term_model=None, method=No
     accept what is stored, or the default for a new fit). Otherwise the terms of the good images in
     ``splits.json["validation"]`` (held out of training) are computed and fitted, each term's parameters on
     them or (normalized_map_max's per-pixel Gaussian) on the error maps of up to MAX_REFERENCE_IMAGES good
-    training images, and the file is written atomically. This is the only place a calibration is made, and it
-    reads no image but those good train/validation images: never a test image. `outputs` =
+    training images, and the file is written atomically. Without `weights` (and with the weighted method) the
+    score is chosen first on the validation images and synthetic-defect copies of them
+    (``synthetic_validation.py``, which writes ``score_choice.json``). This is the only place a calibration is
+    made, and it reads no image but those good train/validation images: never a test image. `outputs` =
     :func:`calibration_outputs` already computed by the caller, to spare reading them twice.
     """
     run = as_run(run)
@@ -259,9 +262,12 @@ def ensure_calibration(run, model=None, log=print, *, term_model=None, method=No
     stored = run.read_calibration(log)
     if stored is not None and _still_valid(stored, config_hash, step, method, max_fpr, weights):
         return stored
+    term_model = term_model if term_model is not None else build_term_model(model)
     if outputs is None:
-        outputs = calibration_outputs(run, term_model if term_model is not None else build_term_model(model), log)
+        outputs = calibration_outputs(run, term_model, log)
     validation, reference = outputs
+    if weights is None and method in (None, "weighted"):  # no α given: choose the score from good images only
+        weights = choose_run_score(run, term_model, validation, reference, log).weights
     calibration = fit_calibration_from_outputs(
         validation, TERMS, reference_outputs=reference, weights=weights, method=method or "weighted",
         max_fpr=DEFAULT_MAX_FPR if max_fpr is None else max_fpr, config_hash=config_hash, model_step=step,

@@ -28,6 +28,7 @@ def latest_checkpoint_step(run_dir):
     return int(first_line.rsplit("-", 1)[1].rstrip('"'))
 
 
+@pytest.mark.slow
 def test_kill_minus_nine_then_resume_reaches_the_same_final_step(synthetic_category, tmp_path):
     run_dir, steps = tmp_path / "run", 40
     command = [sys.executable, "-m", "ganspection_tf.cli", "train", "--data", str(synthetic_category), "--out",

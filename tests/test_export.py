@@ -168,8 +168,11 @@ def test_combined_bundle_scores_like_the_runs_calibration(run_dir, tmp_path_fact
     # Only the terms with a non-zero weight are computed on the camera; the scores are exactly the same.
     assert shipped.terms == [t for t, w in zip(stored.terms, stored.weights) if w]
     assert sorted(metadata.outputs) == sorted(outputs_needed(shipped.terms, with_error_map=True))
-    assert shipped.parameters == {k: stored.parameters[k] for k in ("map_mean", "map_std")}  # the default's Gaussian
-    assert "code_mean" in stored.parameters  # latent_mahalanobis is fitted, but does not count
+    # The Gaussians ship only with the terms that use them (the score is chosen per run: score_choice.py).
+    uses_map, uses_code = "normalized_map_max" in shipped.terms, "latent_mahalanobis" in shipped.terms
+    assert ("map_mean" in shipped.parameters) == uses_map and ("code_mean" in shipped.parameters) == uses_code
+    assert all(shipped.parameters[k] == stored.parameters[k] for k in shipped.parameters)
+    assert "code_mean" in stored.parameters and "map_mean" in stored.parameters
     terms = np.random.default_rng(0).normal(1.0, 0.5, (50, len(stored.terms)))
     kept = [stored.terms.index(t) for t in shipped.terms]
     np.testing.assert_array_equal(shipped.combine(terms[:, kept]), stored.combine(terms))

@@ -20,10 +20,9 @@ from ganspection_tf import heatmaps, stats  # noqa: E402
 from ganspection_tf import terms as registry  # noqa: E402
 from ganspection_tf import scoring  # noqa: E402
 from ganspection_tf.data import pipeline  # noqa: E402
-from ganspection_tf.data.synthetic import write_synthetic_category  # noqa: E402
 from ganspection_tf.errors import GanspectionError  # noqa: E402
 from ganspection_tf.run import RunFolder  # noqa: E402
-from ganspection_tf.training import TrainConfig, build_model, train  # noqa: E402
+from ganspection_tf.training import TrainConfig, build_model  # noqa: E402
 
 TINY = dict(image_size=32, width=8, latent_dim=8, critic_steps=1, batch_size=8, jit_compile=False)
 
@@ -47,18 +46,10 @@ def images():
     return np.random.default_rng(1).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A run folder with a model.keras (two steps: these tests are about files, not about accuracy)."""
-    root = tmp_path_factory.mktemp("scoring")
-    data = write_synthetic_category(root / "data", image_size=32, n_train=20, n_test_good=2, n_test_per_defect=1)
-    config = TrainConfig.from_flat(data=str(data), steps=2, log_every=2, checkpoint_every=2, sample_every=2, **TINY)
-    return train(config, root / "run", verbose=0, log=lambda *a: None)
-
-
 @pytest.fixture
-def run_copy(trained_run, tmp_path):
-    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+def run_copy(tiny_run_copy):
+    """A private copy of the session's tiny run (these tests are about files, not about accuracy)."""
+    return tiny_run_copy
 
 
 def validation_matrix(n=40, seed=0):
@@ -376,10 +367,11 @@ def test_normalized_map_max_uses_training_maps_when_given_else_leave_one_out():
     assert with_reference.mean[column] == pytest.approx(values.mean())
     without = cal.fit_calibration_from_outputs(validation)
     honest = registry.leave_one_out_normalized_map_max(validation["error_map"])
-    assert honest[0] == pytest.approx(
-        registry.normalized_map_max(validation["error_map"][:1], *registry.fit_map_gaussian(validation["error_map"][1:]))[0])
+    others = registry.fit_map_gaussian(validation["error_map"][1:])
+    assert honest[0] == pytest.approx(registry.normalized_map_max(validation["error_map"][:1], *others)[0])
     assert without.mean[column] == pytest.approx(honest.mean())
-    in_sample = registry.normalized_map_max(validation["error_map"], *registry.fit_map_gaussian(validation["error_map"]))
+    in_sample = registry.normalized_map_max(validation["error_map"],
+                                            *registry.fit_map_gaussian(validation["error_map"]))
     assert honest.mean() > in_sample.mean()
 
 
@@ -445,7 +437,8 @@ def test_calibration_without_the_training_images_falls_back_to_the_validation_ma
     fitted = scoring.ensure_calibration(run_copy, log=messages.append)
     assert any("normalized_map_max falls back" in m for m in messages)
     validation = scoring.validation_terms(run_copy, scoring.build_term_model(RunFolder(run_copy).load_model()))
-    np.testing.assert_allclose(fitted.parameters["map_mean"], registry.fit_map_gaussian(validation["error_map"])[0], rtol=1e-6)
+    np.testing.assert_allclose(fitted.parameters["map_mean"], registry.fit_map_gaussian(validation["error_map"])[0],
+                               rtol=1e-6)
     column = fitted.terms.index("normalized_map_max")
     honest = registry.leave_one_out_normalized_map_max(validation["error_map"])
     assert fitted.mean[column] == pytest.approx(honest.mean(), rel=1e-6)
