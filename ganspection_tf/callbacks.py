@@ -1,5 +1,5 @@
 """The Keras callbacks of `train`: stop on divergence, write checkpoints and model.keras, draw sample grids,
-print a progress line."""
+stop within a wall-clock budget, print a progress line."""
 
 import math
 import sys
@@ -60,7 +60,8 @@ class CheckpointWriter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         step = int(self.model.step.numpy())
-        if self.guard.reason or (step % self.every and step != self.final_step):
+        stopping_early = self.model.stop_training  # e.g. WallClockBudget: save where training stops
+        if self.guard.reason or (step % self.every and step != self.final_step and not stopping_early):
             return
         try:
             self.manager.save(checkpoint_number=step)
@@ -73,6 +74,32 @@ class CheckpointWriter(keras.callbacks.Callback):
             ) from None
         with artifacts.atomic_path(self.model_path) as temporary:
             self.model.save(temporary)
+
+
+class WallClockBudget(keras.callbacks.Callback):
+    """Stops training at the end of the first log interval after which one more interval would pass the budget.
+
+    It runs before CheckpointWriter, which then saves the step it stopped at: model.keras is the stopped model
+    and --resume continues from it. The time counts from the start of fit (graph tracing included), not the
+    image decoding before it; the pace is the mean time per step so far.
+    """
+
+    def __init__(self, minutes):
+        super().__init__()
+        self.seconds = 60.0 * minutes
+        self.started = self.first_step = self.last_step = self.stopped_at = None
+
+    def on_train_begin(self, logs=None):
+        self.started = time.monotonic()
+        self.first_step = self.last_step = int(self.model.step.numpy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.step.numpy())
+        interval, self.last_step = step - self.last_step, step
+        elapsed = time.monotonic() - self.started
+        if elapsed + elapsed / max(step - self.first_step, 1) * interval > self.seconds:
+            self.stopped_at = step
+            self.model.stop_training = True
 
 
 class SampleWriter(keras.callbacks.Callback):
@@ -109,7 +136,8 @@ def sample_grids(model, real, z):
 
 class ProgressLine(keras.callbacks.Callback):
     """One line per log interval: the step, steps/s, images/s through critic updates and per full step, the ETA
-    to --steps and the interval's mean losses.
+    (to --steps, or to the end of a `budget` (WallClockBudget, which runs before it) when that comes first) and
+    the interval's mean losses.
 
     It replaces Keras' progress bar (``fit`` runs with verbose=0): Keras counts "epochs", which here are log
     intervals, and shows neither images/s nor the time to the requested steps. With `live` (a terminal) the line
@@ -120,9 +148,10 @@ class ProgressLine(keras.callbacks.Callback):
     step, so the ETA uses the pace since the end of the first interval once there is one.
     """
 
-    def __init__(self, total_steps, global_batch, critic_steps, stream=None, live=False, redraw_s=1.0):
+    def __init__(self, total_steps, global_batch, critic_steps, budget=None, stream=None, live=False, redraw_s=1.0):
         super().__init__()
         self.total_steps, self.global_batch, self.critic_steps = total_steps, global_batch, critic_steps
+        self.budget = budget
         self.stream, self.live, self.redraw_s = stream, live, redraw_s
         self.interval_start = self.interval_step = self.pace_start = self.pace_step = None
         self.last_drawn = 0.0
@@ -154,16 +183,25 @@ class ProgressLine(keras.callbacks.Callback):
             f"step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%)",
             f"{rate:.3g} steps/s, {images * self.critic_steps:.0f} images/s through critic updates "
             f"({images:.0f} per full step)",
-            f"ETA {duration(self._eta(step, now, rate))}",
+            f"ETA {self._eta(step, now, rate)}",
         ]
         if logs:
             parts.append(" ".join(f"{name} {float(value):.4g}" for name, value in logs.items()))
         return " | ".join(parts)
 
-    def _eta(self, step, now, rate):
+    def _eta(self, step, now, rate) -> str:
         if self.pace_start is not None and step > self.pace_step:
             rate = (step - self.pace_step) / (now - self.pace_start)
-        return (self.total_steps - step) / rate if rate > 0 else math.inf
+        to_steps = (self.total_steps - step) / rate if rate > 0 else math.inf
+        if self.budget is None or self.budget.started is None:
+            return duration(to_steps)
+        option = f"--max-minutes {self.budget.seconds / 60:g}"
+        if self.budget.stopped_at == step:
+            return f"0s (stopping for {option})"
+        left = max(0.0, self.budget.seconds - (now - self.budget.started))
+        if left >= to_steps:
+            return duration(to_steps)
+        return f"{duration(left)} at most ({option}; --steps {self.total_steps} would take {duration(to_steps)})"
 
     def _write(self, text):
         stream = self.stream or sys.stdout

@@ -155,6 +155,9 @@ class TrainConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     batch_size: int = setting(16, int, "Images per step and replica.", low=1, high=4096)
     steps: int = setting(2000, int, "Training steps in total (with --resume: the new total).", low=1, high=MAX_STEPS)
+    max_minutes: float | None = setting(None, float, "Wall-clock budget of this train command in minutes: stop (and "
+                                        "save) after the first log interval after which one more would pass it; "
+                                        "--steps still bounds the run.", low=0.0, low_open=True, optional=True)
     learning_rate: float = setting(1e-4, float, "Adam's learning rate.", low=0.0, low_open=True)
     beta_1: float = setting(0.5, float, "Adam's β1.", low=0.0, high=1.0, high_open=True)
     beta_2: float = setting(0.9, float, "Adam's β2.", low=0.0, high=1.0, high_open=True)

@@ -28,7 +28,13 @@ import tensorflow as tf
 
 import ganspection_tf
 from ganspection_tf import artifacts, distribute
-from ganspection_tf.callbacks import CheckpointWriter, DivergenceGuard, ProgressLine, SampleWriter
+from ganspection_tf.callbacks import (
+    CheckpointWriter,
+    DivergenceGuard,
+    ProgressLine,
+    SampleWriter,
+    WallClockBudget,
+)
 from ganspection_tf.config import TrainConfig, resolved, train_config_from_record
 from ganspection_tf.data import mvtec, pipeline
 from ganspection_tf.errors import GanspectionError, first_line
@@ -47,7 +53,7 @@ def config_hash(config_dict) -> str:
 
 # What --resume may change; everything else belongs to the run and must match what it was trained with.
 RESUMABLE_FIELDS = ("steps", "learning_rate", "strategy", "devices", "keep_checkpoints", "log_every",
-                    "checkpoint_every", "sample_every", "jit_compile")
+                    "checkpoint_every", "sample_every", "jit_compile", "max_minutes")
 
 
 def train(config: TrainConfig, out, resume=False, verbose=1, log=print, overrides=None, extra_callbacks=None) -> Path:
@@ -115,14 +121,16 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         images, global_batch, augment=pipeline.Augment.from_flags(config.augment), seed=config.model.seed
     )
     guard = DivergenceGuard()
+    budget = _wall_clock_budget(config, strategy_name)
     callbacks = [
         guard,
+        *([budget] if budget else []),
         CheckpointWriter(checkpoints, folder / MODEL_FILE, config.checkpoint_every, config.steps, guard),
         SampleWriter(folder, _sample_inputs(images, config), config.sample_every, config.steps),
         keras.callbacks.CSVLogger(str(folder / "history.csv"), append=start_step > 0),
         keras.callbacks.TensorBoard(log_dir=str(folder / "logs"), write_graph=False, update_freq="epoch"),
-        *([ProgressLine(config.steps, global_batch, config.model.critic_steps, live=verbose == 1)] if verbose
-          else []),
+        *([ProgressLine(config.steps, global_batch, config.model.critic_steps, budget, live=verbose == 1)]
+          if verbose else []),
         *(extra_callbacks or []),
     ]
     log(
@@ -149,10 +157,19 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
             f"{run_dir}: training diverged at step {guard.step} ({guard.reason}); the last good checkpoint "
             f"({last_good or 'none'}) and model.keras are kept. Lower --learning-rate and run again with --resume"
         )
+    stopped = {"stopped_by": f"--max-minutes {config.max_minutes:g}"} if budget and budget.stopped_at else {}
     if distribute.is_chief(strategy):
-        _write_status(run_dir, "finished", step, seconds=round(elapsed, 1))
-    log(f"trained to step {step} in {elapsed:.0f} s; run folder: {run_dir}")
+        _write_status(run_dir, "finished", step, seconds=round(elapsed, 1), **stopped)
+    log(f"trained to step {step} in {elapsed:.0f} s{' (wall-clock budget)' if stopped else ''}; run folder: {run_dir}")
     return run_dir
+
+
+def _wall_clock_budget(config, strategy_name):
+    if config.max_minutes is None:
+        return None
+    if strategy_name == "multiworker":  # each worker would time itself and they could stop at different steps
+        raise GanspectionError("--max-minutes does not work with --strategy multiworker; bound the run with --steps")
+    return WallClockBudget(config.max_minutes)
 
 
 def build_model(config: TrainConfig) -> WassersteinBiGAN:

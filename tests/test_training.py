@@ -130,3 +130,17 @@ def test_resume_takes_the_data_from_the_run_and_compares_paths_resolved(tiny_run
         assert code == 0, (data, capfd.readouterr().err)
     code = main(["train", "--out", str(tiny_run), "--resume", "--data", str(synthetic_category.parent)])
     assert code == 2 and "conflicts" in capfd.readouterr().err
+
+
+def test_max_minutes_stops_at_a_saved_checkpoint(synthetic_category, tmp_path, capsys):
+    out = tmp_path / "budget-run"
+    code = main([
+        "train", "--data", str(synthetic_category), "--out", str(out), "--image-size", "32", "--width", "8",
+        "--latent-dim", "8", "--critic-steps", "1", "--batch-size", "8", "--steps", "8", "--log-every", "1",
+        "--checkpoint-every", "4", "--sample-every", "4", "--no-jit", "--max-minutes", "0.0001",
+    ])
+    assert code == 0, capsys.readouterr().err
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == 1 and status["stopped_by"] == "--max-minutes 0.0001"
+    assert int(training.load_model(out).step) == 1  # saved where it stopped, not at a --checkpoint-every step
+    assert json.loads((out / "config.json").read_text())["train"]["max_minutes"] == 0.0001
