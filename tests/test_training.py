@@ -139,7 +139,9 @@ def test_max_minutes_stops_at_a_saved_checkpoint(synthetic_category, tmp_path, c
         "--latent-dim", "8", "--critic-steps", "1", "--batch-size", "8", "--steps", "8", "--log-every", "1",
         "--checkpoint-every", "4", "--sample-every", "4", "--no-jit", "--max-minutes", "0.0001",
     ])
-    assert code == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "ETA 0s (stopping for --max-minutes 0.0001)" in captured.out.splitlines()[-2]  # the last progress line
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "finished" and status["step"] == 1 and status["stopped_by"] == "--max-minutes 0.0001"
     assert int(training.load_model(out).step) == 1  # saved where it stopped, not at a --checkpoint-every step
