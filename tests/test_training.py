@@ -101,7 +101,7 @@ def test_cli_train_writes_a_run_and_one_progress_line_per_log_interval(synthetic
 
 
 def test_on_a_terminal_the_progress_line_is_redrawn_in_place(tiny_run_copy, capsys):
-    config = training.read_train_config(tiny_run_copy).replace(steps=8)
+    config = RunFolder(tiny_run_copy).read_train_config().replace(steps=8)
     training.train(config, tiny_run_copy, resume=True, verbose=1, log=quiet, overrides={"steps": 8})
     lines = capsys.readouterr().out.split("\n")
     assert lines[-1] == "" and len(lines) == 3  # steps 4 → 8 in two log intervals of 2 steps: two lines
@@ -145,5 +145,5 @@ def test_max_minutes_stops_at_a_saved_checkpoint(synthetic_category, tmp_path, c
     assert "ETA 0s (stopping for --max-minutes 0.0001)" in captured.out.splitlines()[-2]  # the last progress line
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "finished" and status["step"] == 1 and status["stopped_by"] == "--max-minutes 0.0001"
-    assert int(training.load_model(out).step) == 1  # saved where it stopped, not at a --checkpoint-every step
+    assert int(RunFolder(out).load_model().step) == 1  # saved where it stopped, not at a --checkpoint-every step
     assert json.loads((out / "config.json").read_text())["train"]["max_minutes"] == 0.0001
