@@ -97,7 +97,7 @@ def parse_args(argv):
 
 def find_categories(root, names, synthetic_folder) -> dict[str, Path]:
     """{name: category folder}: the requested (or all) categories under `root`, then the synthetic ones."""
-    if not Path(root).is_dir():
+    if not Path(root).is_dir() and not names:
         print(f"warning: {root} is not a folder: only the synthetic categories (pass --root)", file=sys.stderr)
     available = sorted(p.name for p in Path(root).iterdir() if (p / "train" / "good").is_dir()) if Path(root).is_dir() else []
     wanted = names.split(",") if names else [*available, *SYNTHETIC]
