@@ -28,7 +28,13 @@ import tensorflow as tf
 
 import ganspection_tf
 from ganspection_tf import artifacts, distribute
-from ganspection_tf.callbacks import CheckpointWriter, DivergenceGuard, SampleWriter, WallClockBudget
+from ganspection_tf.callbacks import (
+    CheckpointWriter,
+    DivergenceGuard,
+    ProgressLine,
+    SampleWriter,
+    WallClockBudget,
+)
 from ganspection_tf.config import TrainConfig, resolved, train_config_from_record
 from ganspection_tf.data import mvtec, pipeline
 from ganspection_tf.errors import GanspectionError, first_line
@@ -56,6 +62,7 @@ def train(config: TrainConfig, out, resume=False, verbose=1, log=print, override
     On --resume the stored config wins; `overrides` (field → value, default: steps, strategy and devices of
     `config`) names what the user asked to change, which must be in RESUMABLE_FIELDS. `extra_callbacks` (Keras
     callbacks) run after the built-in ones, e.g. a wall-clock budget that sets ``model.stop_training``.
+    `verbose`: 0 silent, 1 the progress line redrawn live (a terminal), 2 one progress line per log interval.
     """
     run_dir = Path(out)
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything, and only the chief may
@@ -122,6 +129,8 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         SampleWriter(folder, _sample_inputs(images, config), config.sample_every, config.steps),
         keras.callbacks.CSVLogger(str(folder / "history.csv"), append=start_step > 0),
         keras.callbacks.TensorBoard(log_dir=str(folder / "logs"), write_graph=False, update_freq="epoch"),
+        *([ProgressLine(config.steps, global_batch, config.model.critic_steps, budget, live=verbose == 1)]
+          if verbose else []),
         *(extra_callbacks or []),
     ]
     log(
@@ -136,7 +145,7 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
             initial_epoch=start_step // epoch_steps,
             steps_per_epoch=epoch_steps,
             callbacks=callbacks,
-            verbose=verbose,
+            verbose=0,  # ProgressLine instead of Keras' bar
         )
     elapsed = time.time() - started
     step = int(model.step.numpy())

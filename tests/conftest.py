@@ -8,6 +8,8 @@ a test that changes a run works on a copy (`tiny_run_copy`), so no test depends 
 
 import os
 import shutil
+import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,30 @@ def tiny_run(synthetic_category, tmp_path_factory):
 def tiny_run_copy(tiny_run, tmp_path):
     """A private copy of `tiny_run` that the test may change."""
     return Path(shutil.copytree(tiny_run, tmp_path / "run"))
+
+
+PREVIOUS_RELEASE = "8262d30"  # the last commit before ModelConfig, the step counter, run.py and terms.py
+
+
+@pytest.fixture(scope="session")
+def previous_release(tmp_path_factory):
+    """A folder holding the previous release's `ganspection_tf` package (from git history), to run in a
+    subprocess with PYTHONPATH pointing at it; skips where the clone has no such history (shallow clones)."""
+    folder = tmp_path_factory.mktemp("previous-release")
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", PREVIOUS_RELEASE, "ganspection_tf"],
+                             capture_output=True, timeout=120)
+    if archive.returncode != 0:
+        pytest.skip(f"git history without {PREVIOUS_RELEASE} (shallow clone?): {archive.stderr.decode()[:200]}")
+    (folder / "release.tar").write_bytes(archive.stdout)
+    with tarfile.open(folder / "release.tar") as tar:
+        tar.extractall(folder, filter="data")
+    return folder
+
+
+def previous_release_environment(package_folder):
+    """The environment for a subprocess that imports the previous release (and these tests' helpers)."""
+    paths = [str(package_folder), str(Path(__file__).resolve().parent)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 @pytest.fixture
