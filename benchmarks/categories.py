@@ -99,7 +99,7 @@ def parse_args(argv):
 
 def find_categories(root, names, synthetic_folder) -> dict[str, Path]:
     """{name: category folder}: the requested (or all) categories under `root`, then the synthetic ones."""
-    if not Path(root).is_dir():
+    if not Path(root).is_dir() and not names:
         print(f"warning: {root} is not a folder: only the synthetic categories (pass --root)", file=sys.stderr)
     available = sorted(p.name for p in Path(root).iterdir() if (p / "train" / "good").is_dir()) if Path(root).is_dir() else []
     wanted = names.split(",") if names else [*available, *SYNTHETIC]
@@ -195,7 +195,7 @@ def model_row(folder, run_dir, minutes, image_size) -> dict:
         "f1": metrics["threshold"]["f1"],
         "steps": metrics["model_step"],
         "minutes": status.get("seconds", float("nan")) / 60,
-        "image_size": json.loads((run_dir / "config.json").read_text())["train"]["image_size"],
+        "image_size": RunFolder(run_dir).read_train_config().model.image_size,
         "run": str(run_dir),
     }
 

@@ -66,7 +66,7 @@ _FIELD_TYPES = {
     "n_validation": int,
     "config_hash": str,
 }
-_OPTIONAL_FIELDS = {"whitening", "model_step", *PARAMETERS}
+_OPTIONAL_FIELDS = {"whitening", "model_step", "validation_scores", *PARAMETERS}
 
 
 @dataclass
@@ -88,6 +88,9 @@ class Calibration:
     n_validation: int
     config_hash: str
     model_step: int | None = None  # the training step of the model the terms came from (stale-file check)
+    # The combined scores of the validation images the threshold was chosen on, sorted: another max_fpr's
+    # threshold without recalibrating (:meth:`threshold_for`; shipped in edge bundles). None in older files.
+    validation_scores: list[float] | None = None
     parameters: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -108,7 +111,7 @@ class Calibration:
             if not isinstance(values[key], kind) or isinstance(values[key], bool):
                 raise _invalid(source, f"'{key}' has type {type(values[key]).__name__}")
         calibration = cls(**{key: values[key] for key in _FIELD_TYPES}, whitening=values.get("whitening"),
-                          model_step=values.get("model_step"),
+                          model_step=values.get("model_step"), validation_scores=values.get("validation_scores"),
                           parameters={name: values[name] for name in PARAMETERS if values.get(name) is not None})
         problem = calibration._problem()
         if problem:
@@ -135,6 +138,10 @@ class Calibration:
             whitened = standardized @ np.asarray(self.whitening).T
             return np.sqrt(np.sum(np.square(whitened), axis=1))
         return standardized @ np.asarray(self.weights)
+
+    def threshold_for(self, max_fpr) -> float:
+        """The threshold this calibration's rule gives for another `max_fpr`, from its validation scores."""
+        return validation_threshold(self.validation_scores, max_fpr)
 
     def is_anomalous(self, scores) -> np.ndarray:
         return np.asarray(scores) > self.threshold
@@ -176,6 +183,9 @@ class Calibration:
             return "'max_fpr' must be in (0, 1)"
         if self.n_validation < 1:
             return "'n_validation' must be at least 1"
+        if self.validation_scores is not None and (
+                len(self.validation_scores) != self.n_validation or not all_finite_numbers(self.validation_scores)):
+            return "'validation_scores' must hold 'n_validation' finite numbers"
         if self.model_step is not None and (not isinstance(self.model_step, int) or isinstance(self.model_step, bool)):
             return "'model_step' must be an integer or null"
         return self._parameters_problem()
@@ -235,7 +245,8 @@ def fit_calibration(
         parameters={name: np.asarray(value, np.float64).tolist() for name, value in parameters.items()
                     if value is not None},
     )
-    calibration.threshold = validation_threshold(calibration.combine(matrix), max_fpr)
+    calibration.validation_scores = sorted(calibration.combine(matrix).tolist())
+    calibration.threshold = calibration.threshold_for(max_fpr)
     return calibration
 
 
