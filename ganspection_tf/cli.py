@@ -413,9 +413,9 @@ def main(argv=None):
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    interrupts.install()
     try:
-        cli.main(args=args, prog_name="ganspection-tf", standalone_mode=False)
+        with interrupts.routed_to_exceptions():
+            cli.main(args=args, prog_name="ganspection-tf", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
         return _interrupted(interrupts, debug)
     except click.ClickException as error:

@@ -7,6 +7,7 @@ for Ctrl-C also runs for SIGTERM. Some libraries wrap an exception raised inside
 reports an interruption, not a bug.
 """
 
+import contextlib
 import signal
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -29,10 +30,16 @@ def _on_sigterm(signum, frame):
     raise Terminated
 
 
-def install():
-    """Route SIGINT and SIGTERM to exceptions (main thread only; call once from the CLI)."""
-    signal.signal(signal.SIGINT, _on_sigint)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+@contextlib.contextmanager
+def routed_to_exceptions():
+    """Within the block SIGINT and SIGTERM raise (main thread only); the previous handlers come back after."""
+    _received.clear()
+    previous = signal.signal(signal.SIGINT, _on_sigint), signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
 
 
 def received():

@@ -446,7 +446,7 @@ def _restore(checkpoints, run_dir, resume, log):
     for path in candidates:
         try:
             checkpoints.checkpoint.restore(path).assert_existing_objects_matched()
-        except (tf.errors.OpError, ValueError, AssertionError) as error:
+        except Exception as error:  # noqa: BLE001 - TensorFlow raises OpError, IndexError, ValueError… for damage
             damaged.append(f"{path} ({_first_line(error)[:120]})")
             continue
         step = int(checkpoints.checkpoint.model.step.numpy())
@@ -539,12 +539,14 @@ def _check_same_data(run_dir, splits, run_record):
     stored = artifacts.read_json(stored_path, what="split list")
     if not isinstance(stored, dict):
         raise GanspectionError(f"{stored_path}: split list is not a JSON object; it was edited by hand")
-    moved = []
-    for part in ("train", "validation"):
-        before = collections.Counter(Path(p).name for p in stored.get(part) or [])
-        now = collections.Counter(Path(p).name for p in splits[part])
-        moved += [f"{name} left {part}" for name in sorted((before - now).elements())]
-        moved += [f"{name} joined {part}" for name in sorted((now - before).elements())]
+    def names(split, parts=("train", "validation")):
+        return collections.Counter(Path(p).name for part in parts for p in split.get(part) or [])
+
+    removed, added = names(stored) - names(splits), names(splits) - names(stored)
+    moved = [f"{name} removed" for name in sorted(removed.elements())]
+    moved += [f"{name} added" for name in sorted(added.elements())]
+    if not moved and names(stored, ["train"]) != names(splits, ["train"]):
+        moved.append("the same files fell into other train/validation splits")
     stored_checksum = _stored_images_checksum(run_dir)
     if not moved and stored_checksum not in (None, run_record["data"]["images_checksum"]):
         moved.append("the same files decode to different pixels (edited images)")
