@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from ganspection_tf import __version__, images
+from ganspection_tf import __version__, console, images
 from ganspection_tf.artifacts import read_json
 from ganspection_tf.calibration import TERMS, Calibration, anomaly_map, outputs_needed
 from ganspection_tf.errors import GanspectionError
@@ -143,8 +143,11 @@ class EdgeScorer:
         if threads is not None and (int(threads) != threads or threads < 1):
             raise GanspectionError(f"--threads {threads}: must be a positive integer")
         try:
-            interpreter = Interpreter(model_content=data, num_threads=threads)
-            runner = interpreter.get_signature_runner()
+            # LiteRT announces its XNNPACK delegate on stderr when it first allocates: do that here, quietly.
+            with console.native_output_captured():
+                interpreter = Interpreter(model_content=data, num_threads=threads)
+                interpreter.allocate_tensors()
+                runner = interpreter.get_signature_runner()
         except (ValueError, RuntimeError) as error:
             raise GanspectionError(f"{path}: LiteRT cannot load it ({_first_line(error)}); {_FIX}") from None
         self._check_signature(runner, path)

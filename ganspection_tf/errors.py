@@ -16,3 +16,9 @@ class MissingTrainExtra(GanspectionError):
             f"{what} needs TensorFlow, which the base (camera-side) install leaves out; "
             "install it with: pip install 'ganspection-tf[train]'"
         )
+
+
+def first_line(error) -> str:
+    """The first line of an exception's message (at most 200 characters), for a one-line error."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:200]

@@ -52,7 +52,7 @@ import numpy as np
 import tensorflow as tf
 
 import ganspection_tf
-from ganspection_tf import artifacts, edge, ownership, scoring, training
+from ganspection_tf import artifacts, console, edge, ownership, scoring, training
 from ganspection_tf.calibration import (
     CODE_OUTPUT,
     ERROR_MAP_OUTPUT,
@@ -75,6 +75,8 @@ AUROC_TOLERANCE = 0.01
 BYTES_PER_WEIGHT = {"none": 4, "float16": 2, "dynamic": 1, "int8": 1}
 WEIGHT_BYTES_SLACK = 0.9
 RESCALE_LAYER = "to_unit_range"
+LATENCY_THREADS, LATENCY_WARMUP, LATENCY_RUNS = 1, 3, 10
+SLOW_FACTOR = 2.0  # --quantize dynamic warns when it is this many times slower than float32
 
 
 def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_dir=None, force=False, log=print,
@@ -106,8 +108,12 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
     with _staging_folder(out) as staging:
         artifacts.write_bytes(staging / edge.MODEL_FILE, tflite_model)
         artifacts.write_json(staging / edge.METADATA_FILE, metadata)
-        report = parity_check(staging, run_dir, term_model, calibration, log)
-        report.update(quantization=quantize, score=score, tflite_bytes=len(tflite_model))
+        report = parity_check(staging, run_dir, term_model, calibration)
+        report.update(quantization=quantize, score=score, tflite_bytes=len(tflite_model),
+                      latency_ms=model_latency_ms(tflite_model))
+        log(describe_parity(report))
+        if quantize == "dynamic":
+            _warn_if_slow(report, scorer, log)
         _apply_gate(report, out, quantize, force, log)
         artifacts.write_json(staging / edge.PARITY_FILE, report)
         ownership.write_marker(staging, "bundle")
@@ -276,33 +282,8 @@ def check_weights_present(tflite_model: bytes, weight_count: int, quantize: str)
         )
 
 
-@contextlib.contextmanager
-def _native_output_captured():
-    """The converter prints pages of logs to the process's stdout/stderr; keep them unless it fails."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        saved = [os.dup(1), os.dup(2)]
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        failed = True
-        try:
-            yield
-            failed = False
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            if failed:
-                sink.seek(0)
-                sys.stderr.write(sink.read().decode("utf-8", "replace")[-5000:])
-
-
 def _quietly(function):
-    with _native_output_captured(), contextlib.redirect_stdout(sys.__stdout__):
+    with console.native_output_captured(), contextlib.redirect_stdout(sys.__stdout__):
         return function()
 
 
@@ -393,7 +374,7 @@ def evaluation_set(run_dir) -> tuple[list[Path], list[int] | None, str]:
 # ------------------------------------------------------------------------------------------------ parity
 
 
-def parity_check(bundle_dir, run_dir, term_model, calibration, log=print) -> dict:
+def parity_check(bundle_dir, run_dir, term_model, calibration) -> dict:
     """Scores the evaluation images with Keras and with the bundle (edge runtime) and compares them."""
     paths, labels, kind = evaluation_set(run_dir)
     _, size, _, channels = term_model.input_shape
@@ -413,7 +394,6 @@ def parity_check(bundle_dir, run_dir, term_model, calibration, log=print) -> dic
                            for j, t in enumerate(calibration.terms)},
         latency_ms_p50=float(np.median([r.latency_ms for r in lite_results])),
     )
-    log(describe_parity(report))
     return report
 
 
@@ -448,7 +428,48 @@ def describe_parity(report) -> str:
             f"{report['max_abs_diff']:.4g}, Spearman ρ {_number(report['spearman'])}")
     if report["auroc_keras"] is not None:
         text += f", image AUROC Keras {report['auroc_keras']:.4f} → TFLite {report['auroc_tflite']:.4f}"
-    return text + f", decisions agree on {100 * report.get('decision_agreement', float('nan')):.1f} %"
+    text += f", decisions agree on {100 * report.get('decision_agreement', float('nan')):.1f} %"
+    if report.get("latency_ms") is not None:
+        text += f"; model {report['latency_ms']:.3g} ms per image (this CPU, {LATENCY_THREADS} thread)"
+    return text
+
+
+# ------------------------------------------------------------------------------------------------ latency
+
+
+def model_latency_ms(tflite_model: bytes, runs=LATENCY_RUNS) -> float:
+    """Median milliseconds per image of a converted scorer alone on this CPU, one LiteRT thread, batch 1.
+
+    The input is a mid-gray image: none of the variants has data-dependent control flow. A few warm-up runs
+    come first (the first invocation allocates and packs weights).
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    with console.native_output_captured():
+        interpreter = Interpreter(model_content=tflite_model, num_threads=LATENCY_THREADS)
+        interpreter.allocate_tensors()
+    runner = interpreter.get_signature_runner()
+    details = runner.get_input_details()[edge.INPUT_NAME]
+    image = np.full(details["shape"], 128, dtype=np.uint8)
+    timings = []
+    for run in range(LATENCY_WARMUP + runs):
+        started = time.perf_counter()
+        runner(**{edge.INPUT_NAME: image})
+        if run >= LATENCY_WARMUP:
+            timings.append((time.perf_counter() - started) * 1000.0)
+    return float(np.median(timings))
+
+
+def _warn_if_slow(report, scorer, log):
+    """--quantize dynamic has no fast kernels in LiteRT on x86: measure it against float32 and say so."""
+    float_ms = model_latency_ms(convert(scorer, "none")[0])
+    report["latency_ms_float32"] = float_ms
+    ratio = report["latency_ms"] / float_ms
+    if ratio > SLOW_FACTOR:
+        log(f"warning: --quantize dynamic runs {report['latency_ms']:.3g} ms per image on this CPU, {ratio:.0f}× "
+            f"slower than the float32 export of the same model ({float_ms:.3g} ms; LiteRT has no fast "
+            "dynamic-range kernels here). Use --quantize int8 (fastest), float16 or none, unless the camera's "
+            "CPU is measured to run it fast (benchmarks/edge_latency.py)")
 
 
 def _apply_gate(report, out, quantize, force, log):

@@ -34,16 +34,15 @@ import numpy as np
 import tensorflow as tf
 
 import ganspection_tf
-from ganspection_tf import artifacts, distribute, interrupts, ownership, pictures
+from ganspection_tf import artifacts, distribute, interrupts, ownership
+from ganspection_tf.callbacks import CheckpointWriter, DivergenceGuard, SampleWriter
 from ganspection_tf.data import mvtec, pipeline
-from ganspection_tf.errors import GanspectionError
+from ganspection_tf.errors import GanspectionError, first_line
 from ganspection_tf.models.bigan import WassersteinBiGAN
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 MODEL_FILE, CONFIG_FILE, SPLITS_FILE, STATUS_FILE = "model.keras", "config.json", "splits.json", "status.json"
 SAMPLE_COUNT = 16
-LOST_CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)
-EXPLODING_CRITIC = 1e4  # |Wasserstein estimate| beyond this means the critic has run away
 
 
 @dataclasses.dataclass
@@ -220,6 +219,7 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
                 epochs=config.steps // epoch_steps,
                 initial_epoch=start_step // epoch_steps,
                 steps_per_epoch=epoch_steps,
+                shuffle=False,  # the dataset shuffles itself; fit's default True only makes Keras warn it is ignored
                 callbacks=callbacks,
                 verbose=verbose,
             )
@@ -270,8 +270,9 @@ class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
 
 def load_model(run_dir) -> WassersteinBiGAN:
-    """Loads a run's model.keras with safe_mode=True, turning a broken or foreign file into a one-line error."""
-    path = Path(run_dir) / MODEL_FILE
+    """Loads a run's model.keras (``run_dir`` may also be that file) with safe_mode=True, turning a broken or
+    foreign file into a one-line error."""
+    path = Path(run_dir) if Path(run_dir).is_file() else Path(run_dir) / MODEL_FILE
     if not path.is_file():
         raise GanspectionError(f"{path}: no trained model here; train one with "
                                f"'ganspection-tf train --data DATA --out {run_dir}'")
@@ -286,7 +287,7 @@ def _why_unloadable(error):
     if "safe_mode" in text or "Lambda" in text:
         return ("cannot load the model: it contains code (a Lambda layer) that is not run with safe_mode, so "
                 "ganspection-tf did not write it")
-    return f"cannot load the model, it is truncated, damaged or from another version ({_first_line(error)})"
+    return f"cannot load the model, it is truncated, damaged or from another version ({first_line(error)})"
 
 
 def _model_repair_advice(run_dir):
@@ -447,7 +448,7 @@ def _restore(checkpoints, run_dir, resume, log):
         try:
             checkpoints.checkpoint.restore(path).assert_existing_objects_matched()
         except Exception as error:  # noqa: BLE001 - TensorFlow raises OpError, IndexError, ValueError… for damage
-            damaged.append(f"{path} ({_first_line(error)[:120]})")
+            damaged.append(f"{path} ({first_line(error)[:120]})")
             continue
         step = int(checkpoints.checkpoint.model.step.numpy())
         if damaged:
@@ -475,11 +476,6 @@ def _checkpoint_number(path):
         return int(str(path).rsplit("-", 1)[1])
     except (IndexError, ValueError):
         return -1
-
-
-def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def _write_status(run_dir, state, step, **details):
@@ -527,7 +523,7 @@ def _status_on_exit(run_dir, model, chief):
             elif isinstance(error, KeyboardInterrupt):
                 _write_status(run_dir, "interrupted", step, reason="Ctrl-C (SIGINT)")
             else:
-                _write_status(run_dir, "failed", step, reason=_first_line(error))
+                _write_status(run_dir, "failed", step, reason=first_line(error))
         raise
 
 
@@ -571,97 +567,3 @@ def _sample_inputs(images, config):
     real = images[np.sort(picks)].astype(np.float32) / 127.5 - 1.0
     z = rng.standard_normal((SAMPLE_COUNT, config.latent_dim)).astype(np.float32)
     return real, z
-
-
-# -------------------------------------------------------------------------------------------- callbacks
-
-
-class DivergenceGuard(keras.callbacks.Callback):
-    """Stops training at the first NaN/Inf loss or a runaway critic, remembering why."""
-
-    WATCHED = ("critic_loss", "generator_loss", "wasserstein", "latent_loss")
-
-    def __init__(self):
-        super().__init__()
-        self.reason, self.step = None, None
-
-    def on_train_batch_end(self, batch, logs=None):
-        logs = logs or {}
-        for name in self.WATCHED:
-            value = logs.get(name)
-            if value is None:
-                continue
-            value = float(value)
-            if not math.isfinite(value):
-                self._stop(f"{name} is {value}")
-                return
-        wasserstein = logs.get("wasserstein")
-        if wasserstein is not None and abs(float(wasserstein)) > EXPLODING_CRITIC:
-            self._stop(f"the critic exploded (Wasserstein estimate {float(wasserstein):.3g})")
-
-    def _stop(self, reason):
-        if self.reason is None:
-            self.reason, self.step = reason, int(self.model.step.numpy())
-        self.model.stop_training = True
-
-
-class CheckpointWriter(keras.callbacks.Callback):
-    """Every `every` steps (and at the end): a tf.train checkpoint and a fresh model.keras, unless diverged."""
-
-    def __init__(self, manager, model_path, every, final_step, guard):
-        super().__init__()
-        self.manager, self.model_path, self.every, self.final_step, self.guard = (
-            manager,
-            model_path,
-            every,
-            final_step,
-            guard,
-        )
-
-    def on_epoch_end(self, epoch, logs=None):
-        step = int(self.model.step.numpy())
-        if self.guard.reason or (step % self.every and step != self.final_step):
-            return
-        try:
-            self.manager.save(checkpoint_number=step)
-        except LOST_CLUSTER_ERRORS:
-            raise  # a lost worker, not a full disk: distribute.explain_lost_workers words it
-        except (tf.errors.OpError, OSError) as error:
-            raise GanspectionError(
-                f"{self.manager.directory}: could not write the step-{step} checkpoint "
-                f"({_first_line(error)}); the previous checkpoint is kept. Free disk space, then --resume"
-            ) from None
-        with artifacts.atomic_path(self.model_path) as temporary:
-            self.model.save(temporary)
-
-
-class SampleWriter(keras.callbacks.Callback):
-    """PNG grids (and TensorBoard images) of what the model has learned, every `every` steps."""
-
-    def __init__(self, folder, inputs, every, final_step, latent_dim):
-        super().__init__()
-        self.folder, self.every, self.final_step = Path(folder), every, final_step
-        self.real, self.z = inputs
-        self.writer = tf.summary.create_file_writer(str(self.folder / "logs" / "images"))
-
-    def on_epoch_end(self, epoch, logs=None):
-        step = int(self.model.step.numpy())
-        if step % self.every and step != self.final_step:
-            return
-        for kind, image in sample_grids(self.model, self.real, self.z).items():
-            artifacts.write_png(self.folder / "samples" / f"step{step:06d}_{kind}.png", image)
-            with self.writer.as_default(step=step):
-                tf.summary.image(kind, image[None], max_outputs=1)
-        self.writer.flush()
-
-
-def sample_grids(model, real, z):
-    """Fixed-z samples, reconstructions beside their inputs, and samples with z ×2 and ×3, from EMA weights."""
-    encoder, generator, _ = model.scoring_networks()
-    reconstruction = generator(encoder(real, training=False), training=False)
-    return {
-        "fixed_z": pictures.grid(pictures.to_uint8(generator(z, training=False)), columns=8),
-        "reconstructions": pictures.pairs_grid(pictures.to_uint8(real), pictures.to_uint8(reconstruction)),
-        "z_x2": pictures.grid(pictures.to_uint8(generator(2.0 * z, training=False)), columns=8),
-        "z_x3": pictures.grid(pictures.to_uint8(generator(3.0 * z, training=False)), columns=8),
-    }

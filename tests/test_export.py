@@ -52,6 +52,8 @@ def test_every_quantisation_exports_and_passes_the_parity_gate(quantize, tmp_pat
     assert metadata["quantization"] == quantize and metadata["score"] == "combined" and metadata["heatmap"]
     if quantize == "none":  # same float arithmetic, different kernels: only rounding noise may differ
         assert report["max_abs_diff"] < 1e-3
+    assert report["latency_ms"] > 0  # the bundle's own model, measured on this CPU with one thread
+    assert ("latency_ms_float32" in report) == (quantize == "dynamic")  # dynamic is compared with float32
 
 
 def test_converted_models_hold_their_weights(run_dir, tmp_path_factory):
@@ -258,7 +260,16 @@ def test_cli_export_prints_the_parity_figures(run_dir, tmp_path, capsys):
     printed = json.loads(captured.out.strip().splitlines()[-1])
     assert printed["bundle"] == str(out) and printed["passed"] is True and printed["images"] == 50
     assert {"max_abs_diff", "spearman", "auroc_keras", "auroc_tflite"} <= set(printed)
-    assert "parity on 50 test images" in captured.err
+    parity_line = next(line for line in captured.err.splitlines() if line.startswith("parity on 50 test images"))
+    assert f"; model {printed['latency_ms']:.3g} ms per image (this CPU, 1 thread)" in parity_line
+    # dynamic is measured against the float32 conversion of the same model; slower than 2× must warn, with both
+    report = json.loads((out / "parity.json").read_text())
+    slow = report["latency_ms"] > export.SLOW_FACTOR * report["latency_ms_float32"]
+    warning = [line for line in captured.err.splitlines() if line.startswith("warning: --quantize dynamic runs")]
+    assert len(warning) == int(slow), captured.err
+    if slow:
+        assert f"{report['latency_ms']:.3g} ms per image" in warning[0]
+        assert f"({report['latency_ms_float32']:.3g} ms;" in warning[0]
 
 
 def test_cli_export_requires_the_tflite_flag(run_dir, tmp_path, capsys):

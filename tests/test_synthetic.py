@@ -1,10 +1,17 @@
 """The embedded synthetic category: layout, determinism, and defects that are local and match their masks."""
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from ganspection_tf.data.synthetic import DEFECT_TYPES, apply_defect, generate_good, write_synthetic_category
+from ganspection_tf.data.synthetic import (
+    DEFECT_TYPES,
+    apply_defect,
+    generate_good,
+    good_and_defect_sites,
+    write_synthetic_category,
+)
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.images import native_channels, read_image
 
@@ -128,3 +135,74 @@ def test_bad_arguments_raise():
         write_synthetic_category("unused", channels=2)
     with pytest.raises(GanspectionError, match="crack"):
         write_synthetic_category("unused", defects=("crack",))
+
+
+# --- the unaligned and texture modes ----------------------------------------------------------------------
+
+NEW_MODES = ("unaligned", "texture")
+
+
+@pytest.mark.parametrize("mode", NEW_MODES)
+def test_new_modes_are_deterministic_and_differ_from_aligned(mode, tmp_path):
+    first = write_synthetic_category(tmp_path / "a", mode=mode, **SMALL)
+    second = write_synthetic_category(tmp_path / "b", mode=mode, **SMALL)
+    aligned = write_synthetic_category(tmp_path / "c", **SMALL)
+    assert _file_bytes(first) == _file_bytes(second)
+    assert _file_bytes(first).keys() == _file_bytes(aligned).keys()
+    assert _file_bytes(first)["train/good/000.png"] != _file_bytes(aligned)["train/good/000.png"]
+
+
+@pytest.mark.parametrize("mode", NEW_MODES)
+def test_new_modes_write_a_non_empty_mask_for_every_defect_image(mode, tmp_path):
+    category = write_synthetic_category(tmp_path, mode=mode, **SMALL)
+    for kind in DEFECT_TYPES:
+        for image_path in sorted((category / "test" / kind).glob("*.png")):
+            mask = read_image(category / "ground_truth" / kind / f"{image_path.stem}_mask.png")[..., 0]
+            assert set(np.unique(mask)) == {0, 255}, image_path
+
+
+@pytest.mark.parametrize("mode", NEW_MODES)
+@pytest.mark.parametrize("kind", DEFECT_TYPES)
+def test_new_mode_defects_change_only_masked_pixels_and_sit_on_their_sites(mode, kind):
+    for seed in range(5):
+        good, sites = good_and_defect_sites(np.random.default_rng(seed), 96, 3, mode)
+        defective, mask = apply_defect(good, kind, np.random.default_rng(100 + seed), sites=sites)
+        inside = mask > 0
+        np.testing.assert_array_equal(defective[~inside], good[~inside])
+        assert np.abs(defective[inside].astype(int) - good[inside]).mean() > 20
+        assert (inside & sites).any()  # the defect is centred on a site: on the plate, or inside the texture margin
+
+
+def _part_pose(image):
+    """Centroid (x, y) and axis angle in degrees [0, 180) of the bright plate, from image moments."""
+    moments = cv2.moments((image.mean(axis=2) > 110).astype(np.uint8), binaryImage=True)
+    cx, cy = moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]
+    angle = 0.5 * np.degrees(np.arctan2(2 * moments["mu11"], moments["mu20"] - moments["mu02"]))
+    return cx, cy, angle % 180, moments["m00"]
+
+
+def test_unaligned_parts_move_rotate_and_change_scale():
+    poses = np.array([_part_pose(generate_good(np.random.default_rng(seed), 128, 3, "unaligned"))
+                      for seed in range(24)])
+    assert poses[:, 0].std() > 8 and poses[:, 1].std() > 8  # pixels, at 128 px
+    hist, _ = np.histogram(poses[:, 2], bins=4, range=(0, 180))
+    assert (hist > 0).all()  # every quarter of the half-turn occurs
+    assert poses[:, 3].max() > 1.4 * poses[:, 3].min()  # areas: scale 0.8-1.15 gives up to 2x
+
+
+def test_texture_has_no_fixed_object():
+    def spatial_structure(mode):
+        goods = np.stack([generate_good(np.random.default_rng(seed), 64, 1, mode)[..., 0].astype(np.float32)
+                          for seed in range(24)])
+        return goods.mean(axis=0).std(), goods[0].std()
+
+    mean_texture, single_texture = spatial_structure("texture")
+    mean_aligned, _ = spatial_structure("aligned")
+    assert single_texture > 8  # each image has a visible surface
+    assert mean_texture < 0.35 * single_texture  # but the average of many has no shape left: nothing is in place
+    assert mean_aligned > 5 * mean_texture  # unlike the aligned part
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(GanspectionError, match="mode"):
+        write_synthetic_category("unused", mode="rotated")
