@@ -405,8 +405,11 @@ def camera(bundle, source, out, save_anomalies, max_frames, threads, color_order
     from ganspection_tf.edge import EdgeScorer
 
     scorer = EdgeScorer(bundle, threads=threads)
-    run_camera(scorer, source, out=out, save_anomalies=save_anomalies, max_frames=max_frames,
-               color_order=color_order)
+    summary = run_camera(scorer, source, out=out, save_anomalies=save_anomalies, max_frames=max_frames,
+                         color_order=color_order)
+    if summary.scored == 0 and summary.unreadable:
+        raise GanspectionError(f"--source {source}: none of its {summary.unreadable} frames could be scored "
+                               "(listed above); check the source and the bundle")
 
 
 # ------------------------------------------------------------------------------------------------ entry

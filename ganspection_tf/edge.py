@@ -21,6 +21,7 @@ representative images, so every strongly anomalous frame would get the same capp
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,13 @@ from ai_edge_litert.interpreter import Interpreter
 
 from ganspection_tf import __version__, console, images
 from ganspection_tf.artifacts import read_json
-from ganspection_tf.calibration import TERMS, Calibration, anomaly_map, outputs_needed
+from ganspection_tf.calibration import (
+    CODE_OUTPUT,
+    TERMS,
+    Calibration,
+    anomaly_map,
+    outputs_needed,
+)
 from ganspection_tf.errors import GanspectionError
 
 BUNDLE_FORMAT = "ganspection-tf-edge-bundle"
@@ -87,7 +94,8 @@ class EdgeScorer:
     def __init__(self, bundle_dir, threads: int | None = None):
         self.bundle_dir = Path(bundle_dir)
         self.metadata = read_metadata(self.bundle_dir)
-        self.calibration = Calibration.from_dict(self.metadata["calibration"], source=str(self._metadata_path))
+        self.calibration = Calibration.from_dict(self.metadata["calibration"], source=str(self._metadata_path),
+                                                 fix=_FIX)
         self.image_size = self.metadata["image_size"]
         self.channels = self.metadata["channels"]
         self.terms = list(self.metadata["terms"])
@@ -166,6 +174,19 @@ class EdgeScorer:
         missing = [name for name in self.metadata["outputs"] if name not in outputs]
         if missing:
             raise GanspectionError(f"{path}: lacks the outputs {missing} listed in {METADATA_FILE}; {_FIX}")
+        self._check_calibration_shapes(outputs)
+
+    def _check_calibration_shapes(self, outputs):
+        """The calibration's per-pixel and code Gaussians must fit the model's outputs, or no frame could be scored."""
+        expected = {"map_mean": (ERROR_MAP_OUTPUT, self.calibration.map_mean, lambda shape: shape[1:]),
+                    "code_mean": (CODE_OUTPUT, self.calibration.code_mean, lambda shape: shape[1:])}
+        for key, (output, values, wanted) in expected.items():
+            if values is None or output not in outputs:
+                continue
+            have, want = list(np.shape(values)), [int(n) for n in wanted(list(outputs[output]["shape"]))]
+            if have != want:
+                raise GanspectionError(f"{self._metadata_path}: invalid bundle metadata (calibration '{key}' has "
+                                       f"shape {have}, the model's {output} output {want}); {_FIX}")
 
 
 def read_metadata(bundle_dir) -> dict:
@@ -207,6 +228,8 @@ def _metadata_problem(metadata) -> str | None:
         return f"'terms' {terms} must be names from {list(TERMS)}"
     if metadata["calibration"].get("terms") != terms:
         return "'terms' differs from the calibration's terms"
+    if not math.isfinite(metadata["threshold"]):
+        return f"'threshold' is {metadata['threshold']}, not a finite number"
     if metadata["calibration"].get("threshold") != metadata["threshold"]:
         return "'threshold' differs from the calibration's threshold"
     required_outputs = outputs_needed(terms, with_error_map=metadata["heatmap"])
