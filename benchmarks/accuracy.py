@@ -77,7 +77,7 @@ def accuracy(context, minutes, method, out, resume, **options):
     options["checkpoint_every"] = options["log_every"]  # the model evaluated is the one training stopped at
     options["sample_every"] = max(options["sample_every"], options["log_every"])
     budget = WallClockBudget(minutes * 60)
-    run_dir = train(TrainConfig(**options), out, resume=resume, verbose=2, extra_callbacks=[budget])
+    run_dir = train(TrainConfig.from_flat(**options), out, resume=resume, verbose=2, extra_callbacks=[budget])
     metrics = evaluate_run(run_dir, method=method, log=lambda message: click.echo(message, err=True))
     summary = _summary(metrics, budget, minutes)
     artifacts.write_json(Path(run_dir) / "accuracy.json", summary)

@@ -40,7 +40,8 @@ def main(argv=None):
     term_model = scoring.build_term_model(model)
     calibration = scoring.ensure_calibration(args.run, model, log=note, term_model=term_model)
     paths, labels = test_split(args.data or run_category(args.run))
-    images, _ = pipeline.load_images(paths, model.image_size, model.channels, skip_unreadable=False)
+    images, _ = pipeline.load_images(paths, model.image_size, model.channels, skip_unreadable=False,
+                                     resize=training.run_resize(args.run))
     frames = [read_image(path) for path in paths]
     note(f"{len(paths)} test images of {args.data or run_category(args.run)}, model {model.image_size} px")
 

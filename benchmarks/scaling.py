@@ -40,8 +40,10 @@ def measure(strategy, replicas, devices, size, width, batch, critic_steps, jit, 
     images, _ = pipeline.load_images(paths, size, 3)
     global_batch = batch * chosen.num_replicas_in_sync
     dataset = pipeline.make_train_dataset(images, global_batch)
-    config = TrainConfig(data=data, image_size=size, width=width, batch_size=batch, critic_steps=critic_steps,
-                         jit_compile=jit and distribute.xla_allowed(strategy), channels=3)
+    config = TrainConfig.from_flat(
+        data=data, image_size=size, width=width, batch_size=batch, critic_steps=critic_steps,
+        jit_compile=jit and distribute.xla_allowed(strategy), channels=3,
+    )
     with chosen.scope():
         model = build_model(config)
     started = time.perf_counter()

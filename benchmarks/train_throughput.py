@@ -49,8 +49,10 @@ def measure(size, width, batch, critic_steps, jit, precision, data, steps, warmu
         next(iterator)
     data_seconds_per_batch = (time.perf_counter() - started) / steps
 
-    config = TrainConfig(data=str(data), image_size=size, width=width, batch_size=batch, critic_steps=critic_steps,
-                         jit_compile=jit, precision=precision, channels=3)
+    config = TrainConfig.from_flat(
+        data=str(data), image_size=size, width=width, batch_size=batch, critic_steps=critic_steps,
+        jit_compile=jit, precision=precision, channels=3,
+    )
     model = build_model(config)
     started = time.perf_counter()
     model.fit(dataset, steps_per_epoch=warmup, epochs=1, verbose=0)

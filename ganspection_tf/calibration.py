@@ -63,6 +63,7 @@ import cv2
 import numpy as np
 
 from ganspection_tf.errors import GanspectionError
+from ganspection_tf.images import DEFAULT_RESIZE, map_to_image
 
 TERMS = ("latent", "cycle", "reconstruction", "critic_feature", "critic", "map_max", "latent_mahalanobis",
          "normalized_map_max")
@@ -465,20 +466,19 @@ def ledoit_wolf_covariance(samples) -> np.ndarray:
     return shrinkage * scale * np.eye(p) + (1.0 - shrinkage) * sample_cov
 
 
-def anomaly_map(error_map, out_hw, sigma=DEFAULT_MAP_SIGMA) -> np.ndarray:
+def anomaly_map(error_map, out_hw, sigma=DEFAULT_MAP_SIGMA, resize=DEFAULT_RESIZE) -> np.ndarray:
     """Per-pixel error at model resolution (S, S) → smoothed float32 map of size out_hw = (height, width).
 
     Smoothing happens at model resolution (sigma in model pixels; None = :func:`map_sigma` of the side), then
-    bilinear upsampling to the original image, so the map lines up with the photo whatever its size.
+    bilinear upsampling to the original image, undoing the run's ``resize`` mode (``images.map_to_image``), so
+    the map lines up with the photo whatever its size and aspect ratio.
     """
     error = np.asarray(error_map, dtype=np.float32)
     if error.ndim == 3 and error.shape[-1] == 1:
         error = error[..., 0]
     if error.ndim != 2:
         raise GanspectionError(f"expected an error map of shape (S, S), got {error.shape}")
-    error = smooth_error_maps(error[None], sigma)[0]
-    height, width = int(out_hw[0]), int(out_hw[1])
-    return cv2.resize(error, (width, height), interpolation=cv2.INTER_LINEAR)
+    return map_to_image(smooth_error_maps(error[None], sigma)[0], out_hw, resize)
 
 
 def map_sigma(side) -> float:

@@ -75,7 +75,7 @@ class CheckpointWriter(keras.callbacks.Callback):
 class SampleWriter(keras.callbacks.Callback):
     """PNG grids (and TensorBoard images) of what the model has learned, every `every` steps."""
 
-    def __init__(self, folder, inputs, every, final_step, latent_dim):
+    def __init__(self, folder, inputs, every, final_step):
         super().__init__()
         self.folder, self.every, self.final_step = Path(folder), every, final_step
         self.real, self.z = inputs

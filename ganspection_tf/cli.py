@@ -5,6 +5,7 @@ Every expected failure is a `GanspectionError`: printed as one line ``error: …
 (base) install runs ``camera`` without TensorFlow and tells what to install for the rest.
 """
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from pathlib import Path
 import click
 
 from ganspection_tf import __version__, console
+from ganspection_tf.config import TrainConfig, option_fields
 from ganspection_tf.errors import GanspectionError, MissingTrainExtra
 
 EXIT_USER_ERROR = 2
@@ -39,84 +41,70 @@ def cli(context, debug):
 
 # ------------------------------------------------------------------------------------------------ train
 
-TRAIN_OPTIONS = [
-    click.option("--data", "data", required=True, type=click.Path(path_type=Path),
-                 help="MVTec category folder, a dataset root (with --category), or a folder of good images."),
-    click.option("--category", default=None, help="Category name under a dataset root (e.g. bottle)."),
-    click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Run folder to write."),
-    click.option("--image-size", default=64, show_default=True, type=click.Choice(["32", "64", "128", "256"]),
-                 callback=lambda _c, _p, value: int(value)),
-    click.option("--channels", default=None, type=click.Choice(["1", "3"]),
-                 callback=lambda _c, _p, value: int(value) if value else None,
-                 help="Force gray (1) or RGB (3); default: 1 when every training image is gray."),
-    click.option("--latent-dim", default=64, show_default=True, type=click.IntRange(2, 1024)),
-    click.option("--width", default=32, show_default=True, type=click.IntRange(4, 256),
-                 help="Filters of the first convolution (doubling per stage, capped at 8×)."),
-    click.option("--norm", default="layer", show_default=True, type=click.Choice(["none", "layer", "instance"]),
-                 help="Normalisation in the encoder and generator."),
-    click.option("--critic-norm", default="layer", show_default=True,
-                 type=click.Choice(["none", "layer", "instance", "spectral"])),
-    click.option("--minibatch-stats/--no-minibatch-stats", default=False, show_default=True,
-                 help="Minibatch-stddev feature in the critic (Salimans et al. 2016)."),
-    click.option("--critic-steps", default=5, show_default=True, type=click.IntRange(1, 15)),
-    click.option("--gp-weight", default=10.0, show_default=True, type=float, help="λ_gp."),
-    click.option("--latent-weight", default=1.0, show_default=True, type=float,
-                 help="λ_latent of the latent L2 loss ‖z − E(G(z))‖²/d (0 turns it off)."),
-    click.option("--rec-weight", default=0.0, show_default=True, type=float, help="λ_rec of ‖x − G(E(x))‖₁."),
-    click.option("--fm-weight", default=0.0, show_default=True, type=float, help="Critic feature matching weight."),
-    click.option("--ema-decay", default=0.999, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-                 help="Weight averaging of E and G (0 turns it off)."),
-    click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096), help="Per replica."),
-    click.option("--steps", default=2000, show_default=True, type=click.IntRange(1)),
-    click.option("--learning-rate", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True)),
-    click.option("--weight-decay", default=0.0, show_default=True, type=click.FloatRange(0),
-                 help="> 0 uses AdamW."),
-    click.option("--augment", default="none", show_default=True,
-                 help="Comma-separated: hflip, vflip, rot90 (or none)."),
-    click.option("--val-fraction", default=0.15, show_default=True, type=click.FloatRange(0, 0.5),
-                 help="Good training images held out for score calibration."),
-    click.option("--seed", default=0, show_default=True, type=int),
-    click.option("--log-every", default=50, show_default=True, type=click.IntRange(1)),
-    click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(1)),
-    click.option("--sample-every", default=100, show_default=True, type=click.IntRange(1)),
-    click.option("--keep-checkpoints", default=3, show_default=True, type=click.IntRange(1)),
-    click.option("--jit/--no-jit", "jit_compile", default=False, show_default=True,
-                 help="XLA-compile the step (slower on the CPUs measured; try it on GPUs)."),
-    click.option("--precision", default="float32", show_default=True,
-                 type=click.Choice(["float32", "mixed_bfloat16", "mixed_float16"])),
-    click.option("--strategy", default="auto", show_default=True,
-                 type=click.Choice(["auto", "default", "mirrored", "multiworker"])),
-    click.option("--devices", default=None, help="Comma-separated devices for --strategy mirrored."),
-    click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
-    click.option("--overwrite", is_flag=True,
-                 help="Start a new run in an --out holding an earlier run (deleted) or other files (kept untouched)."),
-]
+class SettingType(click.ParamType):
+    """A `train` option read and range-checked by its config field's `Check`: one-line error when out of range."""
+
+    def __init__(self, check):
+        self.check = check
+        self.name = check.kind.__name__
+
+    def get_metavar(self, param, ctx=None):
+        if self.check.choices and not self.check.comma_list:
+            return "[" + "|".join(map(str, self.check.choices)) + "]"
+        return {"list": "DEVICES", "str": "TEXT"}.get(self.name, self.name.upper())
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value  # a default, valid by construction
+        option = param.opts[0]
+        try:
+            parsed = self.check.parse(value)
+        except ValueError:
+            whole = "a whole" if self.name == "int" else "a"
+            raise GanspectionError(f"{option} {value}: must be {whole} number") from None
+        problem = self.check.problem(parsed)
+        if problem:
+            raise GanspectionError(f"{option} {value}: {problem}")
+        return parsed
 
 
-def train_options(function):
-    for option in reversed(TRAIN_OPTIONS):
-        function = option(function)
+def _setting_option(name, field):
+    check = field.metadata["check"]
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    if check.kind is bool:
+        switch = check.switch or name.replace("_", "-")
+        return click.option(f"--{switch}/--no-{switch}", name, default=default, show_default=True, help=check.help)
+    return click.option(f"--{name.replace('_', '-')}", name, default=default, type=SettingType(check),
+                        show_default=default is not None, help=check.help)
+
+
+def config_options(function):
+    """One option per TrainConfig / ModelConfig field: its default, its range and its help come from there."""
+    for name, field in reversed(option_fields().items()):
+        function = _setting_option(name, field)(function)
     return function
 
 
 @cli.command()
-@train_options
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Run folder to write.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True,
+              help="Start a new run in an --out holding an earlier run (deleted) or other files (kept untouched).")
+@config_options
 @click.pass_context
 def train(context, out, resume, overwrite, **options):
     """Train an anomaly model on defect-free images."""
     require_train_extra("train")
-    from ganspection_tf.training import TrainConfig, train as run_training
+    from ganspection_tf.training import train as run_training
 
-    options["data"] = str(options["data"])
-    options["devices"] = options["devices"].split(",") if options["devices"] else None
     # On --resume only what the user typed counts as a change to the stored run, not the options' defaults.
     typed = {name: value for name, value in options.items()
              if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
-    config = TrainConfig(**options)
     if resume and overwrite:
         raise GanspectionError("--resume and --overwrite contradict each other: --resume continues the run in "
                                "--out, --overwrite starts it again; pass one of them")
-    run_training(config, out, resume=resume, verbose=_progress_verbosity(), overrides=typed, overwrite=overwrite)
+    run_training(TrainConfig.from_flat(**options), out, resume=resume, verbose=_progress_verbosity(),
+                 overrides=typed, overwrite=overwrite)
 
 
 def _progress_verbosity():
@@ -144,14 +132,14 @@ def demo(out, steps, image_size, overwrite):
     from ganspection_tf.data import synthetic
     from ganspection_tf.evaluate import evaluate_run
     from ganspection_tf.export import export_bundle
-    from ganspection_tf.training import TrainConfig, train as run_training
+    from ganspection_tf.training import train as run_training
 
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="ganspection-demo-"))
     _claim_demo_folder(out, overwrite)
     data = synthetic.write_synthetic_category(out / "data", name="widget", image_size=128, overwrite=True)
     click.echo(f"1/4 synthetic category written to {data}")
     # Small and reconstruction-weighted: what reaches a useful AUROC on this category within the demo's budget.
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         data=str(data), image_size=image_size, width=16, latent_dim=32, steps=steps, batch_size=16,
         rec_weight=10.0, log_every=50, checkpoint_every=100, sample_every=100,
     )
@@ -279,13 +267,15 @@ def score(run_dir, paths, output_format, output, heatmaps, batch_size):
     calibration = scoring.ensure_calibration(run_dir, model, log=_echo_to_stderr, term_model=term_model)
     if heatmaps is not None:
         artifacts.ensure_writable_folder(heatmaps, option="--heatmaps")
-    results = scoring.score_files(files, term_model, calibration, batch_size, keep_originals=heatmaps is not None)
+    resize = training.run_resize(run_dir)
+    results = scoring.score_files(files, term_model, calibration, batch_size, keep_originals=heatmaps is not None,
+                                  resize=resize)
     if output is None:
-        failed = _write_rows(results, sys.stdout, output_format, heatmaps)
+        failed = _write_rows(results, sys.stdout, output_format, heatmaps, resize)
     else:
         with artifacts.atomic_path(output) as temporary, open(temporary, "w", encoding="utf-8", newline="") as handle:
             with click.progressbar(results, length=len(files), label="scoring", file=sys.stderr) as bar:
-                failed = _write_rows(bar, handle, output_format, heatmaps)
+                failed = _write_rows(bar, handle, output_format, heatmaps, resize)
     if failed:
         raise GanspectionError(
             f"{failed[0]}: unreadable, {len(failed)} of {len(files)} images have no row (listed above); "
@@ -311,7 +301,7 @@ def _image_files(paths):
     return files
 
 
-def _write_rows(results, handle, output_format, heatmaps):
+def _write_rows(results, handle, output_format, heatmaps, resize):
     """Writes one row per scored image as it comes (flushing per row) and returns the unreadable paths."""
     import csv
     import json
@@ -333,11 +323,11 @@ def _write_rows(results, handle, output_format, heatmaps):
             handle.write(json.dumps(row) + "\n")
         handle.flush()
         if heatmaps is not None:
-            _write_heatmap(result, heatmaps, used_names)
+            _write_heatmap(result, heatmaps, used_names, resize)
     return failed
 
 
-def _write_heatmap(result, folder, used_names):
+def _write_heatmap(result, folder, used_names, resize):
     from ganspection_tf import artifacts
     from ganspection_tf.calibration import anomaly_map, heatmap_overlay
 
@@ -346,7 +336,7 @@ def _write_heatmap(result, folder, used_names):
         count += 1
         name = f"{result.path.stem}_{count}_heatmap.png"
     used_names.add(name)
-    amap = anomaly_map(result.error_map, result.original_hw)
+    amap = anomaly_map(result.error_map, result.original_hw, resize=resize)
     artifacts.write_png(folder / name, heatmap_overlay(result.original, amap))
 
 

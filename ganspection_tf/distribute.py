@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from ganspection_tf.config import STRATEGIES
 from ganspection_tf.errors import GanspectionError
-
-STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 
 
 def split_cpu_into_logical_devices(count: int):
@@ -57,6 +56,7 @@ def make_strategy(name="auto", devices=None):
     if name == "default":
         return tf.distribute.get_strategy(), name
     if name == "mirrored":
+        _check_devices_exist(devices or [])
         return tf.distribute.MirroredStrategy(devices=devices or None), name
     if not _cluster_from_tf_config():
         raise GanspectionError("--strategy multiworker needs TF_CONFIG describing the cluster; see README 'Scale out'")
@@ -66,6 +66,19 @@ def make_strategy(name="auto", devices=None):
         implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
     )
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options), name
+
+
+def _check_devices_exist(devices):
+    """Refuses a device this machine does not have (TensorFlow would quietly place its replica elsewhere)."""
+    present = {(d.device_type, int(d.name.rsplit(":", 1)[1])) for d in tf.config.list_logical_devices()}
+    for device in devices:
+        try:
+            spec = tf.DeviceSpec.from_string(device)
+        except ValueError:
+            raise GanspectionError(f"--devices {device}: not a device name; write e.g. /gpu:0,/gpu:1") from None
+        if spec.job is None and (str(spec.device_type).upper(), spec.device_index or 0) not in present:
+            names = ", ".join(sorted(d.name for d in tf.config.list_logical_devices()))
+            raise GanspectionError(f"--devices {device}: this machine has no such device (it has {names})")
 
 
 def xla_allowed(strategy_name) -> bool:

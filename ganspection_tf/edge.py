@@ -7,7 +7,8 @@ base install (a test checks that ``tensorflow`` never appears in ``sys.modules``
 A frame is scored like the workstation scores a file:
 
 1. ``images.frame_to_rgb`` (BGR(A) from OpenCV or RGB(A), 1/3/4 channels, to the bundle's channel count),
-2. ``images.resize_image`` (cv2.INTER_AREA stretch to the model size — the training resize rule),
+2. ``images.resize_image`` (the bundle's numeric preprocessing: cv2.INTER_AREA to the model size with the run's
+   ``aspect`` — stretch, pad or crop — the training resize rule),
 3. the TFLite model (uint8 in; it scales to [-1, 1] itself) computes the raw outputs (score terms, the code,
    the error map),
 4. ``Calibration.term_matrix`` makes the terms from them (the workstation's function: normalized_map_max from
@@ -21,7 +22,6 @@ representative images, so every strongly anomalous frame would get the same capp
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from ganspection_tf import __version__, console, images
+from ganspection_tf import bundle_metadata, console, images
 from ganspection_tf.artifacts import read_json
 from ganspection_tf.calibration import (
     CODE_OUTPUT,
@@ -40,35 +40,11 @@ from ganspection_tf.calibration import (
 )
 from ganspection_tf.errors import GanspectionError
 
-BUNDLE_FORMAT = "ganspection-tf-edge-bundle"
-FORMAT_VERSION = 1
+BUNDLE_FORMAT, FORMAT_VERSION = bundle_metadata.FORMAT, bundle_metadata.FORMAT_VERSION
 MODEL_FILE, METADATA_FILE, PARITY_FILE = "model.tflite", "metadata.json", "parity.json"
 INPUT_NAME, ERROR_MAP_OUTPUT = "image", "error_map"
 SCORES = ("latent", "critic", "combined")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-RESIZE_RULE = "cv2.INTER_AREA stretch to image_size x image_size (aspect ratio not kept)"
-NORMALISATION = "uint8 RGB/gray input; the model computes x / 127.5 - 1 itself"
-
-# key -> accepted Python type(s) of metadata.json; anything else is refused with a one-line error.
-_REQUIRED_KEYS = {
-    "format": str,
-    "format_version": int,
-    "image_size": int,
-    "channels": int,
-    "color_order": str,
-    "resize": str,
-    "normalisation": str,
-    "score": str,
-    "terms": list,
-    "outputs": list,
-    "heatmap": bool,
-    "calibration": dict,
-    "threshold": (int, float),
-    "quantization": str,
-    "package_version": str,
-    "config_hash": str,
-    "model_sha256": str,
-}
 _FIX = "re-export it with 'ganspection-tf export RUN_DIR --tflite --out BUNDLE_DIR'"
 
 
@@ -82,10 +58,11 @@ class EdgeResult:
     heatmap: np.ndarray | None
     latency_ms: float
     error_map: np.ndarray | None = None  # the model's low-resolution map (bundles with heatmaps), for later use
+    resize: str = images.DEFAULT_RESIZE  # the bundle's resize mode, to map the error map back onto the frame
 
     def heatmap_at(self, height: int, width: int) -> np.ndarray:
         """The anomaly map at a frame's size, from the map this scoring already produced (no second inference)."""
-        return anomaly_map(self.error_map, (height, width))  # the workstation's smoothing
+        return anomaly_map(self.error_map, (height, width), resize=self.resize)  # the workstation's smoothing
 
 
 class EdgeScorer:
@@ -94,13 +71,14 @@ class EdgeScorer:
     def __init__(self, bundle_dir, threads: int | None = None):
         self.bundle_dir = Path(bundle_dir)
         self.metadata = read_metadata(self.bundle_dir)
-        self.calibration = Calibration.from_dict(self.metadata["calibration"], source=str(self._metadata_path),
+        self.calibration = Calibration.from_dict(self.metadata.calibration, source=str(self._metadata_path),
                                                  fix=_FIX)
-        self.image_size = self.metadata["image_size"]
-        self.channels = self.metadata["channels"]
-        self.terms = list(self.metadata["terms"])
+        self.preprocessing = self.metadata.preprocessing
+        self.image_size, self.channels = self.preprocessing.image_size, self.preprocessing.channels
+        self.resize = self.preprocessing.aspect  # the run's --resize
+        self.terms = list(self.metadata.terms)
         self.threshold = float(self.calibration.threshold)
-        self.has_heatmap = bool(self.metadata["heatmap"])
+        self.has_heatmap = self.metadata.heatmap
         self._runner = self._load_model(threads)
 
     @property
@@ -110,14 +88,14 @@ class EdgeScorer:
     def preprocess(self, frame, color_order: str = "bgr") -> np.ndarray:
         """Steps 1-2: the exact uint8 ``(S, S, C)`` array the model sees (the training pipeline's pixels)."""
         rgb = images.frame_to_rgb(frame, color_order, channels=self.channels)
-        return images.resize_image(rgb, self.image_size)
+        return images.resize_image(rgb, self.image_size, self.resize)
 
     def score(self, frame, color_order: str = "bgr", heatmap: bool = False) -> EdgeResult:
         """Score one frame; ``heatmap=True`` adds the anomaly map at the frame's size (combined bundles only)."""
         started = time.perf_counter()
         if heatmap and not self.has_heatmap:
             raise GanspectionError(
-                f"{self._metadata_path}: this bundle was exported with --score {self.metadata['score']}, which has "
+                f"{self._metadata_path}: this bundle was exported with --score {self.metadata.score}, which has "
                 "no reconstruction to draw a heatmap from; export with --score combined for heatmaps"
             )
         outputs = self.run_model(self.preprocess(frame, color_order))
@@ -125,7 +103,7 @@ class EdgeScorer:
         terms = {name: float(value) for name, value in zip(self.calibration.terms, matrix[0])}
         score = float(self.calibration.combine(matrix)[0])
         result = EdgeResult(score, bool(score > self.threshold), terms, None, 0.0,
-                            outputs[ERROR_MAP_OUTPUT][0] if self.has_heatmap else None)
+                            outputs[ERROR_MAP_OUTPUT][0] if self.has_heatmap else None, self.resize)
         if heatmap:
             result.heatmap = result.heatmap_at(*np.asarray(frame).shape[:2])
         result.latency_ms = (time.perf_counter() - started) * 1000.0
@@ -145,7 +123,7 @@ class EdgeScorer:
     def _load_model(self, threads):
         path = self.bundle_dir / MODEL_FILE
         data = _read_model_bytes(path)
-        if hashlib.sha256(data).hexdigest() != self.metadata["model_sha256"]:
+        if hashlib.sha256(data).hexdigest() != self.metadata.model_sha256:
             raise GanspectionError(f"{path}: does not match the checksum in {METADATA_FILE} (corrupted or "
                                    f"replaced); {_FIX}")
         if threads is not None and (int(threads) != threads or threads < 1):
@@ -171,7 +149,7 @@ class EdgeScorer:
                 f"{path}: input does not match {METADATA_FILE} (expected uint8 {expected_shape}, "
                 f"got {_describe(details)}); {_FIX}"
             )
-        missing = [name for name in self.metadata["outputs"] if name not in outputs]
+        missing = [name for name in self.metadata.outputs if name not in outputs]
         if missing:
             raise GanspectionError(f"{path}: lacks the outputs {missing} listed in {METADATA_FILE}; {_FIX}")
         self._check_calibration_shapes(outputs)
@@ -189,52 +167,33 @@ class EdgeScorer:
                                        f"shape {have}, the model's {output} output {want}); {_FIX}")
 
 
-def read_metadata(bundle_dir) -> dict:
-    """``metadata.json`` of a bundle, checked for format, version, keys and types (one-line errors)."""
+def read_metadata(bundle_dir) -> bundle_metadata.BundleMetadata:
+    """``metadata.json`` of a bundle, checked for format, version, keys, types and terms (one-line errors)."""
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
         raise GanspectionError(f"{bundle_dir}: no such bundle folder; {_FIX}")
     path = bundle_dir / METADATA_FILE
-    metadata = read_json(path, what="bundle metadata")
-    if not isinstance(metadata, dict) or metadata.get("format") != BUNDLE_FORMAT:
-        raise GanspectionError(f"{path}: not a ganspection-tf edge bundle (no \"format\": \"{BUNDLE_FORMAT}\"); "
-                               f"point at a folder written by 'ganspection-tf export', or {_FIX}")
-    version = metadata.get("format_version")
-    if version != FORMAT_VERSION:
-        raise GanspectionError(f"{path}: bundle format version {version!r}, this ganspection-tf {__version__} reads "
-                               f"version {FORMAT_VERSION}; {_FIX} (or install the matching ganspection-tf)")
-    problem = _metadata_problem(metadata)
+    metadata = bundle_metadata.BundleMetadata.from_dict(read_json(path, what="bundle metadata"), source=str(path))
+    problem = _terms_problem(metadata)
     if problem:
         raise GanspectionError(f"{path}: invalid bundle metadata ({problem}); {_FIX}")
     return metadata
 
 
-def _metadata_problem(metadata) -> str | None:
-    missing = sorted(key for key in _REQUIRED_KEYS if key not in metadata)
-    if missing:
-        return f"missing keys {missing}"
-    for key, kind in _REQUIRED_KEYS.items():
-        value = metadata[key]
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            return f"'{key}' has type {type(value).__name__}"
-    if metadata["image_size"] < 1 or metadata["channels"] not in (1, 3):
-        return f"image_size {metadata['image_size']} / channels {metadata['channels']} out of range"
-    if metadata["color_order"] != "rgb":
-        return f"color_order {metadata['color_order']!r}; the model input is always RGB"
-    if metadata["score"] not in SCORES or metadata["quantization"] not in QUANTIZATIONS:
-        return f"unknown score {metadata['score']!r} or quantization {metadata['quantization']!r}"
-    terms = metadata["terms"]
+def _terms_problem(metadata) -> str | None:
+    """What the metadata says about scores and terms that this release's scorer cannot follow, or None."""
+    if metadata.score not in SCORES or metadata.quantization not in QUANTIZATIONS:
+        return f"unknown score {metadata.score!r} or quantization {metadata.quantization!r}"
+    terms = metadata.terms
     if not terms or any(term not in TERMS for term in terms):
         return f"'terms' {terms} must be names from {list(TERMS)}"
-    if metadata["calibration"].get("terms") != terms:
+    if metadata.calibration.get("terms") != terms:
         return "'terms' differs from the calibration's terms"
-    if not math.isfinite(metadata["threshold"]):
-        return f"'threshold' is {metadata['threshold']}, not a finite number"
-    if metadata["calibration"].get("threshold") != metadata["threshold"]:
+    if metadata.calibration.get("threshold") != metadata.threshold:
         return "'threshold' differs from the calibration's threshold"
-    required_outputs = outputs_needed(terms, with_error_map=metadata["heatmap"])
-    if sorted(metadata["outputs"]) != sorted(required_outputs):
-        return f"'outputs' {metadata['outputs']} must be {required_outputs}"
+    required_outputs = outputs_needed(terms, with_error_map=metadata.heatmap)
+    if sorted(metadata.outputs) != sorted(required_outputs):
+        return f"'outputs' {metadata.outputs} must be {required_outputs}"
     return None
 
 

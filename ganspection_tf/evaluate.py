@@ -33,7 +33,7 @@ from ganspection_tf import artifacts, scoring, training
 from ganspection_tf.calibration import anomaly_map, fit_calibration_from_outputs, map_sigma
 from ganspection_tf.data import mvtec, pipeline
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.images import read_image, resize_image
+from ganspection_tf.images import DEFAULT_RESIZE, read_image, resize_image, resize_mask
 
 EVAL_FOLDER = "eval"
 COMBINED = "combined"
@@ -64,7 +64,8 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
         outputs=good_outputs,
     )
     out = artifacts.ensure_writable_folder(run_dir / EVAL_FOLDER, option="RUN_DIR")
-    scored = _score_test_split(category_found.test, term_model, calibration, batch_size)
+    scored = _score_test_split(category_found.test, term_model, calibration, batch_size,
+                               training.run_resize(run_dir))
     comparisons = _comparison_scores(*good_outputs, scored, calibration)
     all_scores = {COMBINED: scored["combined"], **scored["terms"], **comparisons}
 
@@ -225,9 +226,10 @@ def _test_category(run_dir, data, category, log):
     return found
 
 
-def _score_test_split(test, term_model, calibration, batch_size):
+def _score_test_split(test, term_model, calibration, batch_size, resize):
     """Streams the test images through the model; keeps terms, raw model terms and codes, scores,
-    PIXEL_EVAL_SIZE² maps and masks."""
+    PIXEL_EVAL_SIZE² maps and masks. Pixel metrics live in the model's square frame: each mask is resized with
+    the run's mode like its image (``resize``)."""
     _, size, _, channels = term_model.input_shape
     count, side = len(test), PIXEL_EVAL_SIZE
     maps = np.empty((count, side, side), dtype=np.float32)
@@ -235,7 +237,8 @@ def _score_test_split(test, term_model, calibration, batch_size):
     outputs = {name: [] for name in scoring.MODEL_OUTPUTS}  # error maps too: normalized_map_max needs them
     for start in range(0, count, batch_size):
         batch = test[start : start + batch_size]
-        images, _ = pipeline.load_images([t.path for t in batch], size, channels, skip_unreadable=False)
+        images, _ = pipeline.load_images([t.path for t in batch], size, channels, skip_unreadable=False,
+                                         resize=resize)
         values = scoring.compute_terms(term_model, images, batch_size)
         for name, kept in outputs.items():
             kept.append(values[name])
@@ -243,7 +246,7 @@ def _score_test_split(test, term_model, calibration, batch_size):
             index = start + offset
             maps[index] = anomaly_map(values["error_map"][offset], (side, side))
             if item.mask is not None:
-                masks[index] = read_mask(item.mask, side, image=item.path)
+                masks[index] = read_mask(item.mask, side, resize, image=item.path)
     outputs = {name: np.concatenate(chunks) for name, chunks in outputs.items()}
     matrix = calibration.term_matrix(outputs)
     terms = {name: matrix[:, j] for j, name in enumerate(calibration.terms)}
@@ -259,19 +262,21 @@ def _score_test_split(test, term_model, calibration, batch_size):
         "maps": maps,
         "masks": masks,
         "threshold": calibration.threshold,
+        "resize": resize,
     }
 
 
-def read_mask(path, side, image=None) -> np.ndarray:
-    """A ground-truth mask as a bool (side, side) array (nearest neighbour keeps thin defects).
+def read_mask(path, side, resize=DEFAULT_RESIZE, image=None) -> np.ndarray:
+    """A ground-truth mask as a bool (side, side) array, resized like its image (nearest neighbour keeps thin
+    defects).
 
-    A mask of another aspect ratio than its `image` is refused: stretched, it would mark other pixels than the
+    A mask of another aspect ratio than its `image` is refused: resized, it would mark other pixels than the
     defect's (a mask at another resolution of the same shape is fine).
     """
     mask = read_image(path, channels=1)[..., 0]
     if image is not None:
         _check_same_aspect(path, mask.shape, image)
-    return cv2.resize(mask, (side, side), interpolation=cv2.INTER_NEAREST) > 127
+    return resize_mask(mask, side, resize) > 127
 
 
 def _check_same_aspect(mask_path, mask_shape, image_path):
@@ -397,7 +402,7 @@ def _heatmap_figure(scored, category, model, term_model):
     cases = _chosen_cases(scored)
     _, size, _, channels = term_model.input_shape
     paths = [scored["paths"][index] for _, index in cases]
-    model_images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=False)
+    model_images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=False, resize=scored["resize"])
     reconstructions = scoring.reconstruct(model, model_images)
     error_maps = scoring.compute_terms(term_model, model_images)["error_map"]
     shown_maps = [anomaly_map(e, (DISPLAY_SIZE, DISPLAY_SIZE)) for e in error_maps]
@@ -408,8 +413,8 @@ def _heatmap_figure(scored, category, model, term_model):
     by_path = {t.path: t for t in category.test}
     for row, ((title, index), recon, shown) in enumerate(zip(cases, reconstructions, shown_maps)):
         item = by_path[scored["paths"][index]]
-        picture = resize_image(read_image(item.path, channels), DISPLAY_SIZE)
-        truth = read_mask(item.mask, DISPLAY_SIZE) if item.mask is not None else np.zeros((DISPLAY_SIZE,) * 2, bool)
+        picture = resize_image(read_image(item.path, channels), DISPLAY_SIZE, scored["resize"])
+        truth = read_mask(item.mask, DISPLAY_SIZE, scored["resize"]) if item.mask is not None else np.zeros((DISPLAY_SIZE,) * 2, bool)
         panels = [(picture, None), (resize_image(recon, DISPLAY_SIZE), None), (shown, "inferno"), (truth, "gray")]
         for column, (image, colour_map) in enumerate(panels):
             axes = grid[row, column]

@@ -53,6 +53,7 @@ import tensorflow as tf
 
 import ganspection_tf
 from ganspection_tf import artifacts, console, edge, ownership, scoring, training
+from ganspection_tf.bundle_metadata import BundleMetadata, Preprocessing
 from ganspection_tf.calibration import (
     CODE_OUTPUT,
     ERROR_MAP_OUTPUT,
@@ -63,7 +64,7 @@ from ganspection_tf.calibration import (
 )
 from ganspection_tf.data import mvtec, pipeline
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.images import list_images
+from ganspection_tf.images import DEFAULT_RESIZE, list_images
 
 # --score latent ships latent_mahalanobis, not the N(0, I) NLL "latent": image AUROC on MVTec bottle (64 px)
 # 0.91 / 0.89 at steps 500 / 750 against 0.60 for the NLL.
@@ -97,17 +98,18 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
 
     representative = None
     if quantize == "int8":
-        representative = representative_images(run_dir, model.image_size, model.channels, calibration_dir, log)
+        representative = representative_images(run_dir, model.image_size, model.channels, calibration_dir, log,
+                                               resize=training.run_resize(run_dir))
     log(f"converting the {score} scorer ({scorer.count_params():,} weights) to TFLite ({quantize}) …")
     tflite_model, float_layers = convert(scorer, quantize, representative)
     check_weights_present(tflite_model, scorer.count_params(), quantize)
 
-    metadata = bundle_metadata(run_dir, model, scorer, calibration, score, quantize, tflite_model)
-    metadata["int8_float_layers"] = float_layers
-    metadata["representative_images"] = 0 if representative is None else len(representative)
+    metadata = bundle_metadata(run_dir, model, scorer, calibration, score, quantize, tflite_model,
+                               int8_float_layers=float_layers,
+                               representative_images=0 if representative is None else len(representative))
     with _staging_folder(out) as staging:
         artifacts.write_bytes(staging / edge.MODEL_FILE, tflite_model)
-        artifacts.write_json(staging / edge.METADATA_FILE, metadata)
+        artifacts.write_json(staging / edge.METADATA_FILE, metadata.to_dict())
         report = parity_check(staging, run_dir, term_model, calibration)
         report.update(quantization=quantize, score=score, tflite_bytes=len(tflite_model),
                       latency_ms=model_latency_ms(tflite_model))
@@ -290,7 +292,8 @@ def _quietly(function):
 # ------------------------------------------------------------------------------------------------ data
 
 
-def representative_images(run_dir, size, channels, calibration_dir=None, log=print, seed=0) -> np.ndarray:
+def representative_images(run_dir, size, channels, calibration_dir=None, log=print, seed=0,
+                          resize=DEFAULT_RESIZE) -> np.ndarray:
     """≥ MIN_REPRESENTATIVE good images for int8 calibration (augmented when the folder has fewer)."""
     if calibration_dir is not None:
         paths, source = list_images(calibration_dir), f"--calibration {calibration_dir}"
@@ -298,7 +301,7 @@ def representative_images(run_dir, size, channels, calibration_dir=None, log=pri
             raise GanspectionError(f"--calibration {calibration_dir}: no images in it; point at good images")
     else:
         paths, source = training_paths(run_dir), "the run's training images"
-    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True)
+    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=resize)
     if skipped:
         log(f"warning: skipped {len(skipped)} unreadable image(s) of {source}")
     rng = np.random.default_rng(seed)
@@ -378,7 +381,8 @@ def parity_check(bundle_dir, run_dir, term_model, calibration) -> dict:
     """Scores the evaluation images with Keras and with the bundle (edge runtime) and compares them."""
     paths, labels, kind = evaluation_set(run_dir)
     _, size, _, channels = term_model.input_shape
-    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True)
+    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True,
+                                           resize=training.run_resize(run_dir))
     skipped_paths = {Path(path) for path, _ in skipped}
     kept = [i for i, path in enumerate(paths) if Path(path) not in skipped_paths]
     keras_terms = calibration.term_matrix(scoring.compute_terms(term_model, images))
@@ -496,34 +500,35 @@ def _number(value):
 # ------------------------------------------------------------------------------------------------ bundle
 
 
-def bundle_metadata(run_dir, model, scorer, calibration, score, quantize, tflite_model) -> dict:
+def bundle_metadata(
+    run_dir, model, scorer, calibration, score, quantize, tflite_model, **details
+) -> BundleMetadata:
+    """The bundle's metadata; `details` (figures for people, not read by the scorer) are recorded as given."""
     config = training.read_run_config(run_dir)
     outputs = list(scorer.output)
-    return {
-        "format": edge.BUNDLE_FORMAT,
-        "format_version": edge.FORMAT_VERSION,
-        "image_size": int(model.image_size),
-        "channels": int(model.channels),
-        "color_order": "rgb",
-        "resize": edge.RESIZE_RULE,
-        "normalisation": edge.NORMALISATION,
-        "score": score,
-        "terms": list(calibration.terms),
-        "outputs": outputs,
-        "heatmap": edge.ERROR_MAP_OUTPUT in outputs,
-        "calibration": calibration.to_dict(),
-        "threshold": calibration.threshold,
-        "quantization": quantize,
-        "package_version": ganspection_tf.__version__,
-        "tensorflow_version": tf.__version__,
-        "config_hash": config.get("config_hash", ""),
-        "model_step": scoring.model_step(model),
-        "run_dir": str(Path(run_dir).resolve()),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model_sha256": hashlib.sha256(tflite_model).hexdigest(),
-        "model_bytes": len(tflite_model),
-        "scorer_weights": int(scorer.count_params()),
-    }
+    return BundleMetadata(
+        preprocessing=Preprocessing(image_size=int(model.image_size), channels=int(model.channels),
+                                    aspect=training.run_resize(run_dir)),
+        score=score,
+        terms=list(calibration.terms),
+        outputs=outputs,
+        heatmap=edge.ERROR_MAP_OUTPUT in outputs,
+        calibration=calibration.to_dict(),
+        threshold=calibration.threshold,
+        quantization=quantize,
+        package_version=ganspection_tf.__version__,
+        config_hash=config.get("config_hash", ""),
+        model_sha256=hashlib.sha256(tflite_model).hexdigest(),
+        details=dict(
+            tensorflow_version=tf.__version__,
+            model_step=scoring.model_step(model),
+            run_dir=str(Path(run_dir).resolve()),
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            model_bytes=len(tflite_model),
+            scorer_weights=int(scorer.count_params()),
+            **details,
+        ),
+    )
 
 
 def _check_choice(option, value, choices):

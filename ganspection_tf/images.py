@@ -1,4 +1,5 @@
-"""Image files and camera frames -> uint8 arrays, and the one resize rule shared by training and the camera.
+"""Image files and camera frames -> uint8 arrays, and the one resize rule shared by training and the camera
+(with its inverse for anomaly maps and its twin for defect masks).
 
 This module runs on the camera side next to LiteRT, so it must never import TensorFlow: numpy, OpenCV and
 Pillow only.
@@ -24,6 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ganspection_tf.config import DEFAULT_RESIZE, RESIZE_MODES  # chosen per run; config.json and bundles store it
 from ganspection_tf.errors import GanspectionError
 
 # Decoding a 20000x20000 RGB image takes 1.2 GB; no inspection photo needs more than this many pixels.
@@ -81,18 +83,44 @@ def native_channels(path: Path | str) -> int:
         return _pil_native_channels(im)
 
 
-def resize_image(img: np.ndarray, size: int) -> np.ndarray:
-    """Stretch to ``size x size`` with area interpolation; keeps the channel axis, also for 1 channel.
+def resize_image(img: np.ndarray, size: int, resize: str = DEFAULT_RESIZE) -> np.ndarray:
+    """``size x size`` with area interpolation, by the run's ``resize`` mode; keeps the channel axis.
 
-    This is THE resize rule of the package: training and the camera both call it so the model sees the same
-    pixels in both places. ``cv2.INTER_AREA`` averages when shrinking (no aliasing) and behaves like bilinear
-    when enlarging. The aspect ratio is not kept: inspection images are framed the same way every time.
+    This is THE resize rule of the package: training, evaluation, scoring and the camera all call it (with the
+    mode stored in the run and its bundle) so the model sees the same pixels everywhere. ``cv2.INTER_AREA``
+    averages when shrinking (no aliasing) and behaves like bilinear when enlarging. Modes:
+
+    * ``stretch`` (the default, and what runs without a stored mode used): the whole image, aspect ratio not kept;
+    * ``pad``: the whole image, aspect ratio kept, the longer side scaled to ``size`` and the shorter one padded
+      with black bands on both sides (letterbox);
+    * ``crop``: the central square of the image (side = its shorter side), aspect ratio kept; what lies outside
+      that square is not seen.
     """
-    if int(size) != size or size < 1:
-        raise GanspectionError(f"image size must be a positive integer, got {size!r}; pass e.g. --image-size 128")
-    img = _with_channel_axis(img)
-    resized = cv2.resize(img, (int(size), int(size)), interpolation=cv2.INTER_AREA)
-    return _with_channel_axis(resized)  # cv2 drops a trailing axis of length 1
+    return _to_square(img, size, resize, cv2.INTER_AREA)
+
+
+def resize_mask(mask: np.ndarray, size: int, resize: str = DEFAULT_RESIZE) -> np.ndarray:
+    """A ``(H, W)`` defect mask brought to ``size x size`` exactly as :func:`resize_image` brings its image
+    (same mode, same geometry), with nearest-neighbour interpolation so that it stays binary."""
+    return _to_square(mask, size, resize, cv2.INTER_NEAREST)[..., 0]
+
+
+def map_to_image(square_map: np.ndarray, image_hw: tuple[int, int], resize: str = DEFAULT_RESIZE) -> np.ndarray:
+    """The inverse of :func:`resize_image` for a float map over the model's square input: the same map over the
+    original ``(height, width)`` image, bilinear. ``pad`` drops the bands; ``crop`` leaves 0 outside the square
+    the model saw."""
+    _check_resize(resize)
+    square_map = np.asarray(square_map, dtype=np.float32)
+    height, width = int(image_hw[0]), int(image_hw[1])
+    if resize == "pad":
+        top, left, inner_h, inner_w = _pad_geometry(height, width, square_map.shape[0])
+        square_map = square_map[top:top + inner_h, left:left + inner_w]
+    if resize != "crop":
+        return cv2.resize(square_map, (width, height), interpolation=cv2.INTER_LINEAR)
+    top, left, side = _crop_geometry(height, width)
+    full = np.zeros((height, width), np.float32)
+    full[top:top + side, left:left + side] = cv2.resize(square_map, (side, side), interpolation=cv2.INTER_LINEAR)
+    return full
 
 
 def frame_to_rgb(frame: np.ndarray, color_order: str = "bgr", channels: int = 3) -> np.ndarray:
@@ -155,6 +183,44 @@ def list_images(folder: Path | str) -> list[Path]:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _check_resize(resize: str) -> None:
+    if resize not in RESIZE_MODES:
+        raise GanspectionError(f"resize mode {resize!r} is unknown; choose one of {', '.join(RESIZE_MODES)}")
+
+
+def _to_square(img: np.ndarray, size: int, resize: str, interpolation: int) -> np.ndarray:
+    if int(size) != size or size < 1:
+        raise GanspectionError(f"image size must be a positive integer, got {size!r}; pass e.g. --image-size 128")
+    _check_resize(resize)
+    size = int(size)
+    img = _with_channel_axis(img)
+    height, width = img.shape[:2]
+    if resize == "crop":
+        top, left, side = _crop_geometry(height, width)
+        img = img[top:top + side, left:left + side]
+    if resize != "pad":
+        return _with_channel_axis(cv2.resize(img, (size, size), interpolation=interpolation))
+    top, left, inner_h, inner_w = _pad_geometry(height, width, size)
+    square = np.zeros((size, size, img.shape[2]), img.dtype)
+    square[top:top + inner_h, left:left + inner_w] = _with_channel_axis(
+        cv2.resize(img, (inner_w, inner_h), interpolation=interpolation)  # cv2 drops a trailing axis of length 1
+    )
+    return square
+
+
+def _pad_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the image inside the padded ``size x size`` square."""
+    scale = size / max(height, width)
+    inner_h, inner_w = max(1, round(height * scale)), max(1, round(width * scale))
+    return (size - inner_h) // 2, (size - inner_w) // 2, inner_h, inner_w
+
+
+def _crop_geometry(height: int, width: int) -> tuple[int, int, int]:
+    """(top, left, side) of the central square of a ``height x width`` image."""
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side
 
 
 def _check_channels(channels: int | None) -> None:

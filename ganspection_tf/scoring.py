@@ -54,6 +54,7 @@ from ganspection_tf.calibration import (
 from ganspection_tf.data import pipeline
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.images import (
+    DEFAULT_RESIZE,
     UnreadableImage,
     from_unit_range,
     read_image,
@@ -210,12 +211,13 @@ class ScoredImage:
     error: UnreadableImage | None = None
 
 
-def score_files(paths, term_model, calibration, batch_size=32, keep_originals=False):
+def score_files(paths, term_model, calibration, batch_size=32, keep_originals=False, resize=DEFAULT_RESIZE):
     """Yields a :class:`ScoredImage` per path, in order, decoding and scoring `batch_size` files at a time.
 
     Only one batch of images is in memory at any moment, so memory stays flat however many paths there are.
     Unreadable files are yielded with `error` set rather than raised: the caller decides (the CLI reports
-    them and carries on). Images are decoded and resized exactly as for training and evaluation.
+    them and carries on). Images are decoded and resized exactly as for training and evaluation (``resize``: the
+    run's mode, ``training.run_resize``).
     """
     _, size, _, channels = term_model.input_shape
     paths = list(paths)
@@ -223,7 +225,7 @@ def score_files(paths, term_model, calibration, batch_size=32, keep_originals=Fa
         for start in range(0, len(paths), batch_size):
             batch = paths[start : start + batch_size]
             decoded = list(pool.map(lambda path: _decode_or_error(path, channels), batch))
-            yield from _score_batch(batch, decoded, term_model, calibration, size, keep_originals)
+            yield from _score_batch(batch, decoded, term_model, calibration, size, keep_originals, resize)
 
 
 def _decode_or_error(path, channels):
@@ -233,10 +235,10 @@ def _decode_or_error(path, channels):
         return error
 
 
-def _score_batch(batch, decoded, term_model, calibration, size, keep_originals):
+def _score_batch(batch, decoded, term_model, calibration, size, keep_originals, resize):
     readable = [i for i, item in enumerate(decoded) if not isinstance(item, UnreadableImage)]
     if readable:
-        values = compute_terms(term_model, np.stack([resize_image(decoded[i], size) for i in readable]))
+        values = compute_terms(term_model, np.stack([resize_image(decoded[i], size, resize) for i in readable]))
         matrix = calibration.term_matrix(values)
         combined = calibration.combine(matrix)
         flagged = calibration.is_anomalous(combined)
@@ -308,7 +310,8 @@ def validation_terms(run_dir, term_model, log=print) -> dict[str, np.ndarray]:
     """Raw model outputs (compute_terms) of the run's held-out good validation images (model size and channels)."""
     paths = validation_paths(run_dir)
     _, size, _, channels = term_model.input_shape
-    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True)
+    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True,
+                                           resize=training.run_resize(run_dir))
     if skipped:
         listed = "; ".join(f"{path} ({reason})" for path, reason in skipped)
         log(f"warning: calibration skipped {len(skipped)} unreadable validation image(s): {listed}")
@@ -329,7 +332,7 @@ def reference_terms(run_dir, term_model, log=print) -> dict[str, np.ndarray] | N
             "per-pixel statistics of the validation images")
         return None
     _, size, _, channels = term_model.input_shape
-    images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=True)
+    images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=training.run_resize(run_dir))
     return compute_terms(term_model, images)
 
 

@@ -18,7 +18,6 @@ One Keras "epoch" is one log interval of `log_every` steps, so ``--resume`` rest
 
 import collections
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -36,66 +35,13 @@ import tensorflow as tf
 import ganspection_tf
 from ganspection_tf import artifacts, distribute, interrupts, ownership
 from ganspection_tf.callbacks import CheckpointWriter, DivergenceGuard, SampleWriter
+from ganspection_tf.config import TrainConfig, resolved, train_config_from_record
 from ganspection_tf.data import mvtec, pipeline
 from ganspection_tf.errors import GanspectionError, first_line
 from ganspection_tf.models.bigan import WassersteinBiGAN
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 MODEL_FILE, CONFIG_FILE, SPLITS_FILE, STATUS_FILE = "model.keras", "config.json", "splits.json", "status.json"
 SAMPLE_COUNT = 16
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    data: str
-    category: str | None = None
-    image_size: int = 64
-    channels: int | None = None
-    latent_dim: int = 64
-    width: int = 32
-    norm: str = "layer"
-    critic_norm: str = "layer"
-    minibatch_stats: bool = False
-    critic_steps: int = 5
-    gp_weight: float = 10.0
-    latent_weight: float = 1.0
-    rec_weight: float = 0.0
-    fm_weight: float = 0.0
-    drift_weight: float = 1e-3
-    ema_decay: float = 0.999
-    batch_size: int = 16  # per replica
-    steps: int = 2000
-    learning_rate: float = 1e-4
-    beta_1: float = 0.5
-    beta_2: float = 0.9
-    weight_decay: float = 0.0
-    augment: str = "none"
-    val_fraction: float = 0.15
-    seed: int = 0
-    log_every: int = 50
-    checkpoint_every: int = 100
-    sample_every: int = 100
-    keep_checkpoints: int = 3
-    jit_compile: bool = False  # XLA measured slower on CPU here (benchmarks/RESULTS.md)
-    precision: str = "float32"
-    strategy: str = "auto"
-    devices: list[str] | None = None
-
-    MODEL_FIELDS = (
-        "image_size channels latent_dim width norm critic_norm minibatch_stats critic_steps gp_weight "
-        "latent_weight rec_weight fm_weight drift_weight ema_decay seed"
-    ).split()
-
-    def model_kwargs(self):
-        return {name: getattr(self, name) for name in self.MODEL_FIELDS}
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values):
-        known = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in known})
 
 
 def config_hash(config_dict) -> str:
@@ -130,7 +76,7 @@ def train(config: TrainConfig, out, resume=False, verbose=1, log=print, override
     with _run_folder_claimed(run_dir, resume, overwrite, chief, log):
         config = _reconcile_with_existing_run(config, run_dir, resume, overrides, chief=chief)
         _set_precision(config.precision)
-        keras.utils.set_random_seed(config.seed)
+        keras.utils.set_random_seed(config.model.seed)
 
         folder = distribute.writing_folder(run_dir, strategy)
         try:
@@ -159,14 +105,14 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
     """The body of `train`: this process writes into `folder` (the run folder on the chief)."""
     artifacts.ensure_writable_folder(folder)
     images, splits = _load_training_images(config, log)
-    if config.channels is None:
-        config.channels = int(images.shape[-1])
+    if config.model.channels is None:
+        config = config.replace(channels=int(images.shape[-1]))
 
     jit_compile = config.jit_compile and distribute.xla_allowed(strategy_name)
     if config.jit_compile and not jit_compile:
         log(f"XLA is off under the {strategy_name} strategy: TensorFlow cannot compile the distributed step")
     with strategy.scope():
-        model = build_model(dataclasses.replace(config, jit_compile=jit_compile))
+        model = build_model(config.replace(jit_compile=jit_compile))
     checkpoints = _checkpoint_manager(model, folder, config.keep_checkpoints)
     start_step = _restore(checkpoints, run_dir, resume, log)
     for optimizer in (model.d_optimizer, model.g_optimizer):
@@ -196,13 +142,13 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         _write_status(run_dir, "running", start_step)
 
     dataset = pipeline.make_train_dataset(
-        images, global_batch, augment=pipeline.Augment.from_flags(config.augment), seed=config.seed
+        images, global_batch, augment=pipeline.Augment.from_flags(config.augment), seed=config.model.seed
     )
     guard = DivergenceGuard()
     callbacks = [
         guard,
         CheckpointWriter(checkpoints, folder / MODEL_FILE, config.checkpoint_every, config.steps, guard),
-        SampleWriter(folder, _sample_inputs(images, config), config.sample_every, config.steps, config.latent_dim),
+        SampleWriter(folder, _sample_inputs(images, config), config.sample_every, config.steps),
         keras.callbacks.CSVLogger(str(folder / "history.csv"), append=start_step > 0),
         keras.callbacks.TensorBoard(log_dir=str(folder / "logs"), write_graph=False, update_freq="epoch"),
         *(extra_callbacks or []),
@@ -239,7 +185,7 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
 
 def build_model(config: TrainConfig) -> WassersteinBiGAN:
     """The model, compiled with its two optimizers (call inside the strategy scope)."""
-    model = WassersteinBiGAN(**config.model_kwargs())
+    model = WassersteinBiGAN(config.model)
     model.compile(
         d_optimizer=_optimizer(config), g_optimizer=_optimizer(config), jit_compile=bool(config.jit_compile)
     )
@@ -253,20 +199,11 @@ def _optimizer(config):
     else:
         optimizer = keras.optimizers.Adam(**kwargs)
     # float16 gradients underflow: scale the loss up (train_step calls scale_loss) and the gradients back down.
-    return StepCountingLossScaleOptimizer(optimizer) if config.precision == "mixed_float16" else optimizer
+    return keras.optimizers.LossScaleOptimizer(optimizer) if config.precision == "mixed_float16" else optimizer
 
 
-@keras.saving.register_keras_serializable(package="ganspection_tf")
-class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
-    """Keras' dynamic loss scaling, except that a step skipped for non-finite gradients still counts.
-
-    The model's step counter is the optimizer's `iterations`, which Keras leaves unchanged on a skipped step;
-    it would then lag behind fit's steps and put checkpoints, samples and the final save off the requested steps.
-    """
-
-    def _stateful_handle_non_finite_grads(self):
-        super()._stateful_handle_non_finite_grads()
-        self.inner_optimizer.iterations.assign_add(1)
+# A model.keras of a mixed_float16 run saved before the model counted its own steps names this optimizer class.
+keras.saving.get_custom_objects()["ganspection_tf>StepCountingLossScaleOptimizer"] = keras.optimizers.LossScaleOptimizer
 
 
 def load_model(run_dir) -> WassersteinBiGAN:
@@ -333,6 +270,17 @@ def read_run_config(run_dir) -> dict:
     return artifacts.read_json(Path(run_dir) / CONFIG_FILE, what="run config")
 
 
+def read_train_config(run_dir) -> TrainConfig:
+    """The checked training config of a run (one-line errors for a damaged or hand-edited config.json)."""
+    return train_config_from_record(read_run_config(run_dir), Path(run_dir) / CONFIG_FILE)
+
+
+def run_resize(run_dir) -> str:
+    """The run's resize mode (``images.resize_image``) from its config.json; runs from before the option existed
+    were stretched (the field's default)."""
+    return read_train_config(run_dir).resize
+
+
 # -------------------------------------------------------------------------------------------- set-up helpers
 
 
@@ -344,21 +292,35 @@ def _reconcile_with_existing_run(config, run_dir, resume, overrides, chief=True)
             raise GanspectionError(
                 f"{run_dir}: already holds a run; pass --resume to continue it, or choose another --out"
             )
-        return config
+        return _with_data(config, run_dir)
     if not stored.exists():
-        return config  # nothing to resume: start fresh (makes a restarted cluster job idempotent)
+        return _with_data(config, run_dir, resume)  # nothing to resume: start fresh (a restarted cluster job)
     _check_resumable(run_dir)
-    previous = TrainConfig.from_dict(artifacts.read_json(stored, "run config")["train"])
+    previous = train_config_from_record(read_run_config(run_dir), stored)
+    changes = {}
     for name, value in overrides.items():
         if name in RESUMABLE_FIELDS:
-            setattr(previous, name, value)
-        elif value != getattr(previous, name):
+            changes[name] = value
+        elif not _same_setting(name, value, previous.flat()[name]):
             option = "--" + name.replace("_", "-")
             raise GanspectionError(
-                f"{option} {value} conflicts with the run in {run_dir} (trained with {getattr(previous, name)}); "
+                f"{option} {value} conflicts with the run in {run_dir} (trained with {previous.flat()[name]}); "
                 f"drop {option} when resuming, or start a new run in another --out"
             )
-    return previous
+    return previous.replace(**changes)
+
+
+def _same_setting(name, value, stored):
+    if name == "data" and value is not None and stored is not None:
+        return resolved(value) == resolved(stored)
+    return value == stored
+
+
+def _with_data(config, run_dir, resume=False):
+    if config.data is None:
+        nothing = f" ({run_dir} holds no run to resume)" if resume else ""
+        raise GanspectionError(f"--data is missing{nothing}: pass the folder of good images to train on")
+    return config
 
 
 def _check_resumable(run_dir):
@@ -372,17 +334,16 @@ def _check_resumable(run_dir):
 
 
 def _set_precision(precision):
-    if precision not in PRECISIONS:
-        raise GanspectionError(f"--precision {precision}: unknown; choose one of {', '.join(PRECISIONS)}")
     keras.mixed_precision.set_global_policy(precision)
 
 
 def _load_training_images(config, log):
     category = mvtec.scan_category(config.data, config.category)
-    train_paths, val_paths = mvtec.split_validation(category.train, config.val_fraction, config.seed)
-    channels = pipeline.decide_channels(train_paths, config.channels)
-    log(f"decoding {len(train_paths)} training images from {category.root} at {config.image_size} px …")
-    images, skipped = pipeline.load_images(train_paths, config.image_size, channels, skip_unreadable=True)
+    train_paths, val_paths = mvtec.split_validation(category.train, config.val_fraction, config.model.seed)
+    channels = pipeline.decide_channels(train_paths, config.model.channels)
+    size = config.model.image_size
+    log(f"decoding {len(train_paths)} training images from {category.root} at {size} px …")
+    images, skipped = pipeline.load_images(train_paths, size, channels, skip_unreadable=True, resize=config.resize)
     if skipped:
         listed = "; ".join(f"{path} ({reason})" for path, reason in skipped)
         log(f"warning: skipped {len(skipped)} unreadable training image(s): {listed}")
@@ -446,7 +407,7 @@ def _restore(checkpoints, run_dir, resume, log):
     damaged = []
     for path in candidates:
         try:
-            checkpoints.checkpoint.restore(path).assert_existing_objects_matched()
+            _restore_one(checkpoints.checkpoint, path)
         except Exception as error:  # noqa: BLE001 - TensorFlow raises OpError, IndexError, ValueError… for damage
             damaged.append(f"{path} ({first_line(error)[:120]})")
             continue
@@ -476,6 +437,20 @@ def _checkpoint_number(path):
         return int(str(path).rsplit("-", 1)[1])
     except (IndexError, ValueError):
         return -1
+
+
+def _restore_one(checkpoint, path):
+    model = checkpoint.model
+    status = checkpoint.restore(path)
+    if _has_step_counter(path):
+        status.assert_existing_objects_matched()
+    else:  # written before the model counted its own steps: the step was the generator optimizer's iterations
+        status.expect_partial()
+        model.step_counter.assign(model.g_optimizer.iterations)
+
+
+def _has_step_counter(checkpoint_path):
+    return any(name.startswith("model/step_counter/") for name, _ in tf.train.list_variables(checkpoint_path))
 
 
 def _write_status(run_dir, state, step, **details):
@@ -562,8 +537,8 @@ def _stored_images_checksum(run_dir):
 
 def _sample_inputs(images, config):
     """Fixed inputs for the sample grids: 8 training images and 16 latent codes, the same at every step."""
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.model.seed)
     picks = rng.choice(len(images), size=min(8, len(images)), replace=False)
     real = images[np.sort(picks)].astype(np.float32) / 127.5 - 1.0
-    z = rng.standard_normal((SAMPLE_COUNT, config.latent_dim)).astype(np.float32)
+    z = rng.standard_normal((SAMPLE_COUNT, config.model.latent_dim)).astype(np.float32)
     return real, z

@@ -29,11 +29,11 @@ def equivalence():
 
     from ganspection_tf.training import TrainConfig, build_model
 
-    config = TrainConfig(data="unused", channels=3, batch_size=8, seed=3, **TINY)
+    config = TrainConfig.from_flat(data="unused", channels=3, batch_size=8, seed=3, **TINY)
     batch = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype("float32")
 
     def one_step(strategy):
-        keras.utils.set_random_seed(config.seed)  # the same initial weights for both models
+        keras.utils.set_random_seed(config.model.seed)  # the same initial weights for both models
         with strategy.scope():
             model = build_model(config)
         before = _state(model)
@@ -90,7 +90,7 @@ def mirrored_train(data, out):
     from ganspection_tf import artifacts
     from ganspection_tf.training import TrainConfig, load_model, train
 
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         data=data, batch_size=4, steps=4, log_every=2, checkpoint_every=2, sample_every=2, strategy="mirrored",
         val_fraction=0.2, **{**TINY, "critic_steps": 1, "jit_compile": True},  # XLA must be turned off for us
     )

@@ -42,7 +42,7 @@ def trained_run(tmp_path_factory):
         settings = tiny_settings(steps=STEPS, log_every=STEPS, checkpoint_every=STEPS, sample_every=STEPS)
         run_dir = tmp_path_factory.mktemp("edge_run") / "run"
         data = str(edge_category(tmp_path_factory))
-        training.train(training.TrainConfig(data=data, **settings), run_dir, verbose=0, log=quiet)
+        training.train(training.TrainConfig.from_flat(data=data, **settings), run_dir, verbose=0, log=quiet)
         _CACHE["run"] = run_dir
     return _CACHE["run"]
 

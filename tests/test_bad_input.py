@@ -78,7 +78,7 @@ def test_training_skips_unreadable_files_with_one_warning_and_converts_odd_ones(
     splits = training.artifacts.read_json(tmp_path / "run" / "splits.json")
     used = {name.rsplit("/", 1)[-1] for name in splits["train"]}
     assert {path.name for path in odd} <= used  # converted, not rejected
-    assert training.read_run_config(tmp_path / "run")["train"]["channels"] == 3  # gray image in an RGB category
+    assert training.read_train_config(tmp_path / "run").model.channels == 3  # gray image in an RGB category
 
 
 def test_training_stops_when_no_image_is_readable(tmp_path, capfd):
@@ -148,8 +148,8 @@ def test_training_into_a_used_folder_keeps_everything(synthetic_category, tmp_pa
 
 def test_truncated_model_is_refused_in_one_line(synthetic_category, tmp_path):
     run = tmp_path / "run"
-    training.train(training.TrainConfig(data=str(synthetic_category), **tiny_settings(steps=2)), run, verbose=0,
-                   log=lambda *_: None)
+    config = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=2))
+    training.train(config, run, verbose=0, log=lambda *_: None)
     model_file = run / "model.keras"
     model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 3])
     with pytest.raises(training.GanspectionError, match="model.keras") as caught:
@@ -186,7 +186,7 @@ def run_and_bundle(synthetic_category, tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-eval")
     category = Path(shutil.copytree(synthetic_category, root / "widget"))
     run = root / "run"
-    training.train(training.TrainConfig(data=str(category), **tiny_settings(steps=2)), run, verbose=0,
+    training.train(training.TrainConfig.from_flat(data=str(category), **tiny_settings(steps=2)), run, verbose=0,
                    log=lambda *_: None)
     bundle = root / "bundle"
     export_bundle(run, bundle, quantize="none", force=True, log=lambda *_: None)

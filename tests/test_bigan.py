@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ganspection_tf.config import ModelConfig
 from ganspection_tf.models.bigan import WassersteinBiGAN
 
 
 def tiny_model(**overrides):
     settings = dict(image_size=32, channels=3, latent_dim=8, width=8, critic_steps=2, seed=3)
     settings.update(overrides)
-    model = WassersteinBiGAN(**settings)
+    model = WassersteinBiGAN(ModelConfig(**settings))
     model.compile(keras.optimizers.Adam(2e-4, 0.5, 0.9), keras.optimizers.Adam(2e-4, 0.5, 0.9))
     return model
 
@@ -32,7 +33,7 @@ def weight_snapshot(model):
         "critic": model.critic.trainable_variables,
         "ema": model.ema_weights,
     }
-    return {name: [np.array(v) for v in variables] for name, variables in groups.items()}
+    return {name: [v.numpy() for v in variables] for name, variables in groups.items()}
 
 
 def test_one_step_moves_every_weight_group_with_finite_losses():

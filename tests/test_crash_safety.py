@@ -49,7 +49,7 @@ def test_kill_minus_nine_then_resume_reaches_the_same_final_step(synthetic_categ
     assert 4 <= killed_at < steps
 
     messages = []
-    config = training.TrainConfig(data=str(synthetic_category), **tiny_settings(steps=steps))
+    config = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=steps))
     training.train(config, run_dir, resume=True, verbose=0, log=messages.append)
 
     resumed_from = [m for m in messages if m.startswith("resumed from")]
@@ -62,13 +62,13 @@ def test_kill_minus_nine_then_resume_reaches_the_same_final_step(synthetic_categ
 
 def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(synthetic_category, tmp_path):
     run_dir = tmp_path / "run"
-    config = training.TrainConfig(data=str(synthetic_category), **tiny_settings(steps=2))
+    config = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=2))
     training.train(config, run_dir, verbose=0, log=quiet)
     good_model = (run_dir / "model.keras").read_bytes()
 
     # Resume with an absurd learning rate: Adam moves every weight by ~1e10 and the critic runs away at once.
     with pytest.raises(GanspectionError, match="diverged at step 3") as caught:
-        training.train(training.TrainConfig(data=str(synthetic_category)), run_dir, resume=True, verbose=0,
+        training.train(training.TrainConfig.from_flat(data=str(synthetic_category)), run_dir, resume=True, verbose=0,
                        log=quiet, overrides={"steps": 10, "learning_rate": 1e10})
 
     assert "\n" not in str(caught.value)
@@ -106,7 +106,7 @@ def test_a_full_disk_during_training_keeps_the_last_model(synthetic_category, tm
         return real_replace(source, target)
 
     monkeypatch.setattr(os, "replace", replace_until_disk_fills)
-    config = training.TrainConfig(data=str(synthetic_category), **tiny_settings(steps=4))
+    config = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=4))
     with pytest.raises(GanspectionError, match="disk is full"):
         training.train(config, run_dir, verbose=0, log=quiet)
     monkeypatch.setattr(os, "replace", real_replace)

@@ -18,7 +18,7 @@ import pytest
 
 from ganspection_tf import distribute
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.training import StepCountingLossScaleOptimizer, TrainConfig, build_model
+from ganspection_tf.training import TrainConfig, build_model
 
 HELPER = Path(__file__).with_name("distributed_worker.py")
 EQUIVALENCE_TOLERANCE = 1e-5  # relative to each variable's scale; float32 reordering gives < 1e-6 here
@@ -181,13 +181,13 @@ def generator_side(model):
 def test_mixed_float16_gradients_are_unscaled_back_to_the_float32_update(mixed_float16):
     """Plain SGD shows the update size: loss scaling must leave it as in float32 (not scale times smaller)."""
     keras.mixed_precision.set_global_policy("float32")
-    reference = build_model(TrainConfig(**TINY_MODEL))
+    reference = build_model(TrainConfig.from_flat(**TINY_MODEL))
     reference.compile(d_optimizer=keras.optimizers.SGD(0.1), g_optimizer=keras.optimizers.SGD(0.1))
     keras.mixed_precision.set_global_policy("mixed_float16")
-    mixed = build_model(TrainConfig(precision="mixed_float16", **TINY_MODEL))
+    mixed = build_model(TrainConfig.from_flat(precision="mixed_float16", **TINY_MODEL))
     mixed.compile(
-        d_optimizer=StepCountingLossScaleOptimizer(keras.optimizers.SGD(0.1)),
-        g_optimizer=StepCountingLossScaleOptimizer(keras.optimizers.SGD(0.1)),
+        d_optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)),
+        g_optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)),
     )
     mixed.set_weights(reference.get_weights())
     for optimizer in (mixed.d_optimizer, mixed.g_optimizer):
@@ -205,9 +205,9 @@ def test_mixed_float16_gradients_are_unscaled_back_to_the_float32_update(mixed_f
 
 
 def test_mixed_float16_wraps_both_optimizers_and_a_skipped_step_still_counts(mixed_float16):
-    model = build_model(TrainConfig(precision="mixed_float16", **TINY_MODEL))
-    assert isinstance(model.d_optimizer, StepCountingLossScaleOptimizer)
-    assert isinstance(model.g_optimizer, StepCountingLossScaleOptimizer)
+    model = build_model(TrainConfig.from_flat(precision="mixed_float16", **TINY_MODEL))
+    assert isinstance(model.d_optimizer, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(model.g_optimizer, keras.optimizers.LossScaleOptimizer)
     assert model.generator.get_layer("gen_up0").compute_dtype == "float16"
     for optimizer in (model.d_optimizer, model.g_optimizer):
         optimizer.dynamic_scale.assign(1e30)  # float16 gradients overflow to inf: the update is skipped

@@ -50,15 +50,33 @@ def edit_metadata(folder, change):
 
 def test_metadata_round_trip(bundle, scorer):
     metadata = edge.read_metadata(bundle)
-    assert metadata == json.loads((bundle / "metadata.json").read_text())
-    assert metadata["format"] == edge.BUNDLE_FORMAT and metadata["format_version"] == edge.FORMAT_VERSION
-    calibration = Calibration.from_dict(metadata["calibration"])
+    assert metadata.to_dict() == json.loads((bundle / "metadata.json").read_text())
+    assert metadata.format_version == edge.FORMAT_VERSION
+    calibration = Calibration.from_dict(metadata.calibration)
     assert Calibration.from_dict(calibration.to_dict()) == calibration == scorer.calibration
     assert (scorer.image_size, scorer.channels, scorer.terms) == (32, 3, list(calibration.terms))
-    assert scorer.threshold == metadata["threshold"] == calibration.threshold
-    assert metadata["resize"] == edge.RESIZE_RULE and "INTER_AREA" in metadata["resize"]
-    for key in ("package_version", "config_hash", "quantization", "score", "normalisation", "outputs"):
-        assert metadata[key], key
+    assert scorer.threshold == metadata.threshold == calibration.threshold
+    assert scorer.preprocessing == metadata.preprocessing
+    assert metadata.package_version and metadata.config_hash and metadata.details["scorer_weights"] > 0
+
+
+def as_format_version_1(metadata):
+    """metadata.json as the release before the numeric preprocessing spec wrote it (prose, top level)."""
+    preprocessing = metadata.pop("preprocessing")
+    metadata.update(format_version=1, image_size=preprocessing["image_size"], channels=preprocessing["channels"],
+                    color_order="rgb",
+                    resize="cv2.INTER_AREA stretch to image_size x image_size (aspect ratio not kept)",
+                    normalisation="uint8 RGB/gray input; the model computes x / 127.5 - 1 itself")
+
+
+def test_a_format_version_1_bundle_loads_and_scores_the_same(bundle, scorer, tmp_path):
+    old = shutil.copytree(bundle, tmp_path / "old")
+    edit_metadata(old, as_format_version_1)
+    old_scorer = edge.EdgeScorer(old)
+    assert old_scorer.preprocessing == scorer.preprocessing and old_scorer.metadata.format_version == 1
+    assert old_scorer.resize == "stretch"  # bundles from before train --resize were stretched
+    frame = np.random.default_rng(3).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    assert old_scorer.score(frame).score == scorer.score(frame).score
 
 
 CORRUPTIONS = {
@@ -68,14 +86,29 @@ CORRUPTIONS = {
                      "not a ganspection-tf edge bundle"),
     "json list": (lambda f: (f / "metadata.json").write_text("[1, 2]"), "not a ganspection-tf edge bundle"),
     "missing file": (lambda f: (f / "metadata.json").unlink(), "metadata.json: bundle metadata not found"),
-    "newer version": (lambda f: edit_metadata(f, lambda m: m.update(format_version=2)), "format version 2"),
-    "missing key": (lambda f: edit_metadata(f, lambda m: m.pop("image_size")), "missing keys \\['image_size'\\]"),
-    "wrong type": (lambda f: edit_metadata(f, lambda m: m.update(channels="3")), "'channels' has type str"),
-    "bool for int": (lambda f: edit_metadata(f, lambda m: m.update(image_size=True)), "'image_size' has type bool"),
+    "newer version": (lambda f: edit_metadata(f, lambda m: m.update(format_version=3)), "format version 3"),
+    "missing key": (lambda f: edit_metadata(f, lambda m: m.pop("model_sha256")), "missing keys \\['model_sha256'\\]"),
+    "no preprocessing": (lambda f: edit_metadata(f, lambda m: m.pop("preprocessing")), "'preprocessing'"),
+    "wrong type": (lambda f: edit_metadata(f, lambda m: m["preprocessing"].update(channels="3")),
+                   "'preprocessing.channels' is '3'"),
+    "bool for int": (lambda f: edit_metadata(f, lambda m: m["preprocessing"].update(image_size=True)),
+                     "'preprocessing.image_size' is True"),
+    "unknown resize": (lambda f: edit_metadata(f, lambda m: m["preprocessing"].update(interpolation="cubic")),
+                       "'preprocessing.interpolation'"),
+    "nan range": (lambda f: edit_metadata(f, lambda m: m["preprocessing"].update(model_max=float("nan"))),
+                  "'preprocessing.model_max' is nan: it must be a finite number"),
+    "nan threshold": (lambda f: edit_metadata(f, lambda m: m.update(threshold=float("nan"))),
+                      "'threshold' is nan, not a finite number"),
+    "infinite threshold": (lambda f: edit_metadata(f, lambda m: m.update(threshold=float("inf"))),
+                           "'threshold' is inf, not a finite number"),
+    "version 1 missing key": (lambda f: edit_metadata(f, lambda m: (as_format_version_1(m), m.pop("resize"))),
+                              "missing keys \\['resize'\\]"),
     "terms disagree": (lambda f: edit_metadata(f, lambda m: m.update(terms=["latent"], outputs=["latent"])),
                        "differs from the calibration"),
     "broken calibration": (lambda f: edit_metadata(f, lambda m: m["calibration"].update(std=[0, 0, 0, 0, 0])),
                            "invalid calibration"),
+    "unknown aspect": (lambda f: edit_metadata(f, lambda m: m["preprocessing"].update(aspect="squash")),
+                       "'preprocessing.aspect' is 'squash'"),
     "model replaced": (lambda f: (f / "model.tflite").write_bytes(b"TFL3" + b"\0" * 64), "checksum"),
     "model missing": (lambda f: (f / "model.tflite").unlink(), "model.tflite: missing from the bundle"),
 }
@@ -133,6 +166,22 @@ def test_edge_preprocessing_matches_the_training_pipeline(odd_files, scorer):
         assert from_camera.shape == from_file.shape == (32, 32, 3)
         assert np.abs(from_camera.astype(int) - trained_on[i]).max() <= 1, path.name
         np.testing.assert_array_equal(from_file, trained_on[i])
+
+
+@pytest.mark.parametrize("resize", ["pad", "crop"])
+def test_edge_preprocessing_and_heatmaps_follow_the_bundles_resize_mode(odd_files, bundle_copy, resize):
+    from ganspection_tf.data.pipeline import load_images
+
+    edit_metadata(bundle_copy, lambda m: m["preprocessing"].update(aspect=resize))
+    scorer = edge.EdgeScorer(bundle_copy)
+    trained_on, _ = load_images(odd_files, 32, 3, resize=resize)
+    for i, path in enumerate(odd_files):
+        np.testing.assert_array_equal(scorer.preprocess(read_image(path), color_order="rgb"), trained_on[i])
+    frame = read_image(odd_files[0])  # 150 × 90: the model saw the central 90 × 90 (crop) or all of it (pad)
+    heatmap = scorer.score(frame, color_order="rgb", heatmap=True).heatmap
+    assert heatmap.shape == (90, 150) and heatmap[:, 60:90].min() > 0
+    unseen = np.concatenate([heatmap[:, :30], heatmap[:, -30:]], axis=1)
+    assert (unseen.max() == 0) == (resize == "crop")
 
 
 # ------------------------------------------------------------------------------------------------ scoring

@@ -47,7 +47,7 @@ def write_obvious_category(root, n_train=40, n_good=10, n_blob=10):
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     category = write_obvious_category(root / "data")
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         data=str(category), image_size=32, width=8, latent_dim=8, critic_steps=1, batch_size=8, rec_weight=10.0,
         steps=ACCURACY_STEPS, log_every=ACCURACY_STEPS, checkpoint_every=ACCURACY_STEPS,
         sample_every=ACCURACY_STEPS, jit_compile=False,

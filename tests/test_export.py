@@ -49,7 +49,7 @@ def test_every_quantisation_exports_and_passes_the_parity_gate(quantize, tmp_pat
     assert report["spearman"] >= MIN_SPEARMAN[quantize], report
     assert json.loads((out / "parity.json").read_text()) == json.loads(json.dumps(report))
     metadata = edge.read_metadata(out)
-    assert metadata["quantization"] == quantize and metadata["score"] == "combined" and metadata["heatmap"]
+    assert metadata.quantization == quantize and metadata.score == "combined" and metadata.heatmap
     if quantize == "none":  # same float arithmetic, different kernels: only rounding noise may differ
         assert report["max_abs_diff"] < 1e-3
     assert report["latency_ms"] > 0  # the bundle's own model, measured on this CPU with one thread
@@ -63,7 +63,7 @@ def test_converted_models_hold_their_weights(run_dir, tmp_path_factory):
         out, _ = bundle(tmp_path_factory, quantize)
         metadata = edge.read_metadata(out)
         sizes[quantize] = (out / "model.tflite").stat().st_size
-        assert sizes[quantize] >= export.BYTES_PER_WEIGHT[quantize] * metadata["scorer_weights"]
+        assert sizes[quantize] >= export.BYTES_PER_WEIGHT[quantize] * metadata.details["scorer_weights"]
     # The default scorer (normalized_map_max) keeps the encoder in float (it outputs the error map), so
     # the int8 saving comes from the generator: its upsampling kernels shrink from 4 bytes a weight to 1.
     generator = training.load_model(run_dir).scoring_networks()[1]
@@ -121,7 +121,7 @@ def test_int8_keeps_the_score_arithmetic_in_float(tmp_path_factory):
         producer = producers[output["index"]]
         assert producer["op_name"] != "DEQUANTIZE", names[output["index"]]  # computed in float, not clipped int8
         assert not any(dtypes.get(i) == np.int8 for i in producer["inputs"])  # float (or int32 axes) in
-    assert {"enc_latent", "gen_image"} <= set(edge.read_metadata(out)["int8_float_layers"])
+    assert {"enc_latent", "gen_image"} <= set(edge.read_metadata(out).details["int8_float_layers"])
 
 
 def test_int8_representative_set_is_augmented_to_one_hundred(run_dir, tmp_path, tmp_path_factory):
@@ -148,12 +148,12 @@ def test_latent_score_exports_the_encoder_alone(run_dir, tmp_path_factory):
     combined, _ = bundle(tmp_path_factory, "int8", "combined")
     metadata = edge.read_metadata(out)
     # --score latent is latent_mahalanobis: the model outputs the code, the camera computes the distance.
-    assert metadata["terms"] == ["latent_mahalanobis"] and metadata["outputs"] == ["code"] and not metadata["heatmap"]
-    assert metadata["calibration"]["terms"] == ["latent_mahalanobis"] and metadata["calibration"]["weights"] == [1.0]
-    assert len(metadata["calibration"]["code_mean"]) == 8
+    assert metadata.terms == ["latent_mahalanobis"] and metadata.outputs == ["code"] and not metadata.heatmap
+    assert metadata.calibration["terms"] == ["latent_mahalanobis"] and metadata.calibration["weights"] == [1.0]
+    assert len(metadata.calibration["code_mean"]) == 8
     encoder = training.load_model(run_dir).scoring_networks()[0]
-    assert metadata["scorer_weights"] == encoder.count_params()  # no G, no D
-    assert metadata["scorer_weights"] < 0.5 * edge.read_metadata(combined)["scorer_weights"]
+    assert metadata.details["scorer_weights"] == encoder.count_params()  # no G, no D
+    assert metadata.details["scorer_weights"] < 0.5 * edge.read_metadata(combined).details["scorer_weights"]
     assert report["spearman"] > 0.9
 
 
@@ -161,26 +161,28 @@ def test_critic_score_exports_encoder_and_critic(run_dir, tmp_path):
     out = tmp_path / "critic"
     report = export.export_bundle(run_dir, out, quantize="none", score="critic", log=quiet)
     metadata = edge.read_metadata(out)
-    assert metadata["terms"] == ["critic"] and not metadata["heatmap"] and report["max_abs_diff"] < 1e-3
+    assert metadata.terms == ["critic"] and not metadata.heatmap and report["max_abs_diff"] < 1e-3
     encoder, _, critic = training.load_model(run_dir).scoring_networks()
-    assert metadata["scorer_weights"] == encoder.count_params() + critic.count_params()  # no generator
+    assert metadata.details["scorer_weights"] == encoder.count_params() + critic.count_params()  # no generator
 
 
 def test_combined_bundle_scores_like_the_runs_calibration(run_dir, tmp_path_factory):
     out, _ = bundle(tmp_path_factory, "int8")
     metadata = edge.read_metadata(out)
     stored = Calibration.from_dict(json.loads((run_dir / scoring.CALIBRATION_FILE).read_text()))
-    shipped = Calibration.from_dict(metadata["calibration"])
+    shipped = Calibration.from_dict(metadata.calibration)
     # Only the terms with a non-zero weight are computed on the camera; the scores are exactly the same.
     assert shipped.terms == [t for t, w in zip(stored.terms, stored.weights) if w]
-    assert sorted(metadata["outputs"]) == sorted(outputs_needed(shipped.terms, with_error_map=True))
+    assert sorted(metadata.outputs) == sorted(outputs_needed(shipped.terms, with_error_map=True))
     assert (shipped.map_mean, shipped.map_std) == (stored.map_mean, stored.map_std)  # the default's Gaussian
     assert shipped.code_mean is None and stored.code_mean is not None  # latent_mahalanobis does not count
     terms = np.random.default_rng(0).normal(1.0, 0.5, (50, len(stored.terms)))
     kept = [stored.terms.index(t) for t in shipped.terms]
     np.testing.assert_array_equal(shipped.combine(terms[:, kept]), stored.combine(terms))
-    assert metadata["threshold"] == stored.threshold and metadata["config_hash"] == stored.config_hash
-    assert metadata["image_size"] == 32 and metadata["channels"] == 3 and metadata["color_order"] == "rgb"
+    assert metadata.threshold == stored.threshold and metadata.config_hash == stored.config_hash
+    preprocessing = metadata.preprocessing
+    assert (preprocessing.image_size, preprocessing.channels, preprocessing.color_order) == (32, 3, "rgb")
+    assert (preprocessing.interpolation, preprocessing.aspect) == ("area", "stretch")
 
 
 def test_terms_that_count_keeps_every_term_for_mahalanobis():
@@ -233,12 +235,12 @@ def test_export_replaces_an_old_bundle_but_never_files_it_did_not_write(run_dir,
     (out / "notes.txt").unlink()
     export.export_bundle(run_dir, out, quantize="none", score="latent", log=quiet)
     export.export_bundle(run_dir, out, quantize="dynamic", score="latent", log=quiet)  # our own bundle: replaced
-    assert edge.read_metadata(out)["quantization"] == "dynamic"
+    assert edge.read_metadata(out).quantization == "dynamic"
     (out / "extra.txt").write_text("the user's")
     with pytest.raises(GanspectionError, match="extra.txt"):
         export.export_bundle(run_dir, out, quantize="none", score="latent", log=quiet)
     export.export_bundle(run_dir, out, quantize="none", score="latent", log=quiet, overwrite=True)
-    assert edge.read_metadata(out)["quantization"] == "none" and (out / "extra.txt").read_text() == "the user's"
+    assert edge.read_metadata(out).quantization == "none" and (out / "extra.txt").read_text() == "the user's"
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
 
 

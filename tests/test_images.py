@@ -14,12 +14,15 @@ from corpus import PNG_GRAY, PNG_GRAY_ALPHA, PNG_RGB, PNG_RGBA, random_rgb, writ
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.images import (
     MAX_PIXELS,
+    RESIZE_MODES,
     frame_to_rgb,
     from_unit_range,
     list_images,
+    map_to_image,
     native_channels,
     read_image,
     resize_image,
+    resize_mask,
     to_unit_range,
 )
 
@@ -187,6 +190,48 @@ def test_resize_is_area_averaging_when_shrinking():
     out = resize_image(img, 2)
     block_means = img[..., 0].reshape(2, 2, 2, 2).mean(axis=(1, 3))
     np.testing.assert_array_equal(out[..., 0], np.rint(block_means))
+
+
+def test_pad_keeps_the_aspect_ratio_with_black_bands():
+    img = np.full((50, 100, 3), 200, np.uint8)  # 2:1, like parts on a conveyor
+    out = resize_image(img, 32, "pad")
+    assert out.shape == (32, 32, 3)
+    np.testing.assert_array_equal(out[8:24], 200)  # the whole image, 32 × 16, in the middle
+    assert out[:8].max() == 0 and out[24:].max() == 0
+
+
+def test_crop_keeps_the_central_square():
+    img = np.zeros((40, 80, 1), np.uint8)
+    img[:, 20:60] = 255  # the central 40 × 40 square
+    np.testing.assert_array_equal(resize_image(img, 20, "crop"), 255)
+    np.testing.assert_array_equal(resize_image(img, 20, "stretch")[:, :5], 0)
+
+
+def test_square_images_look_the_same_in_every_mode():
+    img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for mode in RESIZE_MODES:
+        np.testing.assert_array_equal(resize_image(img, 32, mode), resize_image(img, 32))
+
+
+@pytest.mark.parametrize("mode", RESIZE_MODES)
+def test_masks_follow_their_images_and_maps_go_back(mode):
+    image = np.zeros((60, 120, 3), np.uint8)
+    mask = np.zeros((60, 120), np.uint8)
+    image[20:40, 50:90] = 255
+    mask[20:40, 50:90] = 255
+    square_image, square_mask = resize_image(image, 32, mode), resize_mask(mask, 32, mode)
+    assert square_mask.shape == (32, 32) and set(np.unique(square_mask)) == {0, 255}  # still binary
+    box = [np.argwhere(square > 127)[:, :2] for square in (square_image, square_mask)]  # the defect's pixels
+    np.testing.assert_allclose(box[0].min(axis=0), box[1].min(axis=0), atol=1)  # same place, within a pixel
+    np.testing.assert_allclose(box[0].max(axis=0), box[1].max(axis=0), atol=1)
+    back = map_to_image(square_mask.astype(np.float32) / 255, (60, 120), mode)
+    assert back.shape == (60, 120)
+    assert back[30, 70] > 0.5 and back[5, 45] < 0.5 and back[50, 80] < 0.5
+
+
+def test_resize_rejects_an_unknown_mode():
+    with pytest.raises(GanspectionError, match="resize mode 'squash'"):
+        resize_image(np.zeros((4, 4, 3), np.uint8), 2, "squash")
 
 
 def test_resize_rejects_bad_size():

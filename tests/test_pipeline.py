@@ -9,6 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from ganspection_tf.data.mvtec import scan_category  # noqa: E402
 from ganspection_tf.data.pipeline import (  # noqa: E402
@@ -55,6 +56,15 @@ def test_load_images_matches_read_and_resize(rgb_train):
     assert images.shape == (10, SIZE, SIZE, 3) and images.dtype == np.uint8 and skipped == []
     for i in (0, 9):  # order follows the paths
         np.testing.assert_array_equal(images[i], resize_image(read_image(rgb_train[i], 3), SIZE))
+
+
+@pytest.mark.parametrize("resize", ["pad", "crop"])
+def test_load_images_resizes_with_the_runs_mode(tmp_path, resize):
+    wide = np.random.default_rng(1).integers(0, 256, (30, 60, 3), dtype=np.uint8)  # 2:1
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    images, _ = load_images([tmp_path / "wide.png"], SIZE, 3, resize=resize)
+    np.testing.assert_array_equal(images[0], resize_image(wide, SIZE, resize))
+    assert not np.array_equal(images[0], resize_image(wide, SIZE))  # not stretched
 
 
 def test_load_images_converts_channels(rgb_train):

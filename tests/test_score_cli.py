@@ -30,8 +30,9 @@ def category(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated_run(category, tmp_path_factory):
     """A briefly trained run (matching rows, not accuracy, is tested here) evaluated once through the CLI."""
-    config = TrainConfig(data=str(category), image_size=32, width=8, latent_dim=8, critic_steps=1, batch_size=8,
-                         steps=4, log_every=4, checkpoint_every=4, sample_every=4, jit_compile=False)
+    config = TrainConfig.from_flat(data=str(category), image_size=32, width=8, latent_dim=8, critic_steps=1,
+                                   batch_size=8, steps=4, log_every=4, checkpoint_every=4, sample_every=4,
+                                   jit_compile=False)
     run = train(config, tmp_path_factory.mktemp("run") / "run", verbose=0, log=lambda *a: None)
     return run
 

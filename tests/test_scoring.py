@@ -31,7 +31,7 @@ TINY = dict(image_size=32, width=8, latent_dim=8, critic_steps=1, batch_size=8, 
 @pytest.fixture(scope="module")
 def tiny_model():
     keras.utils.set_random_seed(0)
-    return build_model(TrainConfig(data="unused", channels=3, **TINY))
+    return build_model(TrainConfig.from_flat(data="unused", channels=3, **TINY))
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def trained_run(tmp_path_factory):
     """A run folder with a model.keras (two steps: these tests are about files, not about accuracy)."""
     root = tmp_path_factory.mktemp("scoring")
     data = write_synthetic_category(root / "data", image_size=32, n_train=20, n_test_good=2, n_test_per_defect=1)
-    config = TrainConfig(data=str(data), steps=2, log_every=2, checkpoint_every=2, sample_every=2, **TINY)
+    config = TrainConfig.from_flat(data=str(data), steps=2, log_every=2, checkpoint_every=2, sample_every=2, **TINY)
     return train(config, root / "run", verbose=0, log=lambda *a: None)
 
 

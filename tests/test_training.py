@@ -22,7 +22,7 @@ def quiet(*_args, **_kwargs):
 @pytest.fixture(scope="module")
 def trained_run(synthetic_category, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    config = training.TrainConfig(data=str(synthetic_category), **tiny_settings(steps=4, rec_weight=1.0))
+    config = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=4, rec_weight=1.0))
     training.train(config, run_dir, verbose=0, log=quiet)
     return run_dir
 
@@ -39,8 +39,9 @@ def test_run_folder_holds_every_artifact(trained_run):
 
 def test_config_records_hyper_parameters_seed_and_versions(trained_run):
     record = json.loads((trained_run / "config.json").read_text())
-    assert record["train"]["rec_weight"] == 1.0 and record["train"]["seed"] == 0
-    assert record["train"]["channels"] == 3
+    model = record["train"]["model"]
+    assert model["rec_weight"] == 1.0 and model["seed"] == 0
+    assert model["channels"] == 3
     assert {"ganspection_tf", "tensorflow", "keras", "python"} <= set(record["versions"])
     assert record["data"]["train_images"] + record["data"]["validation_images"] == 40
     splits = json.loads((trained_run / "splits.json").read_text())
@@ -62,13 +63,13 @@ def test_saved_model_loads_safely_and_matches_the_checkpoint_step(trained_run):
 
 def test_resume_continues_step_count_and_optimizer_state(synthetic_category, tmp_path):
     run_dir = tmp_path / "run"
-    config = training.TrainConfig(data=str(synthetic_category), **tiny_settings(steps=4))
+    config = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=4))
     training.train(config, run_dir, verbose=0, log=quiet)
     first = training.load_model(run_dir)
-    moments_at_4 = [np.array(v) for v in first.g_optimizer.variables]
+    moments_at_4 = [v.numpy() for v in first.g_optimizer.variables]
 
     messages = []
-    longer = training.TrainConfig(data=str(synthetic_category), **tiny_settings(steps=8))
+    longer = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=8))
     training.train(longer, run_dir, resume=True, verbose=0, log=messages.append)
     resumed = training.load_model(run_dir)
 
@@ -76,11 +77,11 @@ def test_resume_continues_step_count_and_optimizer_state(synthetic_category, tmp
     assert int(resumed.step) == 8
     assert int(resumed.d_optimizer.iterations) == 8  # 1 critic step per step, counted across both runs
     assert len(list(csv.DictReader((run_dir / "history.csv").open()))) == 4  # appended, not restarted
-    assert any(not np.array_equal(a, np.array(b)) for a, b in zip(moments_at_4, resumed.g_optimizer.variables))
+    assert any(not np.array_equal(a, b.numpy()) for a, b in zip(moments_at_4, resumed.g_optimizer.variables))
 
 
 def test_a_used_run_folder_is_refused_without_resume(trained_run, synthetic_category):
-    config = training.TrainConfig(data=str(synthetic_category), **tiny_settings())
+    config = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings())
     with pytest.raises(GanspectionError, match="--resume"):
         training.train(config, trained_run, verbose=0, log=quiet)
 
@@ -94,3 +95,13 @@ def test_cli_train_writes_a_run(synthetic_category, tmp_path, capsys):
     ])
     assert code == 0, capsys.readouterr().err
     assert isinstance(keras.models.load_model(out / "model.keras", safe_mode=True), keras.Model)
+
+
+def test_resume_takes_the_data_from_the_run_and_compares_paths_resolved(trained_run, synthetic_category, monkeypatch,
+                                                                       capfd):
+    monkeypatch.chdir(synthetic_category.parent)
+    for data in ([], ["--data", synthetic_category.name], ["--data", str(synthetic_category)]):
+        code = main(["train", "--out", str(trained_run), "--resume", "--steps", "4", *data])
+        assert code == 0, (data, capfd.readouterr().err)
+    code = main(["train", "--out", str(trained_run), "--resume", "--data", str(synthetic_category.parent)])
+    assert code == 2 and "conflicts" in capfd.readouterr().err

@@ -14,16 +14,18 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from ganspection_tf.config import AUGMENTATIONS
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.images import UnreadableImage, native_channels, read_image, resize_image
+from ganspection_tf.images import DEFAULT_RESIZE, UnreadableImage, native_channels, read_image, resize_image
 
-_AUGMENTATIONS = ("hflip", "vflip", "rot90")
 
 
 def load_images(
-    paths: list[Path], size: int, channels: int, skip_unreadable: bool = True
+    paths: list[Path], size: int, channels: int, skip_unreadable: bool = True, resize: str = DEFAULT_RESIZE
 ) -> tuple[np.ndarray, list[tuple[Path, str]]]:
     """Decode and resize ``paths`` into one ``uint8 (N, size, size, channels)`` array, in path order.
+
+    ``resize`` is the run's mode (``images.resize_image``: stretch, pad or crop).
 
     With ``skip_unreadable`` the files that cannot be read are left out and returned as ``(path, reason)``
     pairs so the caller can warn once; if none is readable a GanspectionError names the folder. Without it
@@ -41,7 +43,7 @@ def load_images(
     skipped: list[tuple[Path, str]] = []
     # Threads, not processes: Pillow's decoders and cv2.resize release the GIL.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        futures = [pool.submit(_decode_one, p, size, channels) for p in paths]
+        futures = [pool.submit(_decode_one, p, size, channels, resize) for p in paths]
         for i, future in enumerate(futures):
             try:
                 images[i] = future.result()
@@ -91,16 +93,16 @@ class Augment:
         names = [n.strip().lower() for n in (flags or "").split(",") if n.strip()]
         if names == ["none"]:
             return cls()
-        unknown = [n for n in names if n not in _AUGMENTATIONS]
+        unknown = [n for n in names if n not in AUGMENTATIONS]
         if unknown:
             raise GanspectionError(
-                f"unknown augmentation {unknown[0]!r}; use a comma list of {', '.join(_AUGMENTATIONS)}, or none"
+                f"unknown augmentation {unknown[0]!r}; use a comma list of {', '.join(AUGMENTATIONS)}, or none"
             )
         return cls(**{n: True for n in names})
 
     def as_flags(self) -> str:
         """The inverse of :meth:`from_flags`, for configs and logs."""
-        return ",".join(n for n in _AUGMENTATIONS if getattr(self, n)) or "none"
+        return ",".join(n for n in AUGMENTATIONS if getattr(self, n)) or "none"
 
     @property
     def enabled(self) -> bool:
@@ -162,8 +164,8 @@ def augment_batch(batch: tf.Tensor, augment: Augment, seed: tf.Tensor) -> tf.Ten
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
-def _decode_one(path: Path, size: int, channels: int) -> np.ndarray:
-    return resize_image(read_image(path, channels), size)
+def _decode_one(path: Path, size: int, channels: int, resize: str) -> np.ndarray:
+    return resize_image(read_image(path, channels), size, resize)
 
 
 def _check_images(images_uint8: np.ndarray, batch_size: int) -> np.ndarray:

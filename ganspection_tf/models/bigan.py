@@ -18,9 +18,10 @@ import tensorflow as tf
 from keras import ops
 
 from ganspection_tf import distribute
+from ganspection_tf.config import MAX_CRITIC_STEPS, ModelConfig
 from ganspection_tf.models import networks
 
-NOISE_DRAWS_PER_STEP = 32  # room for critic_steps ≤ 15 (two draws each) plus the generator's draw
+NOISE_DRAWS_PER_STEP = 2 * MAX_CRITIC_STEPS + 2  # two draws per critic update, one for E/G, one spare
 GRADIENT_NORM_EPSILON = 1e-12  # keeps sqrt differentiable at 0 (NaN otherwise)
 
 
@@ -32,39 +33,21 @@ def _mean_feature_abs_gap(a, b):
 class WassersteinBiGAN(keras.Model):
     """Encoder, generator and joint critic trained adversarially with WGAN-GP and the latent L2 loss."""
 
-    def __init__(
-        self,
-        image_size=64,
-        channels=3,
-        latent_dim=64,
-        width=32,
-        norm="layer",
-        critic_norm="layer",
-        minibatch_stats=False,
-        critic_steps=5,
-        gp_weight=10.0,
-        latent_weight=1.0,
-        rec_weight=0.0,
-        fm_weight=0.0,
-        drift_weight=1e-3,
-        ema_decay=0.999,
-        seed=0,
-        **kwargs,
-    ):
+    def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
-        if critic_steps < 1 or 2 * critic_steps + 1 > NOISE_DRAWS_PER_STEP:
-            raise ValueError(f"critic_steps must be in 1..{(NOISE_DRAWS_PER_STEP - 1) // 2}, got {critic_steps}")
-        self.image_size, self.channels, self.latent_dim, self.width = image_size, channels, latent_dim, width
-        self.norm, self.critic_norm, self.minibatch_stats = norm, critic_norm, minibatch_stats
-        self.critic_steps, self.gp_weight, self.latent_weight = critic_steps, gp_weight, latent_weight
-        self.rec_weight, self.fm_weight, self.drift_weight = rec_weight, fm_weight, drift_weight
-        self.ema_decay, self.seed = ema_decay, seed
-
-        shape = dict(image_size=image_size, channels=channels, latent_dim=latent_dim, width=width)
-        self.encoder = networks.build_encoder(**shape, norm=norm)
-        self.generator = networks.build_generator(**shape, norm=norm)
-        self.critic = networks.build_critic(**shape, norm=critic_norm, minibatch_stats=minibatch_stats)
+        if config.channels is None:
+            raise ValueError("ModelConfig.channels must be decided (1 or 3) before the model is built")
+        self.config = config
+        shape = self._network_shape()
+        self.encoder = networks.build_encoder(**shape, norm=config.norm)
+        self.generator = networks.build_generator(**shape, norm=config.norm)
+        self.critic = networks.build_critic(**shape, norm=config.critic_norm, minibatch_stats=config.minibatch_stats)
         self.ema_weights = self._create_ema_weights()
+        # Completed steps, counted by the model itself (not an optimizer's iterations, which a loss-scaling
+        # optimizer leaves unchanged on a skipped step); saved in model.keras and in the checkpoints.
+        self.step_counter = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
+                                            aggregation="only_first_replica", name="step")
+        self._step_from_optimizer = False  # True for a model.keras saved before the model had its own counter
 
         names = ["critic_loss", "wasserstein", "gradient_penalty", "generator_loss", "latent_loss", "rec_loss"]
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in names}
@@ -72,26 +55,42 @@ class WassersteinBiGAN(keras.Model):
 
     # ---------------------------------------------------------------- configuration and serialization
 
+    @property
+    def image_size(self):
+        return self.config.image_size
+
+    @property
+    def channels(self):
+        return self.config.channels
+
+    @property
+    def latent_dim(self):
+        return self.config.latent_dim
+
+    def _network_shape(self):
+        config = self.config
+        return dict(image_size=config.image_size, channels=config.channels, latent_dim=config.latent_dim,
+                    width=config.width)
+
     def get_config(self):
-        # Written by hand: Keras records constructor defaults, not the values, for subclassed models.
-        return {
-            "name": self.name,
-            "image_size": self.image_size,
-            "channels": self.channels,
-            "latent_dim": self.latent_dim,
-            "width": self.width,
-            "norm": self.norm,
-            "critic_norm": self.critic_norm,
-            "minibatch_stats": self.minibatch_stats,
-            "critic_steps": self.critic_steps,
-            "gp_weight": self.gp_weight,
-            "latent_weight": self.latent_weight,
-            "rec_weight": self.rec_weight,
-            "fm_weight": self.fm_weight,
-            "drift_weight": self.drift_weight,
-            "ema_decay": self.ema_decay,
-            "seed": self.seed,
-        }
+        # The model config itself (Keras would record the constructor's defaults for a subclassed model).
+        return {"name": self.name, **self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        name = config.pop("name", None)
+        return cls(ModelConfig.from_dict(config, source="model.keras", prefix="config."), name=name)
+
+    def load_own_variables(self, store):
+        """Loads the averaged weights and the step; a model.keras from before the step counter has no step."""
+        variables = self._trainable_variables + self._non_trainable_variables
+        if len(store.keys()) == len(variables) - 1:
+            for index, variable in enumerate(v for v in variables if v is not self.step_counter):
+                variable.assign(store[str(index)])
+            self._step_from_optimizer = True
+            return
+        super().load_own_variables(store)
 
     def compile(self, d_optimizer, g_optimizer, **kwargs):
         """Takes the critic's and the encoder+generator's optimizers; builds both now.
@@ -126,7 +125,7 @@ class WassersteinBiGAN(keras.Model):
     @property
     def step(self):
         """Completed training steps (one step = critic_steps critic updates + one E/G update)."""
-        return self.g_optimizer.iterations
+        return self.g_optimizer.iterations if self._step_from_optimizer else self.step_counter
 
     def call(self, images, training=False):
         """Reconstruction G(E(x)) of images in [-1, 1]."""
@@ -139,17 +138,18 @@ class WassersteinBiGAN(keras.Model):
         real = ops.cast(real, "float32")
         batch = ops.shape(real)[0]
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        step = self.g_optimizer.iterations
+        step = self.step_counter.value
 
         # E and G are fixed during the critic updates: encode once, generate every update's fakes in one call.
         real_z = self.encoder(real, training=True)
-        draws = [2 * i for i in range(self.critic_steps)]
+        draws = [2 * i for i in range(self.config.critic_steps)]
         zs = [self._replica_noise(step, draw, batch, [self.latent_dim]) for draw in draws]
-        fakes = ops.split(self.generator(ops.concatenate(zs, axis=0), training=True), self.critic_steps, axis=0)
+        fakes = ops.split(self.generator(ops.concatenate(zs, axis=0), training=True), len(draws), axis=0)
         for draw, z, fake in zip(draws, zs, fakes):
             critic_logs = self._critic_update(real, real_z, z, fake, step, draw, batch, replicas)
-        generator_logs = self._encoder_generator_update(real, batch, step, 2 * self.critic_steps, replicas)
+        generator_logs = self._encoder_generator_update(real, batch, step, 2 * self.config.critic_steps, replicas)
         self._update_moving_averages(step)
+        self.step_counter.assign_add(1)
 
         for name, value in {**critic_logs, **generator_logs}.items():
             self.loss_trackers[name].update_state(value)
@@ -164,7 +164,7 @@ class WassersteinBiGAN(keras.Model):
             penalty = self._gradient_penalty(real, real_z, fake, z, step, draw + 1, batch)
             # The drift term (Karras et al. 2018) keeps the critic's values near 0 so they cannot run away.
             drift = ops.mean(ops.square(real_value))
-            loss = -wasserstein + self.gp_weight * penalty + self.drift_weight * drift
+            loss = -wasserstein + self.config.gp_weight * penalty + self.config.drift_weight * drift
             # Gradients of the replicas are summed: scale so the sum is the gradient of the global mean; under
             # mixed_float16 also multiply by the loss scale that the LossScaleOptimizer divides out.
             scaled = self.d_optimizer.scale_loss(loss / replicas)
@@ -196,12 +196,12 @@ class WassersteinBiGAN(keras.Model):
             # E wants D to take (x, E(x)) for fake, G wants D to take (G(z), z) for real.
             adversarial = ops.mean(real_value) - ops.mean(fake_value)
             latent = ops.mean(ops.square(z - self.encoder(fake, training=True)))
-            loss = adversarial + self.latent_weight * latent
+            loss = adversarial + self.config.latent_weight * latent
             rec = ops.mean(ops.abs(real - self.generator(real_z, training=True)))
-            if self.rec_weight:
-                loss = loss + self.rec_weight * rec
-            if self.fm_weight:
-                loss = loss + self.fm_weight * _mean_feature_abs_gap(real_features, fake_features)
+            if self.config.rec_weight:
+                loss = loss + self.config.rec_weight * rec
+            if self.config.fm_weight:
+                loss = loss + self.config.fm_weight * _mean_feature_abs_gap(real_features, fake_features)
             scaled = self.g_optimizer.scale_loss(loss / replicas)
         grads = tape.gradient(scaled, variables)
         self.g_optimizer.apply_gradients(zip(grads, variables))
@@ -215,7 +215,9 @@ class WassersteinBiGAN(keras.Model):
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync if context else 1
         replica = context.replica_id_in_sync_group if context else 0
-        seed = tf.stack([tf.constant(self.seed, tf.int64), ops.cast(step, "int64") * NOISE_DRAWS_PER_STEP + draw])
+        seed = tf.stack(
+            [tf.constant(self.config.seed, tf.int64), ops.cast(step, "int64") * NOISE_DRAWS_PER_STEP + draw]
+        )
         shape = [batch * replicas] + dims
         sample = tf.random.stateless_uniform(shape, seed) if uniform else tf.random.stateless_normal(shape, seed)
         start = ops.cast(replica, "int32") * batch
@@ -239,23 +241,21 @@ class WassersteinBiGAN(keras.Model):
         return averages
 
     def _update_moving_averages(self, step):
-        if not self.ema_decay:
+        if not self.config.ema_decay:
             return
         # Warm-up (as tf.train.ExponentialMovingAverage with num_updates): early averages follow the weights.
         steps = ops.cast(step, "float32")
-        decay = ops.minimum(self.ema_decay, (1.0 + steps) / (10.0 + steps))
+        decay = ops.minimum(self.config.ema_decay, (1.0 + steps) / (10.0 + steps))
         for average, var in zip(self.ema_weights, self._generator_side_variables()):
             average.assign(decay * average + (1.0 - decay) * var)
 
     def scoring_networks(self):
         """(encoder, generator, critic) for scoring and sampling: E and G carry the averaged weights."""
-        if not self.ema_decay:
+        if not self.config.ema_decay:
             return self.encoder, self.generator, self.critic
-        shape = dict(
-            image_size=self.image_size, channels=self.channels, latent_dim=self.latent_dim, width=self.width
-        )
-        encoder = networks.build_encoder(**shape, norm=self.norm, name="ema_encoder")
-        generator = networks.build_generator(**shape, norm=self.norm, name="ema_generator")
+        shape = self._network_shape()
+        encoder = networks.build_encoder(**shape, norm=self.config.norm, name="ema_encoder")
+        generator = networks.build_generator(**shape, norm=self.config.norm, name="ema_generator")
         targets = encoder.trainable_variables + generator.trainable_variables
         for target, average in zip(targets, self.ema_weights):
             target.assign(average)

@@ -14,8 +14,8 @@ import math
 import keras
 from keras import layers, ops
 
-SUPPORTED_SIZES = (32, 64, 128, 256)
-NORMS = ("none", "layer", "instance", "spectral")
+from ganspection_tf.config import SUPPORTED_SIZES
+
 LEAK = 0.2
 MAX_WIDTH_MULTIPLIER = 8
 
