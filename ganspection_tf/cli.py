@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ganspection_tf import __version__, console
+from ganspection_tf import __version__, interrupts, console
 from ganspection_tf.config import TrainConfig, option_fields
 from ganspection_tf.errors import GanspectionError, MissingTrainExtra
 
@@ -407,8 +407,6 @@ def camera(bundle, source, out, save_anomalies, max_frames, threads, color_order
 
 def main(argv=None):
     """Console entry point: one-line errors with exit status 2, tracebacks only with --debug."""
-    from ganspection_tf import interrupts
-
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     console.set_debug(debug)  # before anything imports TensorFlow
