@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ganspection_tf import __version__, interrupts, console
+from ganspection_tf import __version__, console, interrupts
 from ganspection_tf.config import TrainConfig, option_fields
 from ganspection_tf.errors import GanspectionError, MissingTrainExtra
 
