@@ -13,28 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_support import assert_one_line_error as one_line_error
+from cli_support import run_cli
 
 from ganspection_tf import ownership, training
 from ganspection_tf.cli import main
 
 TINY = ["--image-size", "32", "--width", "8", "--latent-dim", "8", "--critic-steps", "1", "--batch-size", "8",
         "--log-every", "2", "--checkpoint-every", "2", "--sample-every", "2", "--no-jit", "--val-fraction", "0.2"]
-
-
-def run_cli(capfd, *args):
-    code = main([str(arg) for arg in args])
-    out, err = capfd.readouterr()
-    return code, out, err
-
-
-def one_line_error(code, err, *names):
-    assert code == 2, err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, err
-    for name in names:
-        assert str(name) in errors[0], (name, errors[0])
-    return errors[0]
 
 
 def snapshot(folder):
