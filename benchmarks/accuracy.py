@@ -4,22 +4,19 @@
         --image-size 64 --rec-weight 10 --augment hflip,vflip,rot90
 
 Every option of ``ganspection-tf train`` is accepted. ``--steps`` becomes an upper bound (default: no bound);
-training stops at the end of the first log interval (``--log-every`` steps) after which another interval would
-overrun the budget, so the run never exceeds it by more than the final save. The budget counts from the start
-of ``fit`` (including graph / XLA compilation), not the image decoding before it. ``model.keras`` is written at
-every log interval so that the stopped model is the evaluated one. The table goes to stdout and, with the
+``--minutes`` is train's ``--max-minutes``: training stops (and saves) at the end of the first log interval
+(``--log-every`` steps) after which another interval would overrun the budget. The budget counts from the start
+of ``fit`` (including graph / XLA compilation), not the image decoding before it. The table goes to stdout and, with the
 command line, to ``OUT/accuracy.json``; the full report to ``OUT/eval/report.html``.
 """
 
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click  # noqa: E402
-import keras  # noqa: E402
 from click.core import ParameterSource  # noqa: E402
 
 from ganspection_tf import artifacts  # noqa: E402
@@ -27,36 +24,6 @@ from ganspection_tf.cli import train_options  # noqa: E402
 from ganspection_tf.errors import GanspectionError  # noqa: E402
 
 UNBOUNDED_STEPS = 10**7
-
-
-class WallClockBudget(keras.callbacks.Callback):
-    """Sets ``model.stop_training`` at the end of the log interval after which the next would pass the budget."""
-
-    def __init__(self, seconds):
-        super().__init__()
-        self.seconds = seconds
-        self.started = self.last = self.finished = None
-        self.stopped_at_step = None
-
-    def on_train_begin(self, logs=None):
-        self.started = self.last = time.monotonic()
-
-    def on_train_end(self, logs=None):
-        self.finished = time.monotonic()
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = time.monotonic()
-        interval, self.last = now - self.last, now
-        if now - self.started + interval > self.seconds:
-            self.stopped_at_step = int(self.model.step.numpy())
-            self.model.stop_training = True
-
-    @property
-    def elapsed(self):
-        """Seconds of training (fit), not counting the evaluation after it."""
-        if self.started is None:
-            return 0.0
-        return (self.finished or time.monotonic()) - self.started
 
 
 @click.command()
@@ -68,27 +35,24 @@ class WallClockBudget(keras.callbacks.Callback):
 def accuracy(context, minutes, method, out, resume, **options):
     """Train under a time budget on an MVTec category, evaluate, print AUROC per score term."""
     from ganspection_tf.evaluate import evaluate_run
-    from ganspection_tf.training import TrainConfig, train
+    from ganspection_tf.training import STATUS_FILE, TrainConfig, train
 
-    options["data"] = str(options["data"])
-    options["devices"] = options["devices"].split(",") if options["devices"] else None
     if context.get_parameter_source("steps") == ParameterSource.DEFAULT:
         options["steps"] = UNBOUNDED_STEPS
-    options["checkpoint_every"] = options["log_every"]  # the model evaluated is the one training stopped at
-    options["sample_every"] = max(options["sample_every"], options["log_every"])
-    budget = WallClockBudget(minutes * 60)
-    run_dir = train(TrainConfig.from_flat(**options), out, resume=resume, verbose=2, extra_callbacks=[budget])
+    options["max_minutes"] = minutes
+    run_dir = train(TrainConfig.from_flat(**options), out, resume=resume, verbose=2)
     metrics = evaluate_run(run_dir, method=method, log=lambda message: click.echo(message, err=True))
-    summary = _summary(metrics, budget, minutes)
+    trained_seconds = artifacts.read_json(Path(run_dir) / STATUS_FILE, what="run status").get("seconds", 0.0)
+    summary = _summary(metrics, trained_seconds, minutes)
     artifacts.write_json(Path(run_dir) / "accuracy.json", summary)
     click.echo(_table(summary))
 
 
-def _summary(metrics, budget, minutes):
+def _summary(metrics, trained_seconds, minutes):
     return {
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "budget_minutes": minutes,
-        "trained_minutes": round(budget.elapsed / 60, 2),
+        "trained_minutes": round(trained_seconds / 60, 2),
         "model_step": metrics["model_step"],
         "image_auroc": {name: values["auroc"] for name, values in metrics["image"].items()},
         "per_defect_auroc": {name: values["per_defect_auroc"] for name, values in metrics["image"].items()},

@@ -41,7 +41,9 @@ def main(argv=None):
         "validation": [folder / Path(p).name for p in splits["validation"]],
         "test": [t.path for t in category.test],
     }
-    maps = {name: error_maps(term_model, found, model.image_size, model.channels) for name, found in paths.items()}
+    resize = training.run_resize(args.run)
+    maps = {name: error_maps(term_model, found, model.image_size, model.channels, resize)
+            for name, found in paths.items()}
     labels = np.array([t.label for t in category.test])
     defects = [t.defect for t in category.test]
     print(f"run {args.run} (step {scoring.model_step(model)}), {len(labels)} test images\n")
@@ -58,9 +60,9 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def error_maps(term_model, paths, size, channels):
+def error_maps(term_model, paths, size, channels, resize):
     """(8, N, S, S): the error map of every dihedral view of every image, turned back to the image's frame."""
-    images, _ = pipeline.load_images(paths, size, channels)
+    images, _ = pipeline.load_images(paths, size, channels, resize=resize)
     views = []
     for view in range(DIHEDRAL):
         turned = np.ascontiguousarray(dihedral(images, view))

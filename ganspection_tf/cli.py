@@ -78,19 +78,21 @@ def _setting_option(name, field):
                         show_default=default is not None, help=check.help)
 
 
-def config_options(function):
-    """One option per TrainConfig / ModelConfig field: its default, its range and its help come from there."""
+def train_options(function):
+    """--out, --resume, and one option per TrainConfig / ModelConfig field (its default, range and help come
+    from there); also used by benchmarks/accuracy.py."""
     for name, field in reversed(option_fields().items()):
         function = _setting_option(name, field)(function)
-    return function
+    function = click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")(
+        function)
+    return click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+                        help="Run folder to write.")(function)
 
 
 @cli.command()
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Run folder to write.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@train_options
 @click.option("--overwrite", is_flag=True,
               help="Start a new run in an --out holding an earlier run (deleted) or other files (kept untouched).")
-@config_options
 @click.pass_context
 def train(context, out, resume, overwrite, **options):
     """Train an anomaly model on defect-free images."""

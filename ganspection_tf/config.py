@@ -155,6 +155,9 @@ class TrainConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     batch_size: int = setting(16, int, "Images per step and replica.", low=1, high=4096)
     steps: int = setting(2000, int, "Training steps in total (with --resume: the new total).", low=1, high=MAX_STEPS)
+    max_minutes: float | None = setting(None, float, "Wall-clock budget of this train command in minutes: stop (and "
+                                        "save) after the first log interval after which one more would pass it; "
+                                        "--steps still bounds the run.", low=0.0, low_open=True, optional=True)
     learning_rate: float = setting(1e-4, float, "Adam's learning rate.", low=0.0, low_open=True)
     beta_1: float = setting(0.5, float, "Adam's β1.", low=0.0, high=1.0, high_open=True)
     beta_2: float = setting(0.9, float, "Adam's β2.", low=0.0, high=1.0, high_open=True)
@@ -222,11 +225,6 @@ def option_fields() -> dict[str, dataclasses.Field]:
     """The fields behind `train`'s options, by flat name, in the order they are shown."""
     fields = [f for f in dataclasses.fields(TrainConfig) if f.name != "model"]
     return {f.name: f for f in fields[:2] + list(dataclasses.fields(ModelConfig)) + fields[2:] if f.name != "model"}
-
-
-def check_value(name, value) -> str | None:
-    """Why `value` is not allowed for setting `name`, or None."""
-    return option_fields()[name].metadata["check"].problem(value)
 
 
 def build_checked(cls, values, source, prefix, fix=_FIX):

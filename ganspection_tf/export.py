@@ -487,7 +487,7 @@ def _apply_gate(report, out, quantize, force, log):
     message = (f"parity gate failed: image AUROC drops from {report['auroc_keras']:.4f} (Keras) to "
                f"{report['auroc_tflite']:.4f} (TFLite {quantize}), more than {AUROC_TOLERANCE}")
     if not force:
-        raise GanspectionError(f"{out}: {message}; no bundle written. Try --quantize dynamic or float16, more "
+        raise GanspectionError(f"{out}: {message}; no bundle written. Try --quantize float16 or none, more "
                                "--calibration images, or pass --force to write it anyway")
     report["forced"] = True
     log(f"warning: {message}; writing the bundle anyway (--force)")

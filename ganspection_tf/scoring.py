@@ -53,6 +53,7 @@ from ganspection_tf.calibration import (
 )
 from ganspection_tf.data import pipeline
 from ganspection_tf.errors import GanspectionError
+from ganspection_tf.synthetic_validation import choose_run_score
 from ganspection_tf.images import (
     DEFAULT_RESIZE,
     UnreadableImage,
@@ -274,7 +275,9 @@ def ensure_calibration(run_dir, model=None, log=print, *, term_model=None, metho
     `method` / `max_fpr` / `weights` given (None = accept what is stored, or the default for a new fit).
     Otherwise the terms of the good images in ``splits.json["validation"]`` (held out of training) are
     computed and fitted, the per-pixel Gaussian of ``normalized_map_max`` on the error maps of (up to
-    MAX_REFERENCE_IMAGES) good training images, and the file is written atomically. This is the only place a
+    MAX_REFERENCE_IMAGES) good training images, and the file is written atomically. Without `weights` (and with
+    the weighted method) the score is chosen first on the validation images and synthetic-defect copies of them
+    (``synthetic_validation.py``, which writes ``score_choice.json``). This is the only place a
     calibration is made, and it reads no image but those good train/validation images: never a test image.
     `outputs` = :func:`calibration_outputs` already computed by the caller, to spare reading them twice.
     """
@@ -286,9 +289,13 @@ def ensure_calibration(run_dir, model=None, log=print, *, term_model=None, metho
     stored = _stored_calibration(path, log)
     if stored is not None and _still_valid(stored, config_hash, step, method, max_fpr, weights):
         return stored
+    term_model = term_model if term_model is not None else build_term_model(model)
     if outputs is None:
-        outputs = calibration_outputs(run_dir, term_model if term_model is not None else build_term_model(model), log)
+        outputs = calibration_outputs(run_dir, term_model, log)
     validation, reference = outputs
+    if weights is None and method in (None, "weighted"):  # no α given: choose the score from good images only
+        weights = choose_run_score(run_dir, term_model, validation_paths(run_dir), validation, reference,
+                                   training.run_resize(run_dir), log).weights
     calibration = fit_calibration_from_outputs(
         validation, TERMS, reference_outputs=reference, weights=weights, method=method or "weighted",
         max_fpr=DEFAULT_MAX_FPR if max_fpr is None else max_fpr, config_hash=config_hash, model_step=step,

@@ -53,7 +53,7 @@ def config_hash(config_dict) -> str:
 
 # What --resume may change; everything else belongs to the run and must match what it was trained with.
 RESUMABLE_FIELDS = ("steps", "learning_rate", "strategy", "devices", "keep_checkpoints", "log_every",
-                    "checkpoint_every", "sample_every", "jit_compile")
+                    "checkpoint_every", "sample_every", "jit_compile", "max_minutes")
 
 
 def train(config: TrainConfig, out, resume=False, verbose=1, log=print, overrides=None, extra_callbacks=None,
@@ -145,8 +145,10 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         images, global_batch, augment=pipeline.Augment.from_flags(config.augment), seed=config.model.seed
     )
     guard = DivergenceGuard()
+    budget = _wall_clock_budget(config, strategy_name)
     callbacks = [
         guard,
+        *([budget] if budget else []),
         CheckpointWriter(checkpoints, folder / MODEL_FILE, config.checkpoint_every, config.steps, guard),
         SampleWriter(folder, _sample_inputs(images, config), config.sample_every, config.steps),
         keras.callbacks.CSVLogger(str(folder / "history.csv"), append=start_step > 0),
@@ -165,7 +167,6 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
                 epochs=config.steps // epoch_steps,
                 initial_epoch=start_step // epoch_steps,
                 steps_per_epoch=epoch_steps,
-                shuffle=False,  # the dataset shuffles itself; fit's default True only makes Keras warn it is ignored
                 callbacks=callbacks,
                 verbose=verbose,
             )
@@ -178,9 +179,17 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         raise GanspectionError(f"{run_dir}: training diverged at step {guard.step} ({guard.reason}); "
                                + _after_divergence(run_dir, last_good))
     if distribute.is_chief(strategy):
-        _write_status(run_dir, "finished", step, seconds=round(elapsed, 1))
-    log(f"trained to step {step} in {elapsed:.0f} s; run folder: {run_dir}")
+        _write_status(run_dir, "finished", step, seconds=round(elapsed, 1), **stopped)
+    log(f"trained to step {step} in {elapsed:.0f} s{' (wall-clock budget)' if stopped else ''}; run folder: {run_dir}")
     return run_dir
+
+
+def _wall_clock_budget(config, strategy_name):
+    if config.max_minutes is None:
+        return None
+    if strategy_name == "multiworker":  # each worker would time itself and they could stop at different steps
+        raise GanspectionError("--max-minutes does not work with --strategy multiworker; bound the run with --steps")
+    return WallClockBudget(config.max_minutes)
 
 
 def build_model(config: TrainConfig) -> WassersteinBiGAN:
@@ -203,7 +212,8 @@ def _optimizer(config):
 
 
 # A model.keras of a mixed_float16 run saved before the model counted its own steps names this optimizer class.
-keras.saving.get_custom_objects()["ganspection_tf>StepCountingLossScaleOptimizer"] = keras.optimizers.LossScaleOptimizer
+_LEGACY_LOSS_SCALE_OPTIMIZER = "ganspection_tf>StepCountingLossScaleOptimizer"
+keras.saving.get_custom_objects()[_LEGACY_LOSS_SCALE_OPTIMIZER] = keras.optimizers.LossScaleOptimizer
 
 
 def load_model(run_dir) -> WassersteinBiGAN:

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_support import assert_one_line_error, run_cli
-from conftest import tiny_settings
 from corpus import (
     bomb_png,
     gray_png,
@@ -116,9 +115,8 @@ def test_unknown_option_is_a_one_line_usage_error(synthetic_category, tmp_path, 
     assert "Traceback" not in err and "--colour" in err
 
 
-def test_training_into_a_used_folder_keeps_everything(synthetic_category, tmp_path, capfd):
-    run = tmp_path / "run"
-    assert run_cli(capfd, "train", "--data", synthetic_category, "--out", run, *TINY_FLAGS)[0] == 0
+def test_training_into_a_used_folder_keeps_everything(synthetic_category, tiny_run_copy, capfd):
+    run = tiny_run_copy
     before = snapshot(run)
     code, _, err = run_cli(capfd, "train", "--data", synthetic_category, "--out", run, *TINY_FLAGS)
     assert_one_line_error(code, err, run, "--resume")
@@ -131,10 +129,8 @@ def test_training_into_a_used_folder_keeps_everything(synthetic_category, tmp_pa
     assert snapshot(run) == before
 
 
-def test_truncated_model_is_refused_in_one_line(synthetic_category, tmp_path):
-    run = tmp_path / "run"
-    config = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=2))
-    training.train(config, run, verbose=0, log=lambda *_: None)
+def test_truncated_model_is_refused_in_one_line(tiny_run_copy):
+    run = tiny_run_copy
     model_file = run / "model.keras"
     model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 3])
     with pytest.raises(training.GanspectionError, match="model.keras") as caught:
@@ -164,15 +160,13 @@ def test_images_written_by_the_corpus_really_are_odd(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def run_and_bundle(synthetic_category, tmp_path_factory):
-    """A tiny trained run on a private copy of the category, and a float bundle exported from it."""
+def run_and_bundle(synthetic_category, tiny_run, tmp_path_factory):
+    """A copy of the session's tiny run beside a private copy of its category, and a float bundle of it."""
     from ganspection_tf.export import export_bundle
 
     root = tmp_path_factory.mktemp("bad-eval")
     category = Path(shutil.copytree(synthetic_category, root / "widget"))
-    run = root / "run"
-    training.train(training.TrainConfig.from_flat(data=str(category), **tiny_settings(steps=2)), run, verbose=0,
-                   log=lambda *_: None)
+    run = Path(shutil.copytree(tiny_run, root / "run"))
     bundle = root / "bundle"
     export_bundle(run, bundle, quantize="none", force=True, log=lambda *_: None)
     return category, run, bundle

@@ -87,6 +87,7 @@ def test_config_records_the_values_not_the_defaults():
     assert WassersteinBiGAN.from_config(config).get_config() == config
 
 
+@pytest.mark.slow
 def test_save_and_load_in_a_fresh_process_gives_identical_outputs(tmp_path):
     model = tiny_model(rec_weight=1.0)
     model.fit(batches(), steps_per_epoch=2, epochs=1, verbose=0)

@@ -217,3 +217,15 @@ def test_mixed_float16_wraps_both_optimizers_and_a_skipped_step_still_counts(mix
     assert int(model.step.numpy()) == 1  # the step counts, so checkpoints and the final save stay on schedule
     assert float(model.g_optimizer.dynamic_scale.numpy()) == pytest.approx(5e29)
     np.testing.assert_array_equal(generator_side(model), before)
+
+
+def test_a_mixed_float16_model_of_the_previous_release_finds_its_optimizer_class():
+    """Releases before the model's own step counter saved their loss-scaling optimizer under this name."""
+    from ganspection_tf import training  # noqa: F401 (registers the old name)
+
+    saved = keras.saving.serialize_keras_object(keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-4)))
+    saved.update(module="ganspection_tf.training", class_name="StepCountingLossScaleOptimizer",
+                 registered_name="ganspection_tf>StepCountingLossScaleOptimizer")
+    optimizer = keras.saving.deserialize_keras_object(saved)
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    assert float(optimizer.inner_optimizer.learning_rate.numpy()) == pytest.approx(1e-4)

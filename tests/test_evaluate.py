@@ -1,5 +1,6 @@
 """Evaluation metrics (against scikit-learn and hand-made cases), the report files, refusals, and accuracy."""
 
+import html
 import json
 import os
 import shutil
@@ -192,6 +193,8 @@ def test_every_report_file_is_written(evaluated):
     assert stored["oracle"]["label"] == "oracle" and 0 <= stored["threshold"]["f1"] <= 1
     assert 0 <= stored["pixel"]["au_pro"] <= 1
     assert metrics["report"] == str(folder / "report.html")
+    choice = stored["score_choice"]  # chosen on validation images with synthetic defects, and used
+    assert choice["used"] and choice["reason"].startswith(choice["name"]) and html.escape(choice["reason"]) in report
     assert not list(folder.glob(".*partial*"))  # atomic writes leave no temporary files behind
 
 
@@ -250,10 +253,13 @@ def test_weights_option_recalibrates_and_bad_weights_are_one_line_errors(run_wit
     from ganspection_tf.cli import main
 
     run, _ = run_with_private_data
+    assert main(["evaluate", str(run)]) == 0  # chooses the score
     assert main(["evaluate", str(run), "--weights", "map_max=1,latent_mahalanobis=0.5"]) == 0
     stored = json.loads((run / "calibration.json").read_text())
     weights = dict(zip(stored["terms"], stored["weights"]))
     assert weights["map_max"] == 1.0 and weights["latent_mahalanobis"] == 0.5 and weights["normalized_map_max"] == 0
+    choice = json.loads((run / "eval" / "metrics.json").read_text())["score_choice"]
+    assert choice["used"] is False and "overridden" in choice["note"]  # the report says --weights won
     capsys.readouterr()
     for bad, message in (("bogus=1", "unknown terms ['bogus']"), ("map_max", "is not TERM=α")):
         assert main(["evaluate", str(run), "--weights", bad]) == 2

@@ -2,42 +2,30 @@
 this repository, checked out into a temporary folder) still loads, gives the same outputs, and resumes."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import textwrap
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import previous_release_environment
 
 from ganspection_tf import training
 from ganspection_tf.cli import main
 
-PINNED_RELEASE = "8262d30"  # flat "train" dict in config.json; step = the generator optimizer's iterations
 TINY_FLAGS = ["--image-size", "32", "--width", "8", "--latent-dim", "8", "--critic-steps", "1", "--batch-size", "8",
               "--steps", "2", "--log-every", "2", "--checkpoint-every", "2", "--sample-every", "2", "--no-jit",
               "--rec-weight", "1.5"]
 
 
 @pytest.fixture(scope="module")
-def legacy_run(synthetic_category, tmp_path_factory):
-    """A tiny run trained by the pinned release, and its model's outputs on fixed inputs."""
+def legacy_run(synthetic_category, previous_release, tmp_path_factory):
+    """A tiny run trained through the previous release's CLI, and its model's outputs on fixed inputs."""
     root = tmp_path_factory.mktemp("legacy")
-    archive = root / "release.tar"
-    try:
-        with archive.open("wb") as handle:
-            subprocess.run(["git", "-C", str(REPO), "archive", PINNED_RELEASE, "ganspection_tf"], stdout=handle,
-                           stderr=subprocess.PIPE, check=True, timeout=60)
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"commit {PINNED_RELEASE} is not in this clone's history")
-    with tarfile.open(archive) as tar:
-        tar.extractall(root / "release", filter="data")
     run_dir = root / "run"
     script = textwrap.dedent(f"""
-        import sys, numpy as np
+        import numpy as np
         from ganspection_tf.cli import main
         from ganspection_tf import training
         assert main({["train", "--data", str(synthetic_category), "--out", str(run_dir), *TINY_FLAGS]!r}) == 0
@@ -45,9 +33,8 @@ def legacy_run(synthetic_category, tmp_path_factory):
         images = np.random.default_rng(5).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
         np.savez({str(root / "outputs.npz")!r}, images=images, reconstruction=np.asarray(model(images)))
     """)
-    environment = {**os.environ, "PYTHONPATH": str(root / "release"), "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                            env=environment, cwd=root)
+                            env=previous_release_environment(previous_release), cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
     return run_dir, np.load(root / "outputs.npz")
 

@@ -1,5 +1,6 @@
 """`ganspection-tf score` and `ganspection-tf evaluate` from the command line."""
 
+import contextlib
 import csv
 import io
 import json
@@ -28,13 +29,22 @@ def category(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def evaluated_run(category, tmp_path_factory):
-    """A briefly trained run (matching rows, not accuracy, is tested here) evaluated once through the CLI."""
+def evaluation(category, tmp_path_factory):
+    """(run, exit status, standard output): a briefly trained run (matching rows, not accuracy, is tested here)
+    evaluated once through the CLI, whichever test asks first."""
     config = TrainConfig.from_flat(data=str(category), image_size=32, width=8, latent_dim=8, critic_steps=1,
                                    batch_size=8, steps=4, log_every=4, checkpoint_every=4, sample_every=4,
                                    jit_compile=False)
     run = train(config, tmp_path_factory.mktemp("run") / "run", verbose=0, log=lambda *a: None)
-    return run
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["evaluate", str(run)])
+    return run, code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(evaluation):
+    return evaluation[0]
 
 
 def run_cli(capsys, *args):
@@ -48,9 +58,9 @@ def evaluate_scores(run):
         return {row["path"]: row for row in csv.DictReader(handle)}
 
 
-def test_evaluate_command_prints_the_auroc_and_the_report(evaluated_run, capsys):
-    code, out, err = run_cli(capsys, "evaluate", evaluated_run)
-    assert code == 0, err
+def test_evaluate_command_prints_the_auroc_and_the_report(evaluation):
+    evaluated_run, code, out = evaluation
+    assert code == 0
     lines = out.strip().splitlines()
     assert lines[0].startswith("image AUROC ") and "7 test images" in lines[0]
     assert lines[1] == f"report: {evaluated_run / 'eval' / 'report.html'}"
@@ -58,9 +68,6 @@ def test_evaluate_command_prints_the_auroc_and_the_report(evaluated_run, capsys)
 
 
 def test_score_rows_match_evaluate_scores(evaluated_run, category, capsys):
-    if not (evaluated_run / "eval" / "scores.csv").exists():
-        assert main(["evaluate", str(evaluated_run)]) == 0
-    capsys.readouterr()
     one_file = category / "test" / "hole" / "000.png"
     code, out, err = run_cli(capsys, "score", evaluated_run, category / "test" / "good", one_file,
                              category / "test" / "stain", "--batch-size", 2)

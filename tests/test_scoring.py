@@ -18,9 +18,8 @@ from sklearn.covariance import ledoit_wolf  # noqa: E402
 from ganspection_tf import calibration as cal  # noqa: E402
 from ganspection_tf import scoring, training  # noqa: E402
 from ganspection_tf.data import pipeline  # noqa: E402
-from ganspection_tf.data.synthetic import write_synthetic_category  # noqa: E402
 from ganspection_tf.errors import GanspectionError  # noqa: E402
-from ganspection_tf.training import TrainConfig, build_model, train  # noqa: E402
+from ganspection_tf.training import TrainConfig, build_model  # noqa: E402
 
 TINY = dict(image_size=32, width=8, latent_dim=8, critic_steps=1, batch_size=8, jit_compile=False)
 
@@ -44,18 +43,10 @@ def images():
     return np.random.default_rng(1).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A run folder with a model.keras (two steps: these tests are about files, not about accuracy)."""
-    root = tmp_path_factory.mktemp("scoring")
-    data = write_synthetic_category(root / "data", image_size=32, n_train=20, n_test_good=2, n_test_per_defect=1)
-    config = TrainConfig.from_flat(data=str(data), steps=2, log_every=2, checkpoint_every=2, sample_every=2, **TINY)
-    return train(config, root / "run", verbose=0, log=lambda *a: None)
-
-
 @pytest.fixture
-def run_copy(trained_run, tmp_path):
-    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+def run_copy(tiny_run_copy):
+    """A private copy of the session's tiny run (these tests are about files, not about accuracy)."""
+    return tiny_run_copy
 
 
 def validation_matrix(n=40, seed=0):

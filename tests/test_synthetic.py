@@ -164,13 +164,27 @@ def test_new_modes_write_a_non_empty_mask_for_every_defect_image(mode, tmp_path)
 @pytest.mark.parametrize("mode", NEW_MODES)
 @pytest.mark.parametrize("kind", DEFECT_TYPES)
 def test_new_mode_defects_change_only_masked_pixels_and_sit_on_their_sites(mode, kind):
+    subtle = mode == "texture"  # as write_synthetic_category draws them
     for seed in range(5):
         good, sites = good_and_defect_sites(np.random.default_rng(seed), 96, 3, mode)
-        defective, mask = apply_defect(good, kind, np.random.default_rng(100 + seed), sites=sites)
+        defective, mask = apply_defect(good, kind, np.random.default_rng(100 + seed), sites=sites, subtle=subtle)
         inside = mask > 0
         np.testing.assert_array_equal(defective[~inside], good[~inside])
-        assert np.abs(defective[inside].astype(int) - good[inside]).mean() > 20
+        assert np.abs(defective[inside].astype(int) - good[inside]).mean() > (6 if subtle else 20)
         assert (inside & sites).any()  # the defect is centred on a site: on the plate, or inside the texture margin
+
+
+@pytest.mark.parametrize("kind", DEFECT_TYPES)
+def test_texture_defects_are_subtler_than_the_others(kind):
+    for seed in range(5):
+        good, sites = good_and_defect_sites(np.random.default_rng(seed), 128, 1, "texture")
+        subtle, mask = apply_defect(good, kind, np.random.default_rng(seed), sites=sites, subtle=True)
+        loud, same_mask = apply_defect(good, kind, np.random.default_rng(seed), sites=sites)
+        np.testing.assert_array_equal(mask, same_mask)  # the same defect, drawn softer
+        inside = mask > 0
+        change = np.abs(subtle[inside].astype(int) - good[inside]).mean()
+        assert change < (0.8 if kind == "stain" else 0.6) * np.abs(loud[inside].astype(int) - good[inside]).mean()
+        assert np.percentile(subtle[inside], 50) < np.percentile(good, 99.9) + 20  # about the texture's own peaks
 
 
 def _part_pose(image):

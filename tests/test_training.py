@@ -19,52 +19,42 @@ def quiet(*_args, **_kwargs):
     pass
 
 
-@pytest.fixture(scope="module")
-def trained_run(synthetic_category, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    config = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=4, rec_weight=1.0))
-    training.train(config, run_dir, verbose=0, log=quiet)
-    return run_dir
-
-
-def test_run_folder_holds_every_artifact(trained_run):
+def test_run_folder_holds_every_artifact(tiny_run):
     for name in ("config.json", "splits.json", "model.keras", "history.csv", "status.json"):
-        assert (trained_run / name).is_file(), name
-    assert list((trained_run / "checkpoints").glob("ckpt-4.index"))
-    assert list((trained_run / "logs").rglob("events.out.tfevents.*"))
+        assert (tiny_run / name).is_file(), name
+    assert list((tiny_run / "checkpoints").glob("ckpt-4.index"))
+    assert list((tiny_run / "logs").rglob("events.out.tfevents.*"))
     for step in (2, 4):
         for kind in SAMPLE_KINDS:
-            assert (trained_run / "samples" / f"step{step:06d}_{kind}.png").is_file(), (step, kind)
+            assert (tiny_run / "samples" / f"step{step:06d}_{kind}.png").is_file(), (step, kind)
 
 
-def test_config_records_hyper_parameters_seed_and_versions(trained_run):
-    record = json.loads((trained_run / "config.json").read_text())
+def test_config_records_hyper_parameters_seed_and_versions(tiny_run):
+    record = json.loads((tiny_run / "config.json").read_text())
     model = record["train"]["model"]
     assert model["rec_weight"] == 1.0 and model["seed"] == 0
     assert model["channels"] == 3
     assert {"ganspection_tf", "tensorflow", "keras", "python"} <= set(record["versions"])
     assert record["data"]["train_images"] + record["data"]["validation_images"] == 40
-    splits = json.loads((trained_run / "splits.json").read_text())
+    splits = json.loads((tiny_run / "splits.json").read_text())
     assert not set(splits["train"]) & set(splits["validation"])
-    assert json.loads((trained_run / "status.json").read_text())["state"] == "finished"
+    assert json.loads((tiny_run / "status.json").read_text())["state"] == "finished"
 
 
-def test_history_has_one_row_per_log_interval(trained_run):
-    rows = list(csv.DictReader((trained_run / "history.csv").open()))
+def test_history_has_one_row_per_log_interval(tiny_run):
+    rows = list(csv.DictReader((tiny_run / "history.csv").open()))
     assert len(rows) == 2
     assert all(np.isfinite(float(row["latent_loss"])) for row in rows)
 
 
-def test_saved_model_loads_safely_and_matches_the_checkpoint_step(trained_run):
-    model = training.load_model(trained_run)
+def test_saved_model_loads_safely_and_matches_the_checkpoint_step(tiny_run):
+    model = training.load_model(tiny_run)
     assert int(model.step) == 4
     assert model.get_config()["width"] == 8
 
 
-def test_resume_continues_step_count_and_optimizer_state(synthetic_category, tmp_path):
-    run_dir = tmp_path / "run"
-    config = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=4))
-    training.train(config, run_dir, verbose=0, log=quiet)
+def test_resume_continues_step_count_and_optimizer_state(synthetic_category, tiny_run_copy):
+    run_dir = tiny_run_copy  # trained for 4 steps
     first = training.load_model(run_dir)
     moments_at_4 = [v.numpy() for v in first.g_optimizer.variables]
 
@@ -80,10 +70,10 @@ def test_resume_continues_step_count_and_optimizer_state(synthetic_category, tmp
     assert any(not np.array_equal(a, b.numpy()) for a, b in zip(moments_at_4, resumed.g_optimizer.variables))
 
 
-def test_a_used_run_folder_is_refused_without_resume(trained_run, synthetic_category):
+def test_a_used_run_folder_is_refused_without_resume(tiny_run, synthetic_category):
     config = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings())
     with pytest.raises(GanspectionError, match="--resume"):
-        training.train(config, trained_run, verbose=0, log=quiet)
+        training.train(config, tiny_run, verbose=0, log=quiet)
 
 
 def test_cli_train_writes_a_run(synthetic_category, tmp_path, capsys):
@@ -97,11 +87,25 @@ def test_cli_train_writes_a_run(synthetic_category, tmp_path, capsys):
     assert isinstance(keras.models.load_model(out / "model.keras", safe_mode=True), keras.Model)
 
 
-def test_resume_takes_the_data_from_the_run_and_compares_paths_resolved(trained_run, synthetic_category, monkeypatch,
+def test_resume_takes_the_data_from_the_run_and_compares_paths_resolved(tiny_run, synthetic_category, monkeypatch,
                                                                        capfd):
     monkeypatch.chdir(synthetic_category.parent)
     for data in ([], ["--data", synthetic_category.name], ["--data", str(synthetic_category)]):
-        code = main(["train", "--out", str(trained_run), "--resume", "--steps", "4", *data])
+        code = main(["train", "--out", str(tiny_run), "--resume", "--steps", "4", *data])
         assert code == 0, (data, capfd.readouterr().err)
-    code = main(["train", "--out", str(trained_run), "--resume", "--data", str(synthetic_category.parent)])
+    code = main(["train", "--out", str(tiny_run), "--resume", "--data", str(synthetic_category.parent)])
     assert code == 2 and "conflicts" in capfd.readouterr().err
+
+
+def test_max_minutes_stops_at_a_saved_checkpoint(synthetic_category, tmp_path, capsys):
+    out = tmp_path / "budget-run"
+    code = main([
+        "train", "--data", str(synthetic_category), "--out", str(out), "--image-size", "32", "--width", "8",
+        "--latent-dim", "8", "--critic-steps", "1", "--batch-size", "8", "--steps", "8", "--log-every", "1",
+        "--checkpoint-every", "4", "--sample-every", "4", "--no-jit", "--max-minutes", "0.0001",
+    ])
+    assert code == 0, capsys.readouterr().err
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == 1 and status["stopped_by"] == "--max-minutes 0.0001"
+    assert int(training.load_model(out).step) == 1  # saved where it stopped, not at a --checkpoint-every step
+    assert json.loads((out / "config.json").read_text())["train"]["max_minutes"] == 0.0001

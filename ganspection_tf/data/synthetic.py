@@ -20,7 +20,8 @@ place cannot work, so that accuracy must come from the model:
 * ``unaligned`` - an elongated, asymmetric link plate (two bolt holes, one small off-axis hole, turning marks)
   at a random position, any rotation and a scale of 0.8-1.15, like MVTec screw; defects lie on the plate;
 * ``texture``   - a stochastic surface (band-pass grain under a woven pattern with a random phase), no object
-  at all, like MVTec carpet or leather; defects lie anywhere but the outer 15 % of the image.
+  at all, like MVTec carpet or leather; defects lie anywhere but the outer 15 % of the image and are subtle
+  (``apply_defect``): about within the surface's own grey levels.
 
 Everything is seeded per image (``[seed, split, index]``, plus a mode key for the new modes), so a category is
 byte-identical on every run and one split does not change when another split's image count does. The default
@@ -86,7 +87,7 @@ def write_synthetic_category(
         for i in range(n_test_per_defect):
             rng = _rng(seed, split, i, mode)
             good, defect_sites = good_and_defect_sites(rng, image_size, channels, mode)
-            img, mask = apply_defect(good, kind, rng, sites=defect_sites)
+            img, mask = apply_defect(good, kind, rng, sites=defect_sites, subtle=mode == "texture")
             _write_png(category / "test" / kind / f"{i:03d}.png", img)
             _write_png(category / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
     (category / _MARKER).write_text("written by ganspection_tf.data.synthetic.write_synthetic_category\n")
@@ -98,12 +99,15 @@ def generate_good(rng: np.random.Generator, size: int = 128, channels: int = 3, 
     return good_and_defect_sites(rng, size, channels, mode)[0]
 
 
-def apply_defect(img: np.ndarray, kind: str, rng: np.random.Generator,
-                 sites: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def apply_defect(img: np.ndarray, kind: str, rng: np.random.Generator, sites: np.ndarray | None = None,
+                 subtle: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Draw a ``kind`` defect on a copy of ``img``; return it and its mask (``uint8 (H, W)``, 0 or 255).
 
     The defect is centred on a random True pixel of `sites` (bool (H, W)), or, without it, on the face of the
-    aligned flange. Only pixels inside the mask are changed.
+    aligned flange. `subtle` (the texture mode) keeps the defect about within the surface's own range of grey
+    levels, so that it differs from the surface more by its structure than by being darker or brighter than the
+    good pixels: a scratch 30-45 levels off the local surface (about the texture's peaks), a hole where the
+    texture is missing (a smooth spot at the local mean), a stain 70 % as strong. Only pixels inside the mask are changed.
     """
     if kind not in DEFECT_TYPES:
         raise GanspectionError(f"unknown defect type {kind!r}; use one of {', '.join(DEFECT_TYPES)}")
@@ -112,7 +116,8 @@ def apply_defect(img: np.ndarray, kind: str, rng: np.random.Generator,
     centre = _point_on_face(rng, width, height, size) if sites is None else random_site(rng, sites)
     mask = np.zeros((height, width), dtype=np.uint8)
     out = img.astype(np.float32)
-    region = {"scratch": _draw_scratch, "hole": _draw_hole, "stain": _draw_stain}[kind](out, mask, centre, size, rng)
+    drawer = {"scratch": _draw_scratch, "hole": _draw_hole, "stain": _draw_stain}[kind]
+    region = drawer(out, mask, centre, size, rng, subtle)
     defective = img.copy()
     defective[region] = _to_uint8(out[region])
     return defective, mask
@@ -246,7 +251,7 @@ def _point_on_face(rng: np.random.Generator, width: int, height: int, size: int)
     return int(round(width / 2 + distance * np.cos(direction))), int(round(height / 2 + distance * np.sin(direction)))
 
 
-def _draw_scratch(out, mask, centre, size, rng) -> np.ndarray:
+def _draw_scratch(out, mask, centre, size, rng, subtle=False) -> np.ndarray:
     half = rng.uniform(0.2, 0.4) * size / 2
     direction = rng.uniform(0.0, np.pi)
     dx, dy = half * np.cos(direction), half * np.sin(direction)
@@ -255,19 +260,24 @@ def _draw_scratch(out, mask, centre, size, rng) -> np.ndarray:
     cv2.line(mask, start, end, 255, thickness=int(rng.integers(1, 3)), lineType=cv2.LINE_8)
     region = mask > 0
     level = 235.0 if rng.random() < 0.5 else 25.0  # polished-bright or dirt-dark
+    if subtle:
+        level = float(out[region].mean()) + (1 if level > 128 else -1) * rng.uniform(30.0, 45.0)
     out[region] = level + rng.normal(0.0, 6.0, size=(int(region.sum()), 1))
     return region
 
 
-def _draw_hole(out, mask, centre, size, rng) -> np.ndarray:
+def _draw_hole(out, mask, centre, size, rng, subtle=False) -> np.ndarray:
     radius = max(2, int(round(rng.uniform(0.02, 0.04) * size)))
     cv2.circle(mask, centre, radius, 255, thickness=-1, lineType=cv2.LINE_8)
     region = mask > 0
-    out[region] = rng.uniform(8.0, 22.0) + rng.normal(0.0, 3.0, size=(int(region.sum()), 1))
+    level = rng.uniform(8.0, 22.0)
+    if subtle:  # the surface's structure is gone, its mean level stays
+        level = cv2.GaussianBlur(out, (0, 0), sigmaX=0.08 * size).reshape(out.shape)[region]
+    out[region] = level + rng.normal(0.0, 3.0, size=(int(region.sum()), 1))
     return region
 
 
-def _draw_stain(out, mask, centre, size, rng) -> np.ndarray:
+def _draw_stain(out, mask, centre, size, rng, subtle=False) -> np.ndarray:
     radius = rng.uniform(0.04, 0.075) * size
     for _ in range(4):  # overlapping blobs make an irregular outline
         offset = rng.uniform(-0.6, 0.6, size=2) * radius
@@ -277,7 +287,7 @@ def _draw_stain(out, mask, centre, size, rng) -> np.ndarray:
     # Smooth low-frequency variation makes the patch blotchy rather than flat.
     coarse = rng.normal(0.0, 1.0, size=(6, 6)).astype(np.float32)
     blotches = cv2.resize(coarse, mask.shape[::-1], interpolation=cv2.INTER_CUBIC)
-    strength = np.clip(0.9 + 0.12 * blotches[region], 0.7, 1.1)[:, np.newaxis]
+    strength = np.clip(0.9 + 0.12 * blotches[region], 0.7, 1.1)[:, np.newaxis] * (0.7 if subtle else 1.0)
     tint = _STAIN_TINT if out.shape[2] == 3 else _STAIN_TINT.mean(keepdims=True)
     out[region] = out[region] * (1.0 - strength * (1.0 - tint))
     return region

@@ -131,6 +131,11 @@ class WassersteinBiGAN(keras.Model):
         """Reconstruction G(E(x)) of images in [-1, 1]."""
         return self.generator(self.encoder(images, training=training), training=training)
 
+    def fit(self, *args, shuffle=False, **kwargs):
+        """Keras' fit, trained from tf.data datasets that shuffle themselves: Keras' default shuffle=True would
+        only warn that it ignores it for a dataset."""
+        return super().fit(*args, shuffle=shuffle, **kwargs)
+
     # ---------------------------------------------------------------- training
 
     def train_step(self, data):

@@ -1,0 +1,182 @@
+"""Choosing a run's score from good images only: which candidate best separates synthetic defects.
+
+Input: every score term's values on the good validation images (held out of training) and on copies of them
+with synthetic defects drawn in (``defects.py``). Each candidate - every single term, and a few fixed
+combinations - is standardised on the good validation values (z = (t − mean) / std, like the calibration) and
+summed with its weights; its AUROC is the probability that a defective copy scores above a good image.
+
+The best AUROC wins, with a tie-break: candidates within TIE_TOLERANCE of the best count as equally good
+(with 30 good images and a few dozen copies an AUROC moves by more than that between seeds), and among them
+the choice prefers, in order, a pose-independent candidate (one that does not compare each pixel with what
+good parts show at the same place: it also holds when a part shifts or turns, e.g. on a new fixture), fewer
+terms, then the higher AUROC. So the per-pixel ``normalized_map_max`` is chosen where parts are aligned and it
+is clearly better, and something else where they are not.
+
+No test image is involved: the caller passes values computed on good validation images and their copies.
+Pure numpy: no TensorFlow, no scikit-learn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ganspection_tf.errors import GanspectionError
+
+TIE_TOLERANCE = 0.01
+# Terms that compare each pixel with the good images' statistics at the same place: they assume aligned parts.
+POSE_DEPENDENT_TERMS = frozenset({"normalized_map_max"})
+# Fixed combinations tried besides every single term (equal weights on the standardised terms).
+COMBINATIONS = (
+    ("map_max", "latent_mahalanobis"),
+    ("normalized_map_max", "latent_mahalanobis"),
+    ("map_max", "critic_feature"),
+    ("reconstruction", "critic"),
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A score: weights on standardised terms."""
+
+    name: str
+    weights: dict[str, float]
+
+    @property
+    def pose_independent(self) -> bool:
+        return not any(term in POSE_DEPENDENT_TERMS for term, weight in self.weights.items() if weight)
+
+    @property
+    def size(self) -> int:
+        return sum(1 for weight in self.weights.values() if weight)
+
+
+@dataclass
+class ScoreChoice:
+    """The chosen candidate, every candidate's AUROC on the synthetic defects, and why."""
+
+    name: str
+    weights: dict[str, float]
+    reason: str
+    auroc: dict[str, float]
+    n_good: int
+    n_defective: int
+    auroc_by_kind: dict[str, dict[str, float]] = field(default_factory=dict)  # candidate → defect kind → AUROC
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_candidates(terms) -> list[Candidate]:
+    """Every single term, then the COMBINATIONS whose terms are all available."""
+    terms = list(terms)
+    singles = [Candidate(term, {term: 1.0}) for term in terms]
+    pairs = [Candidate(" + ".join(pair), {term: 1.0 for term in pair})
+             for pair in COMBINATIONS if all(term in terms for term in pair)]
+    return singles + pairs
+
+
+def choose_score(good_terms, defective_terms, candidates=None, defect_kinds=None,
+                 tolerance=TIE_TOLERANCE) -> ScoreChoice:
+    """The best candidate (module docstring) from term values {term: (N,)} on good images and {term: (M,)} on
+    their defective copies. `defect_kinds` (M names, optional) adds every candidate's AUROC per kind."""
+    good = {name: np.asarray(values, np.float64).reshape(-1) for name, values in good_terms.items()}
+    defective = {name: np.asarray(values, np.float64).reshape(-1) for name, values in defective_terms.items()}
+    n_good, n_defective = _check_inputs(good, defective)
+    candidates = default_candidates([t for t in good if t in defective]) if candidates is None else list(candidates)
+    auroc, by_kind = {}, {}
+    for candidate in candidates:
+        scores = _candidate_scores(candidate, good, defective)
+        if scores is None:
+            continue
+        good_scores, defective_scores = scores
+        auroc[candidate.name] = auroc_of(good_scores, defective_scores)
+        if defect_kinds is not None:
+            kinds = np.asarray(defect_kinds)
+            by_kind[candidate.name] = {kind: auroc_of(good_scores, defective_scores[kinds == kind])
+                                       for kind in sorted(set(kinds.tolist()))}
+    if not auroc:
+        raise GanspectionError("no score candidate has finite values on the validation images; the run has diverged")
+    usable = [c for c in candidates if c.name in auroc]
+    best = max(auroc.values())
+    tied = [c for c in usable if auroc[c.name] >= best - tolerance]
+    chosen = min(tied, key=lambda c: (not c.pose_independent, c.size, -auroc[c.name]))
+    return ScoreChoice(
+        name=chosen.name, weights=dict(chosen.weights), reason=_reason(chosen, usable, auroc, tolerance, n_defective,
+                                                                        n_good),
+        auroc=auroc, n_good=n_good, n_defective=n_defective, auroc_by_kind=by_kind,
+    )
+
+
+def auroc_of(negatives, positives) -> float:
+    """P(a positive scores above a negative) + ½ P(tie): the Mann–Whitney form of the ROC area."""
+    negatives, positives = np.asarray(negatives, np.float64), np.asarray(positives, np.float64)
+    if not len(negatives) or not len(positives):
+        raise GanspectionError("AUROC needs at least one good and one defective value")
+    ranks = _average_ranks(np.concatenate([negatives, positives]))
+    positive_rank_sum = ranks[len(negatives):].sum()
+    count = len(positives)
+    return float((positive_rank_sum - count * (count + 1) / 2) / (count * len(negatives)))
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _candidate_scores(candidate, good, defective):
+    """Weighted sums of the terms standardised on the good values, or None when a term is missing or not finite."""
+    if not candidate.size:
+        return None
+    good_sum, defective_sum = 0.0, 0.0
+    for term, weight in candidate.weights.items():
+        if not weight:
+            continue
+        if term not in good or term not in defective:
+            return None
+        g, d = good[term], defective[term]
+        if not (np.all(np.isfinite(g)) and np.all(np.isfinite(d))):
+            return None
+        mean, std = g.mean(), g.std(ddof=1)
+        std = max(std, 1e-3 * abs(mean), 1e-12)
+        good_sum = good_sum + weight * (g - mean) / std
+        defective_sum = defective_sum + weight * (d - mean) / std
+    return good_sum, defective_sum
+
+
+def _average_ranks(values) -> np.ndarray:
+    """1-based ranks; tied values share the mean of their ranks."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    last_rank = np.cumsum(counts)
+    return (last_rank - (counts - 1) / 2)[inverse]
+
+
+def _reason(chosen, candidates, auroc, tolerance, n_defective, n_good) -> str:
+    ranked = sorted(candidates, key=lambda c: -auroc[c.name])
+    best = auroc[ranked[0].name]
+    tied = [c for c in ranked if c.name != chosen.name and auroc[c.name] >= best - tolerance]
+    measured = (f"validation AUROC {auroc[chosen.name]:.3f} on {n_defective} synthetic-defect copies of "
+                f"{n_good} good validation images")
+    if not tied:
+        runner_up = next((c for c in ranked if c.name != chosen.name), None)
+        behind = f"; next best {runner_up.name} {auroc[runner_up.name]:.3f}" if runner_up else ""
+        return f"{chosen.name}: the highest {measured}{behind}"
+    why = []
+    if chosen.pose_independent and any(not c.pose_independent for c in tied):
+        why.append("pose-independent")
+    if any(c.size > chosen.size for c in tied):
+        why.append("simpler")
+    listed = ", ".join(f"{c.name} {auroc[c.name]:.3f}" for c in tied[:3]) + (" …" if len(tied) > 3 else "")
+    return (f"{chosen.name}: {measured}, tied within {tolerance:g} with {listed}; chosen as "
+            f"{' and '.join(why) or 'the highest'}")
+
+
+def _check_inputs(good, defective) -> tuple[int, int]:
+    good_counts = {len(v) for v in good.values()}
+    defective_counts = {len(v) for v in defective.values()}
+    if len(good_counts) > 1 or len(defective_counts) > 1:
+        raise GanspectionError("every term needs one value per image: the term arrays differ in length")
+    n_good, n_defective = next(iter(good_counts), 0), next(iter(defective_counts), 0)
+    if n_good < 2 or n_defective < 1:
+        raise GanspectionError(f"choosing a score needs at least 2 good validation images and 1 defective copy, "
+                               f"got {n_good} and {n_defective}")
+    return n_good, n_defective
