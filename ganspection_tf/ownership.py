@@ -31,7 +31,7 @@ LOCK_FILE = ".ganspection-tf.lock"
 # Every name a verb may write into a folder of each kind (besides the marker, the lock and temporary files).
 ARTIFACTS = {
     "run": ("config.json", "splits.json", "status.json", "model.keras", "checkpoints", "samples", "logs",
-            "history.csv", "calibration.json", "eval"),
+            "history.csv", "calibration.json", "score_choice.json", "eval"),
     "bundle": ("model.tflite", "metadata.json", "parity.json"),
     "demo": ("data", "run", "bundle"),
 }

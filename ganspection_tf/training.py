@@ -34,7 +34,7 @@ import tensorflow as tf
 
 import ganspection_tf
 from ganspection_tf import artifacts, distribute, interrupts, ownership
-from ganspection_tf.callbacks import CheckpointWriter, DivergenceGuard, SampleWriter
+from ganspection_tf.callbacks import CheckpointWriter, DivergenceGuard, SampleWriter, WallClockBudget
 from ganspection_tf.config import TrainConfig, resolved, train_config_from_record
 from ganspection_tf.data import mvtec, pipeline
 from ganspection_tf.errors import GanspectionError, first_line
@@ -178,6 +178,7 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
             _write_status(run_dir, "diverged", step, reason=guard.reason, last_good_checkpoint=last_good)
         raise GanspectionError(f"{run_dir}: training diverged at step {guard.step} ({guard.reason}); "
                                + _after_divergence(run_dir, last_good))
+    stopped = {"stopped_by": f"--max-minutes {config.max_minutes:g}"} if budget and budget.stopped_at else {}
     if distribute.is_chief(strategy):
         _write_status(run_dir, "finished", step, seconds=round(elapsed, 1), **stopped)
     log(f"trained to step {step} in {elapsed:.0f} s{' (wall-clock budget)' if stopped else ''}; run folder: {run_dir}")
