@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 
 from ganspection_tf import artifacts  # noqa: E402
 from ganspection_tf.calibration import anomaly_map, fit_calibration_from_outputs  # noqa: E402
+from ganspection_tf.config import train_config_from_record  # noqa: E402
 from ganspection_tf.data import mvtec, pipeline, synthetic  # noqa: E402
 from ganspection_tf.evaluate import (  # noqa: E402
     PIXEL_EVAL_SIZE,
@@ -97,7 +98,7 @@ def parse_args(argv):
 
 def find_categories(root, names, synthetic_folder) -> dict[str, Path]:
     """{name: category folder}: the requested (or all) categories under `root`, then the synthetic ones."""
-    if not Path(root).is_dir():
+    if not Path(root).is_dir() and not names:
         print(f"warning: {root} is not a folder: only the synthetic categories (pass --root)", file=sys.stderr)
     available = sorted(p.name for p in Path(root).iterdir() if (p / "train" / "good").is_dir()) if Path(root).is_dir() else []
     wanted = names.split(",") if names else [*available, *SYNTHETIC]
@@ -193,7 +194,8 @@ def model_row(folder, run_dir, minutes, image_size) -> dict:
         "f1": metrics["threshold"]["f1"],
         "steps": metrics["model_step"],
         "minutes": status.get("seconds", float("nan")) / 60,
-        "image_size": json.loads((run_dir / "config.json").read_text())["train"]["image_size"],
+        "image_size": train_config_from_record(json.loads((run_dir / "config.json").read_text()),
+                                               run_dir / "config.json").model.image_size,
         "run": str(run_dir),
     }
 

@@ -110,7 +110,7 @@ def train(context, out, resume, overwrite, **options):
 
 
 def _progress_verbosity():
-    """Keras' live progress bar on a terminal; one line per log interval in a log file."""
+    """The progress line redrawn in place on a terminal; one line per log interval in a log file."""
     return 1 if sys.stdout.isatty() else 2
 
 

@@ -34,7 +34,13 @@ import tensorflow as tf
 
 import ganspection_tf
 from ganspection_tf import artifacts, distribute, interrupts, ownership
-from ganspection_tf.callbacks import CheckpointWriter, DivergenceGuard, SampleWriter, WallClockBudget
+from ganspection_tf.callbacks import (
+    CheckpointWriter,
+    DivergenceGuard,
+    ProgressLine,
+    SampleWriter,
+    WallClockBudget,
+)
 from ganspection_tf.config import TrainConfig, resolved, train_config_from_record
 from ganspection_tf.data import mvtec, pipeline
 from ganspection_tf.errors import GanspectionError, first_line
@@ -63,6 +69,7 @@ def train(config: TrainConfig, out, resume=False, verbose=1, log=print, override
     On --resume the stored config wins; `overrides` (field → value, default: steps, strategy and devices of
     `config`) names what the user asked to change, which must be in RESUMABLE_FIELDS. `extra_callbacks` (Keras
     callbacks) run after the built-in ones, e.g. a wall-clock budget that sets ``model.stop_training``.
+    `verbose`: 0 silent, 1 the progress line redrawn live (a terminal), 2 one progress line per log interval.
     `overwrite` starts a new run in a folder holding an earlier run (its artifacts are deleted) or files of the
     user (kept untouched). The chief holds the run folder's lock from start to end: one writer per run.
     """
@@ -153,6 +160,8 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         SampleWriter(folder, _sample_inputs(images, config), config.sample_every, config.steps),
         keras.callbacks.CSVLogger(str(folder / "history.csv"), append=start_step > 0),
         keras.callbacks.TensorBoard(log_dir=str(folder / "logs"), write_graph=False, update_freq="epoch"),
+        *([ProgressLine(config.steps, global_batch, config.model.critic_steps, budget, live=verbose == 1)]
+          if verbose else []),
         *(extra_callbacks or []),
     ]
     log(
@@ -168,7 +177,7 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
                 initial_epoch=start_step // epoch_steps,
                 steps_per_epoch=epoch_steps,
                 callbacks=callbacks,
-                verbose=verbose,
+                verbose=0,  # ProgressLine instead of Keras' bar
             )
     elapsed = time.time() - started
     step = int(model.step.numpy())

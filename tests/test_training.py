@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import keras
 import numpy as np
@@ -76,15 +77,49 @@ def test_a_used_run_folder_is_refused_without_resume(tiny_run, synthetic_categor
         training.train(config, tiny_run, verbose=0, log=quiet)
 
 
-def test_cli_train_writes_a_run(synthetic_category, tmp_path, capsys):
+def test_cli_train_writes_a_run_and_one_progress_line_per_log_interval(synthetic_category, tmp_path, capsys):
     out = tmp_path / "cli-run"
     code = main([
         "train", "--data", str(synthetic_category), "--out", str(out), "--image-size", "32", "--width", "8",
-        "--latent-dim", "8", "--critic-steps", "1", "--batch-size", "8", "--steps", "2", "--log-every", "2",
+        "--latent-dim", "8", "--critic-steps", "2", "--batch-size", "8", "--steps", "4", "--log-every", "2",
         "--checkpoint-every", "2", "--sample-every", "2", "--no-jit",
     ])
-    assert code == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
     assert isinstance(keras.models.load_model(out / "model.keras", safe_mode=True), keras.Model)
+    progress = [parse_progress(line) for line in captured.out.splitlines() if line.startswith("step ")]
+    assert [p["step"] for p in progress] == [2, 4]
+    for p in progress:
+        assert 0 < p["steps_per_s"] < 1000
+        # images through critic updates = global batch 8 × 2 critic updates × steps/s; a full step sees 8 × steps/s
+        assert p["critic_images"] == pytest.approx(16 * p["steps_per_s"], rel=0.01, abs=1)
+        assert p["step_images"] == pytest.approx(8 * p["steps_per_s"], rel=0.01, abs=1)
+        assert np.isfinite(p["critic_loss"])
+    assert progress[-1]["eta"] == "0s"
+    assert "\r" not in captured.out  # not a terminal: no redrawing, a log file stays one line per interval
+
+
+def test_on_a_terminal_the_progress_line_is_redrawn_in_place(tiny_run_copy, capsys):
+    config = training.read_train_config(tiny_run_copy).replace(steps=8)
+    training.train(config, tiny_run_copy, resume=True, verbose=1, log=quiet, overrides={"steps": 8})
+    lines = capsys.readouterr().out.split("\n")
+    assert lines[-1] == "" and len(lines) == 3  # steps 4 → 8 in two log intervals of 2 steps: two lines
+    shown = [line.split("\r")[-1].replace("\x1b[K", "") for line in lines[:2]]  # what the terminal keeps
+    assert [parse_progress(line)["step"] for line in shown] == [6, 8]
+    assert all(line.startswith("\r") for line in lines[:2])
+
+
+PROGRESS = re.compile(r"step (?P<step>\d+)/\d+ \(\d+%\) \| (?P<steps_per_s>[\d.e+-]+) steps/s, (?P<critic_images>\d+) "
+                      r"images/s through critic updates \((?P<step_images>\d+) per full step\) \| ETA (?P<eta>\S+) "
+                      r"\| .*critic_loss (?P<critic_loss>\S+)")
+
+
+def parse_progress(line):
+    match = PROGRESS.search(line)
+    assert match, line
+    values = match.groupdict()
+    return {"step": int(values["step"]), "eta": values["eta"], "critic_loss": float(values["critic_loss"]),
+            **{key: float(values[key]) for key in ("steps_per_s", "critic_images", "step_images")}}
 
 
 def test_resume_takes_the_data_from_the_run_and_compares_paths_resolved(tiny_run, synthetic_category, monkeypatch,
@@ -104,7 +139,9 @@ def test_max_minutes_stops_at_a_saved_checkpoint(synthetic_category, tmp_path, c
         "--latent-dim", "8", "--critic-steps", "1", "--batch-size", "8", "--steps", "8", "--log-every", "1",
         "--checkpoint-every", "4", "--sample-every", "4", "--no-jit", "--max-minutes", "0.0001",
     ])
-    assert code == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "ETA 0s (stopping for --max-minutes 0.0001)" in captured.out.splitlines()[-2]  # the last progress line
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "finished" and status["step"] == 1 and status["stopped_by"] == "--max-minutes 0.0001"
     assert int(training.load_model(out).step) == 1  # saved where it stopped, not at a --checkpoint-every step
