@@ -62,11 +62,13 @@ class CameraSummary:
 
 
 def run_camera(scorer, source, out=None, save_anomalies=None, max_frames=None, color_order="bgr",
-               retries=DEFAULT_RETRIES, backoff_s=DEFAULT_BACKOFF_S, sleep=time.sleep, err=None) -> CameraSummary:
+               retries=DEFAULT_RETRIES, backoff_s=DEFAULT_BACKOFF_S, sleep=time.sleep, err=None,
+               header=None) -> CameraSummary:
     """Score every frame of `source` with `scorer` (an ``edge.EdgeScorer``), writing JSON lines to `out`.
 
     `out` is a path (written line by line, flushed after each frame) or None for stdout; `sleep` and
-    `backoff_s` are injectable so tests need not wait for the reconnection backoff.
+    `backoff_s` are injectable so tests need not wait for the reconnection backoff. `header` (e.g. the threshold
+    in use) goes to `err` with the first frame, so a source refused at once stays a one-line error.
     """
     err = err if err is not None else sys.stderr
     if max_frames is not None and max_frames < 1:
@@ -79,6 +81,9 @@ def run_camera(scorer, source, out=None, save_anomalies=None, max_frames=None, c
     try:
         with _line_sink(out) as sink:
             for frame in frames:
+                if header:
+                    print(header, file=err)
+                    header = None
                 if frame.pixels is None:
                     summary.unreadable += 1
                     print(f"warning: {frame.label}: skipped ({frame.problem})", file=err)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ganspection_tf import __version__, console, interrupts
+from ganspection_tf import __version__, console, interrupts, thresholds
 from ganspection_tf.config import TrainConfig, option_fields
 from ganspection_tf.errors import GanspectionError, MissingTrainExtra
 
@@ -241,6 +241,14 @@ def _echo_to_stderr(message):
 
 # ------------------------------------------------------------------------------------------------ score
 
+def threshold_options(function):
+    """--max-fpr F / --threshold T: decide with another threshold than the calibrated one (``thresholds.py``)."""
+    function = click.option("--threshold", default=None, type=SettingType(thresholds.THRESHOLD),
+                            help=thresholds.THRESHOLD.help)(function)
+    return click.option("--max-fpr", default=None, type=SettingType(thresholds.MAX_FPR),
+                        help=thresholds.MAX_FPR.help)(function)
+
+
 SCORE_FIELDS = ("path", "score", "latent", "cycle", "reconstruction", "critic_feature", "critic", "map_max",
                 "latent_mahalanobis", "normalized_map_max", "anomalous")
 
@@ -254,7 +262,8 @@ SCORE_FIELDS = ("path", "score", "latent", "cycle", "reconstruction", "critic_fe
 @click.option("--heatmaps", default=None, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for heatmap overlay PNGs (<name>_heatmap.png, original image size).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
-def score(run_dir, paths, output_format, output, heatmaps, batch_size):
+@threshold_options
+def score(run_dir, paths, output_format, output, heatmaps, batch_size, max_fpr, threshold):
     """Score image files and folders: one row per image with the score, every term and the verdict.
 
     Unreadable files are reported on stderr as they come and get no row; the other images are still scored,
@@ -267,6 +276,10 @@ def score(run_dir, paths, output_format, output, heatmaps, batch_size):
     model = training.load_model(run_dir)
     term_model = scoring.build_term_model(model)
     calibration = scoring.ensure_calibration(run_dir, model, log=_echo_to_stderr, term_model=term_model)
+    if max_fpr is not None or threshold is not None:
+        chosen = thresholds.for_calibration(calibration, threshold, max_fpr)
+        calibration = dataclasses.replace(calibration, threshold=chosen.value)
+        click.echo(chosen.describe(), err=True)
     if heatmaps is not None:
         artifacts.ensure_writable_folder(heatmaps, option="--heatmaps")
     resize = training.run_resize(run_dir)
@@ -391,14 +404,17 @@ def export(run_dir, tflite, quantize, score_name, calibration_dir, out, force, o
 @click.option("--threads", default=None, type=click.IntRange(1), help="LiteRT threads (default: LiteRT's choice).")
 @click.option("--color-order", default="bgr", show_default=True, type=click.Choice(["bgr", "rgb"]),
               help="Channel order of the frames the capture delivers (OpenCV: bgr).")
-def camera(bundle, source, out, save_anomalies, max_frames, threads, color_order):
+@threshold_options
+def camera(bundle, source, out, save_anomalies, max_frames, threads, color_order, max_fpr, threshold):
     """Score frames of a camera, video, stream or image folder with an edge bundle (no TensorFlow needed)."""
     from ganspection_tf.camera import run_camera
-    from ganspection_tf.edge import EdgeScorer
+    from ganspection_tf.edge import METADATA_FILE, EdgeScorer
 
     scorer = EdgeScorer(bundle, threads=threads)
+    chosen = thresholds.for_bundle(scorer.metadata, Path(bundle) / METADATA_FILE, threshold, max_fpr)
+    scorer.threshold = chosen.value
     summary = run_camera(scorer, source, out=out, save_anomalies=save_anomalies, max_frames=max_frames,
-                         color_order=color_order)
+                         color_order=color_order, header=chosen.describe())
     if summary.scored == 0 and summary.unreadable:
         raise GanspectionError(f"--source {source}: none of its {summary.unreadable} frames could be scored "
                                "(listed above); check the source and the bundle")

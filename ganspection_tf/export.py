@@ -513,8 +513,10 @@ def bundle_metadata(
         terms=list(calibration.terms),
         outputs=outputs,
         heatmap=edge.ERROR_MAP_OUTPUT in outputs,
-        calibration=calibration.to_dict(),
+        # The validation scores go beside the calibration, where earlier camera releases ignore them.
+        calibration={key: value for key, value in calibration.to_dict().items() if key != "validation_scores"},
         threshold=calibration.threshold,
+        validation_scores=calibration.validation_scores,
         quantization=quantize,
         package_version=ganspection_tf.__version__,
         config_hash=config.get("config_hash", ""),
