@@ -69,6 +69,9 @@ _TYPED_KEYS = {
     "config_hash": str,
     "model_sha256": str,
 }
+# Optional keys (bundles of earlier releases lack them): the sorted combined scores of the calibration's good
+# validation images, from which the camera chooses a threshold for another --max-fpr by the calibration's rule.
+_OPTIONAL_KEYS = {"validation_scores": list}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,12 +90,14 @@ class BundleMetadata:
     package_version: str
     config_hash: str
     model_sha256: str
+    validation_scores: list | None = None
     details: dict = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:
         """The metadata.json written by this release (always the current format version)."""
         typed = {key: getattr(self, key) for key in _TYPED_KEYS}
+        typed.update({key: getattr(self, key) for key in _OPTIONAL_KEYS if getattr(self, key) is not None})
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "preprocessing": self.preprocessing.to_dict(),
                 **typed, **self.details}
 
@@ -112,20 +117,28 @@ class BundleMetadata:
             preprocessing, own_keys = Preprocessing.from_dict(values.get("preprocessing"), source), ("preprocessing",)
         _check_types(values, source)
         details = {key: value for key, value in values.items()
-                   if key not in (*_TYPED_KEYS, *own_keys, "format", "format_version")}
+                   if key not in (*_TYPED_KEYS, *_OPTIONAL_KEYS, *own_keys, "format", "format_version")}
         return cls(preprocessing=preprocessing, details=details, format_version=version,
-                   **{key: values[key] for key in _TYPED_KEYS})
+                   **{key: values[key] for key in _TYPED_KEYS}, **{key: values.get(key) for key in _OPTIONAL_KEYS})
 
 
 def _check_types(values, source):
     missing = sorted(key for key in _TYPED_KEYS if key not in values)
     if missing:
         raise GanspectionError(f"{source}: invalid bundle metadata (missing keys {missing}); {_FIX}")
-    for key, kind in _TYPED_KEYS.items():
+    for key, kind in {**_TYPED_KEYS, **{k: v for k, v in _OPTIONAL_KEYS.items() if values.get(k) is not None}}.items():
         value = values[key]
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise GanspectionError(f"{source}: invalid bundle metadata ('{key}' has type {type(value).__name__}); "
                                    f"{_FIX}")
+    scores = values.get("validation_scores")
+    if scores is not None and not (scores and all(_is_finite_number(score) for score in scores)):
+        raise GanspectionError(f"{source}: invalid bundle metadata ('validation_scores' must be a non-empty list of "
+                               f"finite numbers); {_FIX}")
     if not math.isfinite(values["threshold"]):
         raise GanspectionError(f"{source}: invalid bundle metadata ('threshold' is {values['threshold']}, not a "
                                f"finite number); {_FIX}")
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -115,7 +115,8 @@ _FIELD_TYPES = {
     "n_validation": int,
     "config_hash": str,
 }
-_OPTIONAL_FIELDS = {"whitening", "model_step", "code_mean", "code_whitening", "map_mean", "map_std"}
+_OPTIONAL_FIELDS = {"whitening", "model_step", "code_mean", "code_whitening", "map_mean", "map_std",
+                    "validation_scores"}
 
 
 @dataclass
@@ -137,27 +138,31 @@ class Calibration:
     code_whitening: list[list[float]] | None = None
     map_mean: list[list[float]] | None = None  # the per-pixel Gaussian of normalized_map_max (S × S each)
     map_std: list[list[float]] | None = None
+    # The combined scores of the validation images the threshold was chosen on, sorted: another max_fpr's
+    # threshold without recalibrating (:meth:`threshold_for`; shipped in edge bundles). None in older files.
+    validation_scores: list[float] | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values, source="calibration") -> Calibration:
-        """Validates keys, types and shapes; a bad dict raises a one-line GanspectionError naming `source`."""
+    def from_dict(cls, values, source="calibration", fix=None) -> Calibration:
+        """Validates keys, types and shapes; a bad dict raises a one-line GanspectionError naming `source` and
+        the key, ending with `fix` (default: recompute a run folder's calibration.json)."""
         if not isinstance(values, dict):
-            raise _invalid(source, f"expected a JSON object, got {type(values).__name__}")
+            raise _invalid(fix, source, f"expected a JSON object, got {type(values).__name__}")
         missing = sorted(set(_FIELD_TYPES) - set(values))
         unknown = sorted(set(values) - set(_FIELD_TYPES) - _OPTIONAL_FIELDS)
         if missing or unknown:
-            raise _invalid(source, f"missing keys {missing}" if missing else f"unknown keys {unknown}")
+            raise _invalid(fix, source, f"missing keys {missing}" if missing else f"unknown keys {unknown}")
         for key, kind in _FIELD_TYPES.items():
             if not isinstance(values[key], kind) or isinstance(values[key], bool):
-                raise _invalid(source, f"'{key}' has type {type(values[key]).__name__}")
+                raise _invalid(fix, source, f"'{key}' has type {type(values[key]).__name__}")
         calibration = cls(**{key: values[key] for key in _FIELD_TYPES},
                           **{key: values.get(key) for key in sorted(_OPTIONAL_FIELDS)})
         problem = calibration._problem()
         if problem:
-            raise _invalid(source, problem)
+            raise _invalid(fix, source, problem)
         return calibration
 
     def term_matrix(self, outputs: dict) -> np.ndarray:
@@ -189,6 +194,10 @@ class Calibration:
             return np.sqrt(np.sum(np.square(whitened), axis=1))
         return standardized @ np.asarray(self.weights)
 
+    def threshold_for(self, max_fpr) -> float:
+        """The threshold this calibration's rule gives for another `max_fpr`, from its validation scores."""
+        return validation_threshold(self.validation_scores, max_fpr)
+
     def is_anomalous(self, scores) -> np.ndarray:
         return np.asarray(scores) > self.threshold
 
@@ -217,6 +226,9 @@ class Calibration:
             return "'max_fpr' must be in (0, 1)"
         if self.n_validation < 1:
             return "'n_validation' must be at least 1"
+        if self.validation_scores is not None and (
+                len(self.validation_scores) != self.n_validation or not _all_finite_numbers(self.validation_scores)):
+            return "'validation_scores' must hold 'n_validation' finite numbers"
         if self.model_step is not None and (not isinstance(self.model_step, int) or isinstance(self.model_step, bool)):
             return "'model_step' must be an integer or null"
         return self._code_gaussian_problem() or self._map_gaussian_problem()
@@ -293,7 +305,8 @@ def fit_calibration(
         map_mean=None if map_mean is None else np.asarray(map_mean, np.float64).tolist(),
         map_std=None if map_std is None else np.asarray(map_std, np.float64).tolist(),
     )
-    calibration.threshold = validation_threshold(calibration.combine(matrix), max_fpr)
+    calibration.validation_scores = sorted(calibration.combine(matrix).tolist())
+    calibration.threshold = calibration.threshold_for(max_fpr)
     return calibration
 
 
@@ -499,9 +512,9 @@ def heatmap_overlay(image_uint8, amap, full_scale=HEATMAP_FULL_SCALE, opacity=0.
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
-def _invalid(source, problem):
-    return GanspectionError(f"{source}: invalid calibration ({problem}); delete it and run 'ganspection-tf evaluate' "
-                            "on the run folder to recompute it")
+def _invalid(fix, source, problem):
+    fix = fix or "delete it and run 'ganspection-tf evaluate' on the run folder to recompute it"
+    return GanspectionError(f"{source}: invalid calibration ({problem}); {fix}")
 
 
 def _all_finite_numbers(vector) -> bool:

@@ -407,6 +407,7 @@ def _still_valid(stored, config_hash, step, method, max_fpr, weights):
         stored.config_hash == config_hash
         and stored.model_step == step
         and stored.terms == list(TERMS)
+        and stored.validation_scores is not None  # a file from before they were kept: refit, so export ships them
         and (method is None or stored.method == method)
         and (max_fpr is None or stored.max_fpr == max_fpr)
         and (weights is None or stored.weights == weight_vector(weights))
