@@ -99,23 +99,24 @@ class Calibration:
         return {**values, **{name: fitted.get(name) for name in PARAMETERS}}
 
     @classmethod
-    def from_dict(cls, values, source="calibration") -> Calibration:
-        """Validates keys, types and shapes; a bad dict raises a one-line GanspectionError naming `source`."""
+    def from_dict(cls, values, source="calibration", fix=None) -> Calibration:
+        """Validates keys, types and shapes; a bad dict raises a one-line GanspectionError naming `source` and
+        the key, ending with `fix` (default: recompute a run folder's calibration.json)."""
         if not isinstance(values, dict):
-            raise _invalid(source, f"expected a JSON object, got {type(values).__name__}")
+            raise _invalid(fix, source, f"expected a JSON object, got {type(values).__name__}")
         missing = sorted(set(_FIELD_TYPES) - set(values))
         unknown = sorted(set(values) - set(_FIELD_TYPES) - _OPTIONAL_FIELDS)
         if missing or unknown:
-            raise _invalid(source, f"missing keys {missing}" if missing else f"unknown keys {unknown}")
+            raise _invalid(fix, source, f"missing keys {missing}" if missing else f"unknown keys {unknown}")
         for key, kind in _FIELD_TYPES.items():
             if not isinstance(values[key], kind) or isinstance(values[key], bool):
-                raise _invalid(source, f"'{key}' has type {type(values[key]).__name__}")
+                raise _invalid(fix, source, f"'{key}' has type {type(values[key]).__name__}")
         calibration = cls(**{key: values[key] for key in _FIELD_TYPES}, whitening=values.get("whitening"),
                           model_step=values.get("model_step"), validation_scores=values.get("validation_scores"),
                           parameters={name: values[name] for name in PARAMETERS if values.get(name) is not None})
         problem = calibration._problem()
         if problem:
-            raise _invalid(source, problem)
+            raise _invalid(fix, source, problem)
         return calibration
 
     def term_matrix(self, outputs: dict) -> np.ndarray:
@@ -300,9 +301,9 @@ def weight_vector(weights, terms=TERMS):
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
-def _invalid(source, problem):
-    return GanspectionError(f"{source}: invalid calibration ({problem}); delete it and run 'ganspection-tf evaluate' "
-                            "on the run folder to recompute it")
+def _invalid(fix, source, problem):
+    fix = fix or "delete it and run 'ganspection-tf evaluate' on the run folder to recompute it"
+    return GanspectionError(f"{source}: invalid calibration ({problem}); {fix}")
 
 
 def _check_fit_inputs(matrix, terms, method, max_fpr):

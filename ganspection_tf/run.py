@@ -8,8 +8,10 @@ Run folder (written by ``ganspection-tf train``; ``calibration.json`` and ``eval
     checkpoints/      tf.train checkpoints (weights, EMA, both optimizers, step) for --resume
     samples/          PNG grids: fixed-z samples, reconstructions, samples with z ×2 and ×3
     logs/             TensorBoard scalars and image grids
-    history.csv       the logged losses, one row per log interval
-    status.json       running / finished / diverged, with the step and the reason
+    history.csv       the logged losses, one row per log interval (appended to on --resume)
+    status.json       running / finished / diverged / interrupted / killed / failed, with the step, the reason
+                      and the pid and host of the training process (:meth:`RunFolder.read_status`)
+    .ganspection-tf.json, .ganspection-tf.lock   ownership marker and the one-writer lock (ownership.py)
     calibration.json  the fitted score (``calibration.Calibration``), made from good images only
     score_choice.json how the score was chosen on good and synthetic-defect images (``synthetic_validation.py``)
     eval/             ``ganspection-tf evaluate``'s report
@@ -24,11 +26,13 @@ after the dataset was moved). No TensorFlow here except inside :meth:`RunFolder.
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
 
-from ganspection_tf import artifacts
+from ganspection_tf import artifacts, ownership
 from ganspection_tf.calibration import Calibration
 from ganspection_tf.config import train_config_from_record
 from ganspection_tf.data import mvtec
@@ -117,10 +121,22 @@ class RunFolder:
         self._splits = splits
 
     def read_status(self) -> dict | None:
-        return artifacts.read_json(self.status_path, what="run status") if self.status_path.is_file() else None
+        """status.json, where a `running` status whose process is gone (kill -9, a power cut) reads `killed`."""
+        path = self.status_path
+        if not path.is_file():
+            return None
+        status = artifacts.read_json(path, what="run status")
+        if not isinstance(status, dict):
+            raise GanspectionError(f"{path}: run status is not a JSON object; delete it (training rewrites it)")
+        if status.get("state") == "running" and status.get("host") == socket.gethostname() \
+                and not ownership.process_alive(status.get("pid")):
+            status = {**status, "state": "killed", "reason": f"process {status.get('pid')} is gone"}
+        return status
 
     def write_status(self, state: str, step: int, **details) -> None:
-        artifacts.write_json(self.status_path, {"state": state, "step": step, **details})
+        """status.json with this process's pid and host (a `running` status of a dead process reads `killed`)."""
+        artifacts.write_json(self.status_path, {"state": state, "step": step, "pid": os.getpid(),
+                                                "host": socket.gethostname(), **details})
 
     def read_calibration(self, log=print) -> Calibration | None:
         """The stored calibration, or None when there is none or it is invalid (with a warning: it is refitted)."""
@@ -203,29 +219,51 @@ class RunFolder:
         return " or ".join(str(folder) for folder in self.training_folders())
 
 
+# A model.keras of a mixed_float16 run saved before the model counted its own steps names this optimizer class.
+_LEGACY_LOSS_SCALE_OPTIMIZER = "ganspection_tf>StepCountingLossScaleOptimizer"
+
+
 def load_model(path):
     """The model of a run folder, or of its ``model.keras`` file given as `path`, loaded with safe_mode=True; a
-    missing, broken or foreign file is a one-line error. Imports TensorFlow (only here)."""
+    missing, broken or foreign file is a one-line error with advice that works. Imports TensorFlow (only here)."""
     path = Path(path)
     model_file = path if path.is_file() or path.name == MODEL_FILE else path / MODEL_FILE
     if not model_file.is_file():
-        raise GanspectionError(f"{model_file}: no trained model here; train one with 'ganspection-tf train --out "
-                               f"{model_file.parent}'")
+        raise GanspectionError(f"{model_file}: no trained model here; train one with "
+                               f"'ganspection-tf train --data DATA --out {model_file.parent}'")
     import keras
 
     import ganspection_tf.models.bigan  # noqa: F401  registers the model's classes for deserialisation
 
-    # A model.keras of a mixed_float16 run saved before the model counted its own steps names this optimizer class.
-    keras.saving.get_custom_objects()["ganspection_tf>StepCountingLossScaleOptimizer"] = (
-        keras.optimizers.LossScaleOptimizer
-    )
+    keras.saving.get_custom_objects()[_LEGACY_LOSS_SCALE_OPTIMIZER] = keras.optimizers.LossScaleOptimizer
     try:
         return keras.models.load_model(model_file, safe_mode=True)
     except Exception as error:  # Keras raises many types for a truncated or foreign archive.
-        raise GanspectionError(
-            f"{model_file}: cannot load the model ({first_line(error)}); it is truncated or from another version — "
-            "retrain, or restore it with 'ganspection-tf train --resume'"
-        ) from None
+        raise GanspectionError(f"{model_file}: {_why_unloadable(error)}; "
+                               f"{_model_repair_advice(model_file.parent)}") from None
+
+
+def _why_unloadable(error):
+    text = " ".join(str(error).split())
+    if "safe_mode" in text or "Lambda" in text:
+        return ("cannot load the model: it contains code (a Lambda layer) that is not run with safe_mode, so "
+                "ganspection-tf did not write it")
+    return f"cannot load the model, it is truncated, damaged or from another version ({first_line(error)})"
+
+
+def _model_repair_advice(run_dir):
+    """Advice that works: rebuilding model.keras needs a checkpoint and the run's data."""
+    import tensorflow as tf
+
+    run = RunFolder(run_dir)
+    if tf.train.latest_checkpoint(str(run.checkpoints)) and run.config_path.is_file():
+        try:
+            data = run.read_config()["train"]["data"]
+        except (GanspectionError, KeyError, TypeError):
+            data = "DATA"
+        return (f"rebuild it from the last checkpoint with 'ganspection-tf train --data {data} --out {run.path} "
+                "--resume'")
+    return "train a new model with 'ganspection-tf train --data DATA --out NEW_RUN_DIR'"
 
 
 def as_run(run) -> RunFolder:

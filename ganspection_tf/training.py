@@ -1,11 +1,13 @@
 """`ganspection-tf train`: from a folder of good images to a run folder a person can inspect.
 
 The run folder's files (config.json, splits.json, model.keras, checkpoints/, samples/, logs/, history.csv,
-status.json) are described and named in ``run.py``.
+status.json, the ownership marker and lock) are described and named in ``run.py``.
 
 One Keras "epoch" is one log interval of `log_every` steps, so ``--resume`` restarts ``fit`` at a whole epoch.
 """
 
+import collections
+import contextlib
 import hashlib
 import json
 import math
@@ -19,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 import ganspection_tf
-from ganspection_tf import artifacts, distribute
+from ganspection_tf import artifacts, distribute, interrupts, ownership
 from ganspection_tf.callbacks import (
     CheckpointWriter,
     DivergenceGuard,
@@ -29,11 +31,19 @@ from ganspection_tf.callbacks import (
 )
 from ganspection_tf.config import TrainConfig, resolved
 from ganspection_tf.data import mvtec, pipeline
-from ganspection_tf.errors import GanspectionError
+from ganspection_tf.errors import GanspectionError, first_line
 from ganspection_tf.models.bigan import WassersteinBiGAN
-from ganspection_tf.run import HISTORY_FILE, LOGS_FOLDER, MODEL_FILE, RunFolder
+from ganspection_tf.run import (
+    CHECKPOINTS_FOLDER,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LOGS_FOLDER,
+    MODEL_FILE,
+    SPLITS_FILE,
+    RunFolder,
+    load_model,
+)
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 SAMPLE_COUNT = 16
 
 
@@ -49,13 +59,16 @@ RESUMABLE_FIELDS = ("steps", "learning_rate", "strategy", "devices", "keep_check
                     "checkpoint_every", "sample_every", "jit_compile", "max_minutes")
 
 
-def train(config: TrainConfig, out, resume=False, verbose=1, log=print, overrides=None, extra_callbacks=None) -> Path:
+def train(config: TrainConfig, out, resume=False, verbose=1, log=print, overrides=None, extra_callbacks=None,
+          overwrite=False) -> Path:
     """Trains (or resumes) a run in folder `out` and returns it.
 
     On --resume the stored config wins; `overrides` (field → value, default: steps, strategy and devices of
     `config`) names what the user asked to change, which must be in RESUMABLE_FIELDS. `extra_callbacks` (Keras
     callbacks) run after the built-in ones, e.g. a wall-clock budget that sets ``model.stop_training``.
     `verbose`: 0 silent, 1 the progress line redrawn live (a terminal), 2 one progress line per log interval.
+    `overwrite` starts a new run in a folder holding an earlier run (its artifacts are deleted) or files of the
+    user (kept untouched). The chief holds the run folder's lock from start to end: one writer per run.
     """
     run_dir = Path(out)
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything, and only the chief may
@@ -63,15 +76,33 @@ def train(config: TrainConfig, out, resume=False, verbose=1, log=print, override
     strategy, strategy_name = distribute.make_strategy(config.strategy, config.devices)
     if overrides is None:
         overrides = {name: getattr(config, name) for name in ("steps", "strategy", "devices")}
-    config = _reconcile_with_existing_run(config, run_dir, resume, overrides, chief=distribute.is_chief(strategy))
-    _set_precision(config.precision)
-    keras.utils.set_random_seed(config.model.seed)
+    chief = distribute.is_chief(strategy)
+    with _run_folder_claimed(run_dir, resume, overwrite, chief, log):
+        config = _reconcile_with_existing_run(config, run_dir, resume, overrides, chief=chief)
+        _set_precision(config.precision)
+        keras.utils.set_random_seed(config.model.seed)
 
-    folder = distribute.writing_folder(run_dir, strategy)
-    try:
-        return _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbose, log, extra_callbacks)
-    finally:
-        distribute.discard_worker_folder(folder, run_dir)
+        folder = distribute.writing_folder(run_dir, strategy)
+        try:
+            return _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbose, log,
+                               extra_callbacks)
+        finally:
+            distribute.discard_worker_folder(folder, run_dir)
+
+
+@contextlib.contextmanager
+def _run_folder_claimed(run_dir, resume, overwrite, chief, log):
+    """The chief: refuse a folder holding foreign files, take the one-writer lock, mark the folder as a run."""
+    if not chief:  # the other workers write into throw-away folders; only the chief owns the run folder
+        yield
+        return
+    ownership.refuse_foreign(run_dir, "run", overwrite)  # before the lock file is created in someone's folder
+    with ownership.exclusive_writer(run_dir):
+        _correct_stale_status(run_dir, log)
+        continuing = resume and (run_dir / CONFIG_FILE).exists()
+        ownership.claim_folder(run_dir, "run", overwrite=overwrite and not continuing, reuse=continuing,
+                               existing_hint="pass --resume to continue it, or --overwrite to start it again")
+        yield
 
 
 def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbose, log, extra_callbacks=None):
@@ -94,6 +125,8 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         strategy, restored_step=start_step, training_images=distribute.images_checksum(images)
     )
     if start_step >= config.steps:
+        if distribute.is_chief(strategy):
+            _restore_missing_model(model, run_dir, log)
         log(f"{run_dir}: already trained for {start_step} steps (--steps {config.steps}); nothing to do")
         return run_dir
 
@@ -105,6 +138,8 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         )
     epoch_steps = math.gcd(config.steps, config.checkpoint_every, config.sample_every, config.log_every, start_step)
     run_record = _describe_run(config, strategy_name, strategy.num_replicas_in_sync, images, splits)
+    if resume and start_step > 0:
+        _check_same_data(run_dir, splits, run_record)
     if distribute.is_chief(strategy):
         RunFolder(run_dir).write_config(run_record)
         RunFolder(run_dir).write_splits(splits)
@@ -131,25 +166,24 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         f"{strategy_name} strategy × {strategy.num_replicas_in_sync} replicas, global batch {global_batch}"
     )
     started = time.time()
-    with distribute.explain_lost_workers(strategy, RunFolder(run_dir).checkpoints):
-        model.fit(
-            dataset,
-            epochs=config.steps // epoch_steps,
-            initial_epoch=start_step // epoch_steps,
-            steps_per_epoch=epoch_steps,
-            callbacks=callbacks,
-            verbose=0,  # ProgressLine instead of Keras' bar
-        )
+    with _status_on_exit(run_dir, model, distribute.is_chief(strategy)):
+        with distribute.explain_lost_workers(strategy, run_dir / CHECKPOINTS_FOLDER):
+            model.fit(
+                dataset,
+                epochs=config.steps // epoch_steps,
+                initial_epoch=start_step // epoch_steps,
+                steps_per_epoch=epoch_steps,
+                callbacks=callbacks,
+                verbose=0,  # ProgressLine instead of Keras' bar
+            )
     elapsed = time.time() - started
     step = int(model.step.numpy())
     if guard.reason:
         last_good = checkpoints.latest_checkpoint
         if distribute.is_chief(strategy):
             _write_status(run_dir, "diverged", step, reason=guard.reason, last_good_checkpoint=last_good)
-        raise GanspectionError(
-            f"{run_dir}: training diverged at step {guard.step} ({guard.reason}); the last good checkpoint "
-            f"({last_good or 'none'}) and model.keras are kept. Lower --learning-rate and run again with --resume"
-        )
+        raise GanspectionError(f"{run_dir}: training diverged at step {guard.step} ({guard.reason}); "
+                               + _after_divergence(run_dir, last_good))
     stopped = {"stopped_by": f"--max-minutes {config.max_minutes:g}"} if budget and budget.stopped_at else {}
     if distribute.is_chief(strategy):
         _write_status(run_dir, "finished", step, seconds=round(elapsed, 1), **stopped)
@@ -184,12 +218,37 @@ def _optimizer(config):
     return keras.optimizers.LossScaleOptimizer(optimizer) if config.precision == "mixed_float16" else optimizer
 
 
+def _restore_missing_model(model, run_dir, log):
+    """A finished run whose model.keras is missing or unloadable gets it back from the restored checkpoint."""
+    path = Path(run_dir) / MODEL_FILE
+    try:
+        load_model(run_dir)
+        return
+    except GanspectionError:
+        pass
+    if path.exists():
+        ownership.refuse_replacing(path, "run")
+    with artifacts.atomic_path(path) as temporary:
+        model.save(temporary)
+    log(f"{path}: rewritten from the checkpoint at step {int(model.step.numpy())}")
+
+
+def _after_divergence(run_dir, last_good):
+    """What is kept and what to run next, true to what is on disk."""
+    model_kept = (Path(run_dir) / MODEL_FILE).is_file()
+    if last_good is None:
+        kept = "no checkpoint was written before it, " + ("model.keras is kept" if model_kept else "no model.keras")
+        return f"{kept}. Start again in another --out with a lower --learning-rate (or default weights)"
+    kept = f"the last good checkpoint ({last_good})" + (" and model.keras are kept" if model_kept else " is kept")
+    return f"{kept}. Run the same command with --resume and a lower --learning-rate (e.g. 10x lower)"
+
+
 # -------------------------------------------------------------------------------------------- set-up helpers
 
 
 def _reconcile_with_existing_run(config, run_dir, resume, overrides, chief=True):
     """A new run refuses a used folder; --resume takes the stored config plus the allowed `overrides`."""
-    stored = RunFolder(run_dir).config_path
+    stored = run_dir / CONFIG_FILE
     if not resume:
         if stored.exists() and chief:
             raise GanspectionError(
@@ -198,6 +257,7 @@ def _reconcile_with_existing_run(config, run_dir, resume, overrides, chief=True)
         return _with_data(config, run_dir)
     if not stored.exists():
         return _with_data(config, run_dir, resume)  # nothing to resume: start fresh (a restarted cluster job)
+    _check_resumable(run_dir)
     previous = RunFolder(run_dir).read_train_config()
     changes = {}
     for name, value in overrides.items():
@@ -223,6 +283,16 @@ def _with_data(config, run_dir, resume=False):
         nothing = f" ({run_dir} holds no run to resume)" if resume else ""
         raise GanspectionError(f"--data is missing{nothing}: pass the folder of good images to train on")
     return config
+
+
+def _check_resumable(run_dir):
+    """--resume without a checkpoint would train from step 0 and replace a trained model.keras: refused."""
+    if _checkpoints_newest_first(run_dir / CHECKPOINTS_FOLDER) or not (run_dir / MODEL_FILE).exists():
+        return  # a checkpoint to continue from, or nothing trained yet (a restarted job before its first save)
+    raise GanspectionError(
+        f"{run_dir / 'checkpoints'}: no checkpoint to resume from (deleted?), so --resume would start again from "
+        "step 0 and replace the trained model.keras; to train this folder again from step 0 run the same command "
+        "with --overwrite instead of --resume, or train into another --out")
 
 
 def _set_precision(precision):
@@ -262,6 +332,7 @@ def _describe_run(config, strategy_name, replicas, images, splits):
             "train_images": len(splits["train"]),
             "validation_images": len(splits["validation"]),
             "image_shape": list(images.shape[1:]),
+            "images_checksum": distribute.images_checksum(images),
         },
         "strategy": {"name": strategy_name, "replicas": replicas},
         "versions": {
@@ -281,25 +352,63 @@ def _checkpoint_manager(model, folder, keep):
     )
     # TensorFlow writes checkpoint data first and updates the 'checkpoint' index atomically last, so a kill at
     # any moment leaves the previous complete checkpoint as the latest one.
-    return tf.train.CheckpointManager(checkpoint, str(RunFolder(folder).checkpoints), max_to_keep=max(1, keep))
+    return tf.train.CheckpointManager(checkpoint, str(folder / CHECKPOINTS_FOLDER), max_to_keep=max(1, keep))
 
 
 def _restore(checkpoints, run_dir, resume, log):
-    # Every worker restores the chief's checkpoint (in the run folder); the other workers only write theirs
-    # into throw-away folders.
-    latest = tf.train.latest_checkpoint(str(RunFolder(run_dir).checkpoints)) if resume else None
-    if latest is None:
+    """Restores the newest intact checkpoint; a damaged newer one is skipped with a warning naming both.
+
+    Every worker restores the chief's checkpoint (in the run folder); the other workers only write theirs into
+    throw-away folders.
+    """
+    if not resume:
         return 0
-    model = checkpoints.checkpoint.model
-    status = checkpoints.checkpoint.restore(latest)
-    if _has_step_counter(latest):
+    candidates = _checkpoints_newest_first(Path(run_dir) / CHECKPOINTS_FOLDER)
+    if not candidates:
+        return 0
+    damaged = []
+    for path in candidates:
+        try:
+            _restore_one(checkpoints.checkpoint, path)
+        except Exception as error:  # noqa: BLE001 - TensorFlow raises OpError, IndexError, ValueError… for damage
+            damaged.append(f"{path} ({first_line(error)[:120]})")
+            continue
+        step = int(checkpoints.checkpoint.model.step.numpy())
+        if damaged:
+            log(f"warning: damaged checkpoint {'; '.join(damaged)}; falling back to {path}")
+        log(f"resumed from {path} at step {step}")
+        return step
+    raise GanspectionError(
+        f"{Path(run_dir) / 'checkpoints'}: every checkpoint is damaged ({'; '.join(damaged)}); train again from "
+        "step 0 with the same command and --overwrite instead of --resume")
+
+
+def _checkpoints_newest_first(folder):
+    state = tf.train.get_checkpoint_state(str(folder))
+    if state is None:
+        return []
+    listed = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+    if state.model_checkpoint_path and state.model_checkpoint_path not in listed:
+        listed.append(state.model_checkpoint_path)
+    paths = [path if Path(path).is_absolute() else str(Path(folder) / path) for path in listed]
+    return sorted(set(paths), key=_checkpoint_number, reverse=True)
+
+
+def _checkpoint_number(path):
+    try:
+        return int(str(path).rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _restore_one(checkpoint, path):
+    model = checkpoint.model
+    status = checkpoint.restore(path)
+    if _has_step_counter(path):
         status.assert_existing_objects_matched()
     else:  # written before the model counted its own steps: the step was the generator optimizer's iterations
         status.expect_partial()
         model.step_counter.assign(model.g_optimizer.iterations)
-    step = int(model.step.numpy())
-    log(f"resumed from {latest} at step {step}")
-    return step
 
 
 def _has_step_counter(checkpoint_path):
@@ -308,6 +417,69 @@ def _has_step_counter(checkpoint_path):
 
 def _write_status(run_dir, state, step, **details):
     RunFolder(run_dir).write_status(state, step, **details)
+
+
+def _correct_stale_status(run_dir, log):
+    """Under the run lock no other process is training: a `running` status is a dead process's."""
+    status_path = RunFolder(run_dir).status_path
+    try:
+        status = artifacts.read_json(status_path) if status_path.is_file() else None
+    except GanspectionError:
+        return
+    if isinstance(status, dict) and status.get("state") == "running":
+        _write_status(run_dir, "killed", status.get("step", 0), reason="the training process ended without "
+                      "a word (kill -9 or a crash)")
+        log(f"the previous training process of {run_dir} was killed at step {status.get('step', 0)} or later")
+
+
+@contextlib.contextmanager
+def _status_on_exit(run_dir, model, chief):
+    """status.json tells how training ended: interrupted (Ctrl-C), killed (SIGTERM) or failed (an error)."""
+    try:
+        yield
+    except BaseException as error:
+        if chief:
+            step = int(model.step.numpy())
+            if isinstance(error, interrupts.Terminated):
+                _write_status(run_dir, "killed", step, reason="SIGTERM")
+            elif isinstance(error, KeyboardInterrupt):
+                _write_status(run_dir, "interrupted", step, reason="Ctrl-C (SIGINT)")
+            else:
+                _write_status(run_dir, "failed", step, reason=first_line(error))
+        raise
+
+
+def _check_same_data(run_dir, splits, run_record):
+    """--resume trains on what the run began with: the same split files, decoding to the same pixels."""
+    stored_path = Path(run_dir) / SPLITS_FILE
+    if not stored_path.is_file():
+        return
+    stored = artifacts.read_json(stored_path, what="split list")
+    if not isinstance(stored, dict):
+        raise GanspectionError(f"{stored_path}: split list is not a JSON object; it was edited by hand")
+    def names(split, parts=("train", "validation")):
+        return collections.Counter(Path(p).name for part in parts for p in split.get(part) or [])
+
+    removed, added = names(stored) - names(splits), names(splits) - names(stored)
+    moved = [f"{name} removed" for name in sorted(removed.elements())]
+    moved += [f"{name} added" for name in sorted(added.elements())]
+    if not moved and names(stored, ["train"]) != names(splits, ["train"]):
+        moved.append("the same files fell into other train/validation splits")
+    stored_checksum = _stored_images_checksum(run_dir)
+    if not moved and stored_checksum not in (None, run_record["data"]["images_checksum"]):
+        moved.append("the same files decode to different pixels (edited images)")
+    if moved:
+        listed = ", ".join(moved[:6]) + (f" and {len(moved) - 6} more" if len(moved) > 6 else "")
+        raise GanspectionError(
+            f"{splits['root']}: the training data changed since this run began ({listed}); restore the files to "
+            f"resume, or train a new run on the new data in another --out")
+
+
+def _stored_images_checksum(run_dir):
+    try:
+        return artifacts.read_json(Path(run_dir) / CONFIG_FILE)["data"]["images_checksum"]
+    except (GanspectionError, KeyError, TypeError):
+        return None
 
 
 def _sample_inputs(images, config):
