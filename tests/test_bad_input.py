@@ -24,6 +24,8 @@ from corpus import (
 )
 
 from ganspection_tf import training
+from ganspection_tf.errors import GanspectionError
+from ganspection_tf.run import RunFolder
 
 TINY_FLAGS = [
     "--image-size", "32", "--width", "8", "--latent-dim", "8", "--critic-steps", "1", "--batch-size", "4",

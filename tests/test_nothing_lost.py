@@ -17,7 +17,7 @@ from cli_support import assert_one_line_error as one_line_error
 from cli_support import run_cli
 
 from ganspection_tf.run import RunFolder
-from ganspection_tf import ownership, training
+from ganspection_tf import ownership
 from ganspection_tf.cli import main
 
 TINY = ["--image-size", "32", "--width", "8", "--latent-dim", "8", "--critic-steps", "1", "--batch-size", "8",
