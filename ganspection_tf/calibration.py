@@ -146,22 +146,23 @@ class Calibration:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values, source="calibration") -> Calibration:
-        """Validates keys, types and shapes; a bad dict raises a one-line GanspectionError naming `source`."""
+    def from_dict(cls, values, source="calibration", fix=None) -> Calibration:
+        """Validates keys, types and shapes; a bad dict raises a one-line GanspectionError naming `source` and
+        the key, ending with `fix` (default: recompute a run folder's calibration.json)."""
         if not isinstance(values, dict):
-            raise _invalid(source, f"expected a JSON object, got {type(values).__name__}")
+            raise _invalid(fix, source, f"expected a JSON object, got {type(values).__name__}")
         missing = sorted(set(_FIELD_TYPES) - set(values))
         unknown = sorted(set(values) - set(_FIELD_TYPES) - _OPTIONAL_FIELDS)
         if missing or unknown:
-            raise _invalid(source, f"missing keys {missing}" if missing else f"unknown keys {unknown}")
+            raise _invalid(fix, source, f"missing keys {missing}" if missing else f"unknown keys {unknown}")
         for key, kind in _FIELD_TYPES.items():
             if not isinstance(values[key], kind) or isinstance(values[key], bool):
-                raise _invalid(source, f"'{key}' has type {type(values[key]).__name__}")
+                raise _invalid(fix, source, f"'{key}' has type {type(values[key]).__name__}")
         calibration = cls(**{key: values[key] for key in _FIELD_TYPES},
                           **{key: values.get(key) for key in sorted(_OPTIONAL_FIELDS)})
         problem = calibration._problem()
         if problem:
-            raise _invalid(source, problem)
+            raise _invalid(fix, source, problem)
         return calibration
 
     def term_matrix(self, outputs: dict) -> np.ndarray:
@@ -511,9 +512,9 @@ def heatmap_overlay(image_uint8, amap, full_scale=HEATMAP_FULL_SCALE, opacity=0.
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
-def _invalid(source, problem):
-    return GanspectionError(f"{source}: invalid calibration ({problem}); delete it and run 'ganspection-tf evaluate' "
-                            "on the run folder to recompute it")
+def _invalid(fix, source, problem):
+    fix = fix or "delete it and run 'ganspection-tf evaluate' on the run folder to recompute it"
+    return GanspectionError(f"{source}: invalid calibration ({problem}); {fix}")
 
 
 def _all_finite_numbers(vector) -> bool:

@@ -2,7 +2,8 @@
 
 One JSON line per scored frame (``index``, ``time``, ``source``, ``score``, ``decision``, ``latency_ms``) goes to
 ``--out`` or stdout; anomalous frames can be saved with the heatmap and the score drawn on them; a latency
-summary (p50 / p95 ms, frames per second) ends the run on stderr.
+summary (p50 / p95 ms, frames per second) ends the run on stderr. Nothing of an earlier run is lost: ``--out``
+is appended to, and a saved frame whose name is taken gets a new numbered name.
 
 Sources and how their failures are handled:
 
@@ -121,7 +122,16 @@ def _score_frame(scorer, frame, summary, sink, save_anomalies, err):
         if scorer.has_heatmap:  # from the map the scoring already produced: no second inference
             result.heatmap = result.heatmap_at(*frame.pixels.shape[:2])
         picture = annotated_frame(frame, result, scorer.threshold)
-        artifacts.write_png(save_anomalies / f"{index:06d}_{_safe(frame.label)}.png", picture)
+        artifacts.write_png(_unused_path(save_anomalies, f"{index:06d}_{_safe(frame.label)}", ".png"), picture)
+
+
+def _unused_path(folder: Path, stem: str, suffix: str) -> Path:
+    """folder/stem.suffix, or stem-2, stem-3 … when an earlier run saved a frame under that name."""
+    path, count = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        count += 1
+        path = folder / f"{stem}-{count}{suffix}"
+    return path
 
 
 def annotated_frame(frame: Frame, result, threshold: float) -> np.ndarray:
@@ -215,7 +225,8 @@ def _open_capture(target, label, live, retries, backoff_s, sleep):
 
 
 class _line_sink:
-    """stdout, or a JSON-lines file opened for writing (each line is flushed, so a crash loses at most one)."""
+    """stdout, or a JSON-lines file opened for appending (each line is flushed, so a crash loses at most one;
+    the lines of earlier runs stay)."""
 
     def __init__(self, out):
         self.out = Path(out) if out is not None else None
@@ -226,7 +237,7 @@ class _line_sink:
             return sys.stdout
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = open(self.out, "w", encoding="utf-8")
+            self.handle = open(self.out, "a", encoding="utf-8")
         except OSError as error:
             raise GanspectionError(f"--out {self.out}: cannot write it ({error.strerror}); choose a writable path") \
                 from None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ganspection_tf import __version__, console, thresholds
+from ganspection_tf import __version__, console, interrupts, thresholds
 from ganspection_tf.config import TrainConfig, option_fields
 from ganspection_tf.errors import GanspectionError, MissingTrainExtra
 
@@ -91,8 +91,10 @@ def train_options(function):
 
 @cli.command()
 @train_options
+@click.option("--overwrite", is_flag=True,
+              help="Start a new run in an --out holding an earlier run (deleted) or other files (kept untouched).")
 @click.pass_context
-def train(context, out, resume, **options):
+def train(context, out, resume, overwrite, **options):
     """Train an anomaly model on defect-free images."""
     require_train_extra("train")
     from ganspection_tf.training import train as run_training
@@ -100,8 +102,11 @@ def train(context, out, resume, **options):
     # On --resume only what the user typed counts as a change to the stored run, not the options' defaults.
     typed = {name: value for name, value in options.items()
              if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    if resume and overwrite:
+        raise GanspectionError("--resume and --overwrite contradict each other: --resume continues the run in "
+                               "--out, --overwrite starts it again; pass one of them")
     run_training(TrainConfig.from_flat(**options), out, resume=resume, verbose=_progress_verbosity(),
-                 overrides=typed)
+                 overrides=typed, overwrite=overwrite)
 
 
 def _progress_verbosity():
@@ -118,7 +123,9 @@ def _progress_verbosity():
 @click.option("--steps", default=300, show_default=True, type=click.IntRange(1))
 @click.option("--image-size", default=32, show_default=True, type=click.Choice(["32", "64"]),
               callback=lambda _c, _p, value: int(value))
-def demo(out, steps, image_size):
+@click.option("--overwrite", is_flag=True,
+              help="Write into an --out holding other files (they are kept untouched).")
+def demo(out, steps, image_size, overwrite):
     """The whole product on embedded synthetic data: train → evaluate → export int8 → score on LiteRT.
 
     A few minutes on 2 CPU cores; nothing is downloaded.
@@ -130,6 +137,7 @@ def demo(out, steps, image_size):
     from ganspection_tf.training import train as run_training
 
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="ganspection-demo-"))
+    _claim_demo_folder(out, overwrite)
     data = synthetic.write_synthetic_category(out / "data", name="widget", image_size=128, overwrite=True)
     click.echo(f"1/4 synthetic category written to {data}")
     # Small and reconstruction-weighted: what reaches a useful AUROC on this category within the demo's budget.
@@ -138,13 +146,13 @@ def demo(out, steps, image_size):
         rec_weight=10.0, log_every=50, checkpoint_every=100, sample_every=100,
     )
     click.echo("2/4 training")
-    run_dir = run_training(config, _fresh_folder(out / "run"), verbose=_progress_verbosity())
+    run_dir = run_training(config, out / "run", verbose=_progress_verbosity(), overwrite=True)
     click.echo(f"    samples: {run_dir / 'samples'}")
     click.echo("3/4 evaluating on the synthetic test split")
     metrics = evaluate_run(run_dir, log=_echo_to_stderr)
     click.echo(f"    image AUROC {metrics['image_auroc']:.3f}; report: {metrics['report']}")
     click.echo("4/4 exporting an int8 LiteRT bundle and scoring the test images on the camera runtime")
-    bundle = _fresh_folder(out / "bundle")
+    bundle = out / "bundle"
     export_bundle(run_dir, bundle, quantize="int8", score="combined", log=_echo_indented)  # prints the parity
     _demo_edge_scoring(bundle, data)
     click.echo(f"    bundle: {bundle}")
@@ -154,13 +162,18 @@ def _echo_indented(message):
     click.echo(f"    {message}")
 
 
-def _fresh_folder(folder):
-    """The demo's own output folder, emptied so that the demo can be run again into the same --out."""
-    import shutil
+def _claim_demo_folder(out, overwrite):
+    """The demo replaces its own earlier run and bundle in --out, never anything else there.
 
-    if folder.exists():
-        shutil.rmtree(folder)
-    return folder
+    Everything is checked before anything is written: run/ and bundle/ may only hold an earlier demo's run and
+    bundle (their markers prove it); the user's files in them, or in --out, stop the demo before it starts.
+    """
+    from ganspection_tf import ownership
+
+    ownership.refuse_foreign(out, "demo", overwrite)
+    for name, kind in (("run", "run"), ("bundle", "bundle")):
+        ownership.refuse_foreign(out / name, kind, overwrite)
+    ownership.claim_folder(out, "demo", overwrite=overwrite, reuse=True)
 
 
 def _demo_edge_scoring(bundle, category):
@@ -360,7 +373,9 @@ def _write_heatmap(result, folder, used_names, resize):
               help="Folder of good images for int8 calibration (default: the run's training images).")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
 @click.option("--force", is_flag=True, help="Write the bundle even when the parity gate fails.")
-def export(run_dir, tflite, quantize, score_name, calibration_dir, out, force):
+@click.option("--overwrite", is_flag=True,
+              help="Write into an --out holding other files (they are kept untouched).")
+def export(run_dir, tflite, quantize, score_name, calibration_dir, out, force, overwrite):
     """Export a trained run to an edge bundle (model.tflite + metadata.json) and check its parity."""
     if not tflite:
         raise GanspectionError("export needs --tflite (LiteRT is the only export format for now)")
@@ -368,7 +383,7 @@ def export(run_dir, tflite, quantize, score_name, calibration_dir, out, force):
     from ganspection_tf.export import export_bundle
 
     report = export_bundle(run_dir, out, quantize=quantize, score=score_name, calibration_dir=calibration_dir,
-                           force=force, log=_echo_to_stderr)
+                           force=force, log=_echo_to_stderr, overwrite=overwrite)
     figures = {key: report[key] for key in ("max_abs_diff", "spearman", "auroc_keras", "auroc_tflite", "passed",
                                            "latency_ms")}
     click.echo(json.dumps({"bundle": str(out), "images": report["images"], "evaluation": report["evaluation"],
@@ -398,8 +413,11 @@ def camera(bundle, source, out, save_anomalies, max_frames, threads, color_order
     scorer = EdgeScorer(bundle, threads=threads)
     chosen = thresholds.for_bundle(scorer.metadata, Path(bundle) / METADATA_FILE, threshold, max_fpr)
     scorer.threshold = chosen.value
-    run_camera(scorer, source, out=out, save_anomalies=save_anomalies, max_frames=max_frames,
-               color_order=color_order, header=chosen.describe())
+    summary = run_camera(scorer, source, out=out, save_anomalies=save_anomalies, max_frames=max_frames,
+                         color_order=color_order, header=chosen.describe())
+    if summary.scored == 0 and summary.unreadable:
+        raise GanspectionError(f"--source {source}: none of its {summary.unreadable} frames could be scored "
+                               "(listed above); check the source and the bundle")
 
 
 # ------------------------------------------------------------------------------------------------ entry
@@ -411,10 +429,10 @@ def main(argv=None):
     debug = "--debug" in args
     console.set_debug(debug)  # before anything imports TensorFlow
     try:
-        cli.main(args=args, prog_name="ganspection-tf", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
+        with interrupts.routed_to_exceptions():
+            cli.main(args=args, prog_name="ganspection-tf", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        return _interrupted(interrupts, debug)
     except click.ClickException as error:
         error.show()
         return EXIT_USER_ERROR
@@ -425,10 +443,19 @@ def main(argv=None):
             traceback.print_exc()
         click.echo(f"error: {error}", err=True)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        return 130
+    except Exception:
+        if interrupts.received() is None:
+            raise
+        return _interrupted(interrupts, debug)  # a library wrapped the KeyboardInterrupt in another error
     return 0
+
+
+def _interrupted(interrupts, debug):
+    """Ctrl-C or SIGTERM: one line, no traceback, 130 (143 for SIGTERM), after every clean-up has run."""
+    if debug:
+        traceback.print_exc()
+    click.echo("terminated" if interrupts.exit_status() == interrupts.EXIT_TERMINATED else "interrupted", err=True)
+    return interrupts.exit_status()
 
 
 if __name__ == "__main__":

@@ -31,7 +31,13 @@ from ai_edge_litert.interpreter import Interpreter
 
 from ganspection_tf import bundle_metadata, console, images
 from ganspection_tf.artifacts import read_json
-from ganspection_tf.calibration import TERMS, Calibration, anomaly_map, outputs_needed
+from ganspection_tf.calibration import (
+    CODE_OUTPUT,
+    TERMS,
+    Calibration,
+    anomaly_map,
+    outputs_needed,
+)
 from ganspection_tf.errors import GanspectionError
 
 BUNDLE_FORMAT, FORMAT_VERSION = bundle_metadata.FORMAT, bundle_metadata.FORMAT_VERSION
@@ -65,7 +71,8 @@ class EdgeScorer:
     def __init__(self, bundle_dir, threads: int | None = None):
         self.bundle_dir = Path(bundle_dir)
         self.metadata = read_metadata(self.bundle_dir)
-        self.calibration = Calibration.from_dict(self.metadata.calibration, source=str(self._metadata_path))
+        self.calibration = Calibration.from_dict(self.metadata.calibration, source=str(self._metadata_path),
+                                                 fix=_FIX)
         self.preprocessing = self.metadata.preprocessing
         self.image_size, self.channels = self.preprocessing.image_size, self.preprocessing.channels
         self.resize = self.preprocessing.aspect  # the run's --resize
@@ -145,6 +152,19 @@ class EdgeScorer:
         missing = [name for name in self.metadata.outputs if name not in outputs]
         if missing:
             raise GanspectionError(f"{path}: lacks the outputs {missing} listed in {METADATA_FILE}; {_FIX}")
+        self._check_calibration_shapes(outputs)
+
+    def _check_calibration_shapes(self, outputs):
+        """The calibration's per-pixel and code Gaussians must fit the model's outputs, or no frame could be scored."""
+        expected = {"map_mean": (ERROR_MAP_OUTPUT, self.calibration.map_mean, lambda shape: shape[1:]),
+                    "code_mean": (CODE_OUTPUT, self.calibration.code_mean, lambda shape: shape[1:])}
+        for key, (output, values, wanted) in expected.items():
+            if values is None or output not in outputs:
+                continue
+            have, want = list(np.shape(values)), [int(n) for n in wanted(list(outputs[output]["shape"]))]
+            if have != want:
+                raise GanspectionError(f"{self._metadata_path}: invalid bundle metadata (calibration '{key}' has "
+                                       f"shape {have}, the model's {output} output {want}); {_FIX}")
 
 
 def read_metadata(bundle_dir) -> bundle_metadata.BundleMetadata:

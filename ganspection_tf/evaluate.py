@@ -248,7 +248,7 @@ def _score_test_split(test, term_model, calibration, batch_size, resize):
             index = start + offset
             maps[index] = anomaly_map(values["error_map"][offset], (side, side))
             if item.mask is not None:
-                masks[index] = read_mask(item.mask, side, resize)
+                masks[index] = read_mask(item.mask, side, resize, image=item.path)
     outputs = {name: np.concatenate(chunks) for name, chunks in outputs.items()}
     matrix = calibration.term_matrix(outputs)
     terms = {name: matrix[:, j] for j, name in enumerate(calibration.terms)}
@@ -268,10 +268,31 @@ def _score_test_split(test, term_model, calibration, batch_size, resize):
     }
 
 
-def read_mask(path, side, resize=DEFAULT_RESIZE) -> np.ndarray:
+def read_mask(path, side, resize=DEFAULT_RESIZE, image=None) -> np.ndarray:
     """A ground-truth mask as a bool (side, side) array, resized like its image (nearest neighbour keeps thin
-    defects)."""
-    return resize_mask(read_image(path, channels=1)[..., 0], side, resize) > 127
+    defects).
+
+    A mask of another aspect ratio than its `image` is refused: resized, it would mark other pixels than the
+    defect's (a mask at another resolution of the same shape is fine).
+    """
+    mask = read_image(path, channels=1)[..., 0]
+    if image is not None:
+        _check_same_aspect(path, mask.shape, image)
+    return resize_mask(mask, side, resize) > 127
+
+
+def _check_same_aspect(mask_path, mask_shape, image_path):
+    from PIL import Image
+
+    with Image.open(image_path) as opened:
+        width, height = opened.size
+    mask_height, mask_width = mask_shape
+    # cross-multiplied ratios; one pixel of rounding on either side is allowed
+    if abs(mask_width * height - mask_height * width) > max(width, height, mask_width, mask_height):
+        raise GanspectionError(
+            f"{mask_path}: mask is {mask_width}x{mask_height} but its image {Path(image_path).name} is "
+            f"{width}x{height}, another aspect ratio; stretched it would mark the wrong pixels — give the mask "
+            "the image's proportions")
 
 
 def _comparison_scores(validation_outputs, reference_outputs, scored, calibration):

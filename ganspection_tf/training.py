@@ -8,16 +8,22 @@ Run folder::
     checkpoints/      tf.train checkpoints (weights, EMA, both optimizers, step) for --resume
     samples/          PNG grids: fixed-z samples, reconstructions, samples with z ×2 and ×3
     logs/             TensorBoard scalars and image grids
-    history.csv       the logged losses, one row per log interval
-    status.json       running / finished / diverged, with the step and the reason
+    history.csv       the logged losses, one row per log interval (appended to on --resume)
+    status.json       running / finished / diverged / interrupted / killed / failed, with the step, the reason
+                      and the pid of the training process (see :func:`read_status`)
+    .ganspection-tf.json, .ganspection-tf.lock   ownership marker and the one-writer lock (ownership.py)
 
 One Keras "epoch" is one log interval of `log_every` steps, so ``--resume`` restarts ``fit`` at a whole epoch.
 """
 
+import collections
+import contextlib
 import hashlib
 import json
 import math
+import os
 import platform
+import socket
 import sys
 import time
 from pathlib import Path
@@ -27,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 import ganspection_tf
-from ganspection_tf import artifacts, distribute
+from ganspection_tf import artifacts, distribute, interrupts, ownership
 from ganspection_tf.callbacks import (
     CheckpointWriter,
     DivergenceGuard,
@@ -57,13 +63,16 @@ RESUMABLE_FIELDS = ("steps", "learning_rate", "strategy", "devices", "keep_check
                     "checkpoint_every", "sample_every", "jit_compile", "max_minutes", "validate_every")
 
 
-def train(config: TrainConfig, out, resume=False, verbose=1, log=print, overrides=None, extra_callbacks=None) -> Path:
+def train(config: TrainConfig, out, resume=False, verbose=1, log=print, overrides=None, extra_callbacks=None,
+          overwrite=False) -> Path:
     """Trains (or resumes) a run in folder `out` and returns it.
 
     On --resume the stored config wins; `overrides` (field → value, default: steps, strategy and devices of
     `config`) names what the user asked to change, which must be in RESUMABLE_FIELDS. `extra_callbacks` (Keras
     callbacks) run after the built-in ones, e.g. a wall-clock budget that sets ``model.stop_training``.
     `verbose`: 0 silent, 1 the progress line redrawn live (a terminal), 2 one progress line per log interval.
+    `overwrite` starts a new run in a folder holding an earlier run (its artifacts are deleted) or files of the
+    user (kept untouched). The chief holds the run folder's lock from start to end: one writer per run.
     """
     run_dir = Path(out)
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything, and only the chief may
@@ -71,15 +80,33 @@ def train(config: TrainConfig, out, resume=False, verbose=1, log=print, override
     strategy, strategy_name = distribute.make_strategy(config.strategy, config.devices)
     if overrides is None:
         overrides = {name: getattr(config, name) for name in ("steps", "strategy", "devices")}
-    config = _reconcile_with_existing_run(config, run_dir, resume, overrides, chief=distribute.is_chief(strategy))
-    _set_precision(config.precision)
-    keras.utils.set_random_seed(config.model.seed)
+    chief = distribute.is_chief(strategy)
+    with _run_folder_claimed(run_dir, resume, overwrite, chief, log):
+        config = _reconcile_with_existing_run(config, run_dir, resume, overrides, chief=chief)
+        _set_precision(config.precision)
+        keras.utils.set_random_seed(config.model.seed)
 
-    folder = distribute.writing_folder(run_dir, strategy)
-    try:
-        return _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbose, log, extra_callbacks)
-    finally:
-        distribute.discard_worker_folder(folder, run_dir)
+        folder = distribute.writing_folder(run_dir, strategy)
+        try:
+            return _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbose, log,
+                               extra_callbacks)
+        finally:
+            distribute.discard_worker_folder(folder, run_dir)
+
+
+@contextlib.contextmanager
+def _run_folder_claimed(run_dir, resume, overwrite, chief, log):
+    """The chief: refuse a folder holding foreign files, take the one-writer lock, mark the folder as a run."""
+    if not chief:  # the other workers write into throw-away folders; only the chief owns the run folder
+        yield
+        return
+    ownership.refuse_foreign(run_dir, "run", overwrite)  # before the lock file is created in someone's folder
+    with ownership.exclusive_writer(run_dir):
+        _correct_stale_status(run_dir, log)
+        continuing = resume and (run_dir / CONFIG_FILE).exists()
+        ownership.claim_folder(run_dir, "run", overwrite=overwrite and not continuing, reuse=continuing,
+                               existing_hint="pass --resume to continue it, or --overwrite to start it again")
+        yield
 
 
 def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbose, log, extra_callbacks=None):
@@ -102,6 +129,8 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         strategy, restored_step=start_step, training_images=distribute.images_checksum(images)
     )
     if start_step >= config.steps:
+        if distribute.is_chief(strategy):
+            _restore_missing_model(model, run_dir, log)
         log(f"{run_dir}: already trained for {start_step} steps (--steps {config.steps}); nothing to do")
         return run_dir
 
@@ -114,6 +143,8 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
     validation = _validation(config, splits, images)  # refused before anything is written
     epoch_steps = math.gcd(config.steps, config.checkpoint_every, config.sample_every, config.log_every, start_step)
     run_record = _describe_run(config, strategy_name, strategy.num_replicas_in_sync, images, splits)
+    if resume and start_step > 0:
+        _check_same_data(run_dir, splits, run_record)
     if distribute.is_chief(strategy):
         artifacts.write_json(run_dir / CONFIG_FILE, run_record)
         artifacts.write_json(run_dir / SPLITS_FILE, splits)
@@ -141,25 +172,24 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         f"{strategy_name} strategy × {strategy.num_replicas_in_sync} replicas, global batch {global_batch}"
     )
     started = time.time()
-    with distribute.explain_lost_workers(strategy, run_dir / "checkpoints"):
-        model.fit(
-            dataset,
-            epochs=config.steps // epoch_steps,
-            initial_epoch=start_step // epoch_steps,
-            steps_per_epoch=epoch_steps,
-            callbacks=callbacks,
-            verbose=0,  # ProgressLine instead of Keras' bar
-        )
+    with _status_on_exit(run_dir, model, distribute.is_chief(strategy)):
+        with distribute.explain_lost_workers(strategy, run_dir / "checkpoints"):
+            model.fit(
+                dataset,
+                epochs=config.steps // epoch_steps,
+                initial_epoch=start_step // epoch_steps,
+                steps_per_epoch=epoch_steps,
+                callbacks=callbacks,
+                verbose=0,  # ProgressLine instead of Keras' bar
+            )
     elapsed = time.time() - started
     step = int(model.step.numpy())
     if guard.reason:
         last_good = checkpoints.latest_checkpoint
         if distribute.is_chief(strategy):
             _write_status(run_dir, "diverged", step, reason=guard.reason, last_good_checkpoint=last_good)
-        raise GanspectionError(
-            f"{run_dir}: training diverged at step {guard.step} ({guard.reason}); the last good checkpoint "
-            f"({last_good or 'none'}) and model.keras are kept. Lower --learning-rate and run again with --resume"
-        )
+        raise GanspectionError(f"{run_dir}: training diverged at step {guard.step} ({guard.reason}); "
+                               + _after_divergence(run_dir, last_good))
     stopped = {"stopped_by": f"--max-minutes {config.max_minutes:g}"} if budget and budget.stopped_at else {}
     if distribute.is_chief(strategy):
         _write_status(run_dir, "finished", step, seconds=round(elapsed, 1), **stopped)
@@ -216,14 +246,59 @@ def load_model(run_dir) -> WassersteinBiGAN:
     foreign file into a one-line error."""
     path = Path(run_dir) if Path(run_dir).is_file() else Path(run_dir) / MODEL_FILE
     if not path.is_file():
-        raise GanspectionError(f"{path}: no trained model here; train one with 'ganspection-tf train --out {run_dir}'")
+        raise GanspectionError(f"{path}: no trained model here; train one with "
+                               f"'ganspection-tf train --data DATA --out {run_dir}'")
     try:
         return keras.models.load_model(path, safe_mode=True)
     except Exception as error:  # Keras raises many types for a truncated or foreign archive.
-        raise GanspectionError(
-            f"{path}: cannot load the model ({first_line(error)}); it is truncated or from another version — "
-            "retrain, or restore it with 'ganspection-tf train --resume'"
-        ) from None
+        raise GanspectionError(f"{path}: {_why_unloadable(error)}; {_model_repair_advice(run_dir)}") from None
+
+
+def _why_unloadable(error):
+    text = " ".join(str(error).split())
+    if "safe_mode" in text or "Lambda" in text:
+        return ("cannot load the model: it contains code (a Lambda layer) that is not run with safe_mode, so "
+                "ganspection-tf did not write it")
+    return f"cannot load the model, it is truncated, damaged or from another version ({first_line(error)})"
+
+
+def _model_repair_advice(run_dir):
+    """Advice that works: rebuilding model.keras needs a checkpoint and the run's data."""
+    run_dir = Path(run_dir)
+    config = run_dir / CONFIG_FILE
+    if tf.train.latest_checkpoint(str(run_dir / "checkpoints")) and config.is_file():
+        try:
+            data = artifacts.read_json(config, "run config")["train"]["data"]
+        except (GanspectionError, KeyError, TypeError):
+            data = "DATA"
+        return (f"rebuild it from the last checkpoint with 'ganspection-tf train --data {data} --out {run_dir} "
+                "--resume'")
+    return f"train a new model with 'ganspection-tf train --data DATA --out NEW_RUN_DIR'"
+
+
+def _restore_missing_model(model, run_dir, log):
+    """A finished run whose model.keras is missing or unloadable gets it back from the restored checkpoint."""
+    path = Path(run_dir) / MODEL_FILE
+    try:
+        load_model(run_dir)
+        return
+    except GanspectionError:
+        pass
+    if path.exists():
+        ownership.refuse_replacing(path, "run")
+    with artifacts.atomic_path(path) as temporary:
+        model.save(temporary)
+    log(f"{path}: rewritten from the checkpoint at step {int(model.step.numpy())}")
+
+
+def _after_divergence(run_dir, last_good):
+    """What is kept and what to run next, true to what is on disk."""
+    model_kept = (Path(run_dir) / MODEL_FILE).is_file()
+    if last_good is None:
+        kept = "no checkpoint was written before it, " + ("model.keras is kept" if model_kept else "no model.keras")
+        return f"{kept}. Start again in another --out with a lower --learning-rate (or default weights)"
+    kept = f"the last good checkpoint ({last_good})" + (" and model.keras are kept" if model_kept else " is kept")
+    return f"{kept}. Run the same command with --resume and a lower --learning-rate (e.g. 10x lower)"
 
 
 def read_run_config(run_dir) -> dict:
@@ -255,6 +330,7 @@ def _reconcile_with_existing_run(config, run_dir, resume, overrides, chief=True)
         return _with_data(config, run_dir)
     if not stored.exists():
         return _with_data(config, run_dir, resume)  # nothing to resume: start fresh (a restarted cluster job)
+    _check_resumable(run_dir)
     previous = train_config_from_record(read_run_config(run_dir), stored)
     changes = {}
     for name, value in overrides.items():
@@ -280,6 +356,16 @@ def _with_data(config, run_dir, resume=False):
         nothing = f" ({run_dir} holds no run to resume)" if resume else ""
         raise GanspectionError(f"--data is missing{nothing}: pass the folder of good images to train on")
     return config
+
+
+def _check_resumable(run_dir):
+    """--resume without a checkpoint would train from step 0 and replace a trained model.keras: refused."""
+    if _checkpoints_newest_first(run_dir / "checkpoints") or not (run_dir / MODEL_FILE).exists():
+        return  # a checkpoint to continue from, or nothing trained yet (a restarted job before its first save)
+    raise GanspectionError(
+        f"{run_dir / 'checkpoints'}: no checkpoint to resume from (deleted?), so --resume would start again from "
+        "step 0 and replace the trained model.keras; to train this folder again from step 0 run the same command "
+        "with --overwrite instead of --resume, or train into another --out")
 
 
 def _set_precision(precision):
@@ -319,6 +405,7 @@ def _describe_run(config, strategy_name, replicas, images, splits):
             "train_images": len(splits["train"]),
             "validation_images": len(splits["validation"]),
             "image_shape": list(images.shape[1:]),
+            "images_checksum": distribute.images_checksum(images),
         },
         "strategy": {"name": strategy_name, "replicas": replicas},
         "versions": {
@@ -342,21 +429,59 @@ def _checkpoint_manager(model, folder, keep):
 
 
 def _restore(checkpoints, run_dir, resume, log):
-    # Every worker restores the chief's checkpoint (in the run folder); the other workers only write theirs
-    # into throw-away folders.
-    latest = tf.train.latest_checkpoint(str(Path(run_dir) / "checkpoints")) if resume else None
-    if latest is None:
+    """Restores the newest intact checkpoint; a damaged newer one is skipped with a warning naming both.
+
+    Every worker restores the chief's checkpoint (in the run folder); the other workers only write theirs into
+    throw-away folders.
+    """
+    if not resume:
         return 0
-    model = checkpoints.checkpoint.model
-    status = checkpoints.checkpoint.restore(latest)
-    if _has_step_counter(latest):
+    candidates = _checkpoints_newest_first(Path(run_dir) / "checkpoints")
+    if not candidates:
+        return 0
+    damaged = []
+    for path in candidates:
+        try:
+            _restore_one(checkpoints.checkpoint, path)
+        except Exception as error:  # noqa: BLE001 - TensorFlow raises OpError, IndexError, ValueError… for damage
+            damaged.append(f"{path} ({first_line(error)[:120]})")
+            continue
+        step = int(checkpoints.checkpoint.model.step.numpy())
+        if damaged:
+            log(f"warning: damaged checkpoint {'; '.join(damaged)}; falling back to {path}")
+        log(f"resumed from {path} at step {step}")
+        return step
+    raise GanspectionError(
+        f"{Path(run_dir) / 'checkpoints'}: every checkpoint is damaged ({'; '.join(damaged)}); train again from "
+        "step 0 with the same command and --overwrite instead of --resume")
+
+
+def _checkpoints_newest_first(folder):
+    state = tf.train.get_checkpoint_state(str(folder))
+    if state is None:
+        return []
+    listed = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+    if state.model_checkpoint_path and state.model_checkpoint_path not in listed:
+        listed.append(state.model_checkpoint_path)
+    paths = [path if Path(path).is_absolute() else str(Path(folder) / path) for path in listed]
+    return sorted(set(paths), key=_checkpoint_number, reverse=True)
+
+
+def _checkpoint_number(path):
+    try:
+        return int(str(path).rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _restore_one(checkpoint, path):
+    model = checkpoint.model
+    status = checkpoint.restore(path)
+    if _has_step_counter(path):
         status.assert_existing_objects_matched()
     else:  # written before the model counted its own steps: the step was the generator optimizer's iterations
         status.expect_partial()
         model.step_counter.assign(model.g_optimizer.iterations)
-    step = int(model.step.numpy())
-    log(f"resumed from {latest} at step {step}")
-    return step
 
 
 def _has_step_counter(checkpoint_path):
@@ -364,7 +489,85 @@ def _has_step_counter(checkpoint_path):
 
 
 def _write_status(run_dir, state, step, **details):
-    artifacts.write_json(Path(run_dir) / STATUS_FILE, {"state": state, "step": step, **details})
+    artifacts.write_json(Path(run_dir) / STATUS_FILE, {"state": state, "step": step, "pid": os.getpid(),
+                                                       "host": socket.gethostname(), **details})
+
+
+def read_status(run_dir) -> dict | None:
+    """status.json, where a `running` status whose process is gone (kill -9, a power cut) reads `killed`."""
+    path = Path(run_dir) / STATUS_FILE
+    if not path.is_file():
+        return None
+    status = artifacts.read_json(path, what="run status")
+    if not isinstance(status, dict):
+        raise GanspectionError(f"{path}: run status is not a JSON object; delete it (training rewrites it)")
+    if status.get("state") == "running" and status.get("host") == socket.gethostname() \
+            and not ownership.process_alive(status.get("pid")):
+        status = {**status, "state": "killed", "reason": f"process {status.get('pid')} is gone"}
+    return status
+
+
+def _correct_stale_status(run_dir, log):
+    """Under the run lock no other process is training: a `running` status is a dead process's."""
+    status_path = Path(run_dir) / STATUS_FILE
+    try:
+        status = artifacts.read_json(status_path) if status_path.is_file() else None
+    except GanspectionError:
+        return
+    if isinstance(status, dict) and status.get("state") == "running":
+        _write_status(run_dir, "killed", status.get("step", 0), reason="the training process ended without "
+                      "a word (kill -9 or a crash)")
+        log(f"the previous training process of {run_dir} was killed at step {status.get('step', 0)} or later")
+
+
+@contextlib.contextmanager
+def _status_on_exit(run_dir, model, chief):
+    """status.json tells how training ended: interrupted (Ctrl-C), killed (SIGTERM) or failed (an error)."""
+    try:
+        yield
+    except BaseException as error:
+        if chief:
+            step = int(model.step.numpy())
+            if isinstance(error, interrupts.Terminated):
+                _write_status(run_dir, "killed", step, reason="SIGTERM")
+            elif isinstance(error, KeyboardInterrupt):
+                _write_status(run_dir, "interrupted", step, reason="Ctrl-C (SIGINT)")
+            else:
+                _write_status(run_dir, "failed", step, reason=first_line(error))
+        raise
+
+
+def _check_same_data(run_dir, splits, run_record):
+    """--resume trains on what the run began with: the same split files, decoding to the same pixels."""
+    stored_path = Path(run_dir) / SPLITS_FILE
+    if not stored_path.is_file():
+        return
+    stored = artifacts.read_json(stored_path, what="split list")
+    if not isinstance(stored, dict):
+        raise GanspectionError(f"{stored_path}: split list is not a JSON object; it was edited by hand")
+    def names(split, parts=("train", "validation")):
+        return collections.Counter(Path(p).name for part in parts for p in split.get(part) or [])
+
+    removed, added = names(stored) - names(splits), names(splits) - names(stored)
+    moved = [f"{name} removed" for name in sorted(removed.elements())]
+    moved += [f"{name} added" for name in sorted(added.elements())]
+    if not moved and names(stored, ["train"]) != names(splits, ["train"]):
+        moved.append("the same files fell into other train/validation splits")
+    stored_checksum = _stored_images_checksum(run_dir)
+    if not moved and stored_checksum not in (None, run_record["data"]["images_checksum"]):
+        moved.append("the same files decode to different pixels (edited images)")
+    if moved:
+        listed = ", ".join(moved[:6]) + (f" and {len(moved) - 6} more" if len(moved) > 6 else "")
+        raise GanspectionError(
+            f"{splits['root']}: the training data changed since this run began ({listed}); restore the files to "
+            f"resume, or train a new run on the new data in another --out")
+
+
+def _stored_images_checksum(run_dir):
+    try:
+        return artifacts.read_json(Path(run_dir) / CONFIG_FILE)["data"]["images_checksum"]
+    except (GanspectionError, KeyError, TypeError):
+        return None
 
 
 def _sample_inputs(images, config):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_support import assert_one_line_error, run_cli
 from corpus import (
     bomb_png,
     gray_png,
@@ -23,27 +24,11 @@ from corpus import (
 )
 
 from ganspection_tf import training
-from ganspection_tf.cli import main
 
 TINY_FLAGS = [
     "--image-size", "32", "--width", "8", "--latent-dim", "8", "--critic-steps", "1", "--batch-size", "4",
     "--steps", "2", "--log-every", "2", "--checkpoint-every", "2", "--sample-every", "2", "--no-jit",
 ]
-
-
-def run_cli(capfd, *args):
-    code = main([str(arg) for arg in args])
-    out, err = capfd.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *names):
-    assert code == 2, err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, err
-    for name in names:
-        assert str(name) in errors[0], (name, errors[0])
 
 
 def snapshot(folder):

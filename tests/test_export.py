@@ -42,7 +42,8 @@ def bundle(tmp_path_factory, quantize="int8", score="combined"):
 @pytest.mark.parametrize("quantize", ["none", "float16", "dynamic", "int8"])
 def test_every_quantisation_exports_and_passes_the_parity_gate(quantize, tmp_path_factory):
     out, report = bundle(tmp_path_factory, quantize)
-    assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "model.tflite", "parity.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".ganspection-tf.json", "metadata.json", "model.tflite",
+                                                     "parity.json"]
     assert report["passed"] and not report["forced"] and report["auroc_drop"] <= export.AUROC_TOLERANCE
     assert report["evaluation"] == "test" and report["images"] == 50 and report["skipped"] == []
     assert report["spearman"] >= MIN_SPEARMAN[quantize], report
@@ -226,18 +227,22 @@ def test_a_failed_gate_leaves_no_bundle_and_force_writes_one(run_dir, tmp_path, 
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
 
 
-def test_export_replaces_an_old_bundle_but_not_other_folders(run_dir, tmp_path):
+def test_export_replaces_an_old_bundle_but_never_files_it_did_not_write(run_dir, tmp_path):
     out = tmp_path / "bundle"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(GanspectionError, match="holds no edge bundle"):
+    with pytest.raises(GanspectionError, match="did not write .notes.txt"):
         export.export_bundle(run_dir, out, quantize="none", score="latent", log=quiet)
-    assert (out / "notes.txt").read_text() == "mine"
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
     (out / "notes.txt").unlink()
     export.export_bundle(run_dir, out, quantize="none", score="latent", log=quiet)
-    (out / "extra.txt").write_text("stale")
-    export.export_bundle(run_dir, out, quantize="dynamic", score="latent", log=quiet)
-    assert edge.read_metadata(out).quantization == "dynamic" and not (out / "extra.txt").exists()
+    export.export_bundle(run_dir, out, quantize="dynamic", score="latent", log=quiet)  # our own bundle: replaced
+    assert edge.read_metadata(out).quantization == "dynamic"
+    (out / "extra.txt").write_text("the user's")
+    with pytest.raises(GanspectionError, match="extra.txt"):
+        export.export_bundle(run_dir, out, quantize="none", score="latent", log=quiet)
+    export.export_bundle(run_dir, out, quantize="none", score="latent", log=quiet, overwrite=True)
+    assert edge.read_metadata(out).quantization == "none" and (out / "extra.txt").read_text() == "the user's"
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
 
 

@@ -84,6 +84,10 @@ def scan_category(path: Path | str, category: str | None = None) -> Category:
     is empty.
     """
     root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise GanspectionError(
+            f"{root}: is a file, not a folder; point at the folder that holds the images (e.g. {root.parent})"
+        )
     if not root.is_dir():
         raise GanspectionError(
             f"{root}: folder does not exist; point at an MVTec category folder (e.g. .../mvtec_ad/bottle) "
