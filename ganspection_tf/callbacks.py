@@ -146,8 +146,8 @@ class ProgressLine(keras.callbacks.Callback):
     is redrawn in place during the interval, at most every `redraw_s` seconds, and ends with a newline at the
     interval's end, so a terminal and a log file both keep one line per interval.
 
-    Rates are wall-clock, checkpoints, sample grids and validations included; the first interval also includes tracing the
-    step, so the ETA uses the pace since the end of the first interval once there is one.
+    Rates are wall-clock, checkpoints, sample grids and validations included; the first interval also includes
+    tracing the step, so the ETA uses the pace since the end of the first interval once there is one.
     """
 
     def __init__(self, total_steps, global_batch, critic_steps, budget=None, stream=None, live=False, redraw_s=1.0):
