@@ -398,11 +398,17 @@ def test_calibration_maps_of_the_wrong_shape_are_refused_when_the_bundle_loads(b
     copy = Path(shutil.copytree(bundle, tmp_path / "bundle"))
     metadata = json.loads((copy / "metadata.json").read_text())
     calibration = metadata["calibration"]
-    for key in ("map_mean", "map_std"):
-        calibration[key] = [row[:-4] for row in calibration[key][:-4]]  # still square, 4 pixels short
+    if calibration.get("map_mean") is not None:  # the per-pixel Gaussian (normalized_map_max)
+        key, cut = "map_mean", ("map_mean", "map_std")
+    else:  # the code Gaussian (latent_mahalanobis)
+        assert calibration.get("code_mean") is not None, calibration["terms"]
+        key, cut = "code_mean", ("code_whitening",)
+        calibration["code_mean"] = calibration["code_mean"][:-2]
+    for name in cut:
+        calibration[name] = [row[:-2] for row in calibration[name][:-2]]  # still square, 2 short
     (copy / "metadata.json").write_text(json.dumps(metadata))
     one_line_error(*run_cli(capfd, "camera", copy, "--source", finished_run[0] / "test" / "good")[::2],
-                   "metadata.json", "map_mean")
+                   "metadata.json", key)
 
 
 def test_a_hand_edited_calibration_json_names_the_file_and_the_key(finished_run, tmp_path, capfd):
