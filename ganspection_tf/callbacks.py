@@ -183,8 +183,8 @@ class ProgressLine(keras.callbacks.Callback):
         images = self.global_batch * rate
         parts = [
             f"step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%)",
-            f"{rate:.3g} steps/s, {images * self.critic_steps:.0f} images/s through critic updates "
-            f"({images:.0f} per full step)",
+            f"{rate:.3g} steps/s, {_images(images * self.critic_steps)} images/s through critic updates "
+            f"({_images(images)} per full step)",
             f"ETA {self._eta(step, now, rate)}",
         ]
         if logs:
@@ -262,6 +262,11 @@ class SyntheticDefectValidation(keras.callbacks.Callback):
                                    for images in (self.good, self.reference_images, self.copy_inputs))
         good_terms, copy_terms = synthetic_validation.term_values(good, reference, copies, self.copies.sources)
         return choose_score(good_terms, copy_terms)
+
+
+def _images(per_second) -> str:
+    """114, or 2.3 where a whole number would hide most of the figure."""
+    return f"{per_second:.1f}" if per_second < 10 else f"{per_second:.0f}"
 
 
 def duration(seconds) -> str:

@@ -115,8 +115,8 @@ def test_on_a_terminal_the_progress_line_is_redrawn_in_place(tiny_run_copy, caps
     assert all(line.startswith("\r") for line in lines[:2])
 
 
-PROGRESS = re.compile(r"step (?P<step>\d+)/\d+ \(\d+%\) \| (?P<steps_per_s>[\d.e+-]+) steps/s, (?P<critic_images>\d+) "
-                      r"images/s through critic updates \((?P<step_images>\d+) per full step\) \| ETA (?P<eta>\S+) "
+PROGRESS = re.compile(r"step (?P<step>\d+)/\d+ \(\d+%\) \| (?P<steps_per_s>[\d.e+-]+) steps/s, (?P<critic_images>[\d.]+) "
+                      r"images/s through critic updates \((?P<step_images>[\d.]+) per full step\) \| ETA (?P<eta>\S+) "
                       r"\| .*critic_loss (?P<critic_loss>\S+)")
 
 
