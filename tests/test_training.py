@@ -77,13 +77,16 @@ def test_a_used_run_folder_is_refused_without_resume(tiny_run, synthetic_categor
         training.train(config, tiny_run, verbose=0, log=quiet)
 
 
+def tiny_cli_train(data, out, *options):
+    """`ganspection-tf train` of a tiny model (32 px, width 8) with `options`; returns the exit status."""
+    return main(["train", "--data", str(data), "--out", str(out), "--image-size", "32", "--width", "8",
+                 "--latent-dim", "8", "--batch-size", "8", "--no-jit", *options])
+
+
 def test_cli_train_writes_a_run_and_one_progress_line_per_log_interval(synthetic_category, tmp_path, capsys):
     out = tmp_path / "cli-run"
-    code = main([
-        "train", "--data", str(synthetic_category), "--out", str(out), "--image-size", "32", "--width", "8",
-        "--latent-dim", "8", "--critic-steps", "2", "--batch-size", "8", "--steps", "4", "--log-every", "2",
-        "--checkpoint-every", "2", "--sample-every", "2", "--no-jit", "--validate-every", "3",
-    ])
+    code = tiny_cli_train(synthetic_category, out, "--critic-steps", "2", "--steps", "4", "--log-every", "2",
+                          "--checkpoint-every", "2", "--sample-every", "2", "--validate-every", "3")
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert isinstance(keras.models.load_model(out / "model.keras", safe_mode=True), keras.Model)
@@ -144,11 +147,8 @@ def test_resume_takes_the_data_from_the_run_and_compares_paths_resolved(tiny_run
 
 def test_max_minutes_stops_at_a_saved_checkpoint(synthetic_category, tmp_path, capsys):
     out = tmp_path / "budget-run"
-    code = main([
-        "train", "--data", str(synthetic_category), "--out", str(out), "--image-size", "32", "--width", "8",
-        "--latent-dim", "8", "--critic-steps", "1", "--batch-size", "8", "--steps", "8", "--log-every", "1",
-        "--checkpoint-every", "4", "--sample-every", "4", "--no-jit", "--max-minutes", "0.0001",
-    ])
+    code = tiny_cli_train(synthetic_category, out, "--critic-steps", "1", "--steps", "8", "--log-every", "1",
+                          "--checkpoint-every", "4", "--sample-every", "4", "--max-minutes", "0.0001")
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "ETA 0s (stopping for --max-minutes 0.0001)" in captured.out.splitlines()[-2]  # the last progress line
