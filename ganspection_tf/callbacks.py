@@ -1,5 +1,5 @@
 """The Keras callbacks of `train`: stop on divergence, write checkpoints and model.keras, draw sample grids,
-stop within a wall-clock budget, print a progress line."""
+stop within a wall-clock budget, print a progress line and the validation AUROC on synthetic defects."""
 
 import math
 import sys
@@ -9,7 +9,9 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from ganspection_tf import artifacts, pictures
+from ganspection_tf import artifacts, pictures, synthetic_validation
+from ganspection_tf.data import pipeline
+from ganspection_tf.score_choice import choose_score
 from ganspection_tf.errors import GanspectionError, first_line
 from ganspection_tf.run import LOGS_FOLDER, SAMPLES_FOLDER
 
@@ -145,8 +147,8 @@ class ProgressLine(keras.callbacks.Callback):
     is redrawn in place during the interval, at most every `redraw_s` seconds, and ends with a newline at the
     interval's end, so a terminal and a log file both keep one line per interval.
 
-    Rates are wall-clock, checkpoints and sample grids included; the first interval also includes tracing the
-    step, so the ETA uses the pace since the end of the first interval once there is one.
+    Rates are wall-clock, checkpoints, sample grids and validations included; the first interval also includes
+    tracing the step, so the ETA uses the pace since the end of the first interval once there is one.
     """
 
     def __init__(self, total_steps, global_batch, critic_steps, budget=None, stream=None, live=False, redraw_s=1.0):
@@ -182,8 +184,8 @@ class ProgressLine(keras.callbacks.Callback):
         images = self.global_batch * rate
         parts = [
             f"step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%)",
-            f"{rate:.3g} steps/s, {images * self.critic_steps:.0f} images/s through critic updates "
-            f"({images:.0f} per full step)",
+            f"{rate:.3g} steps/s, {_images(images * self.critic_steps)} images/s through critic updates "
+            f"({_images(images)} per full step)",
             f"ETA {self._eta(step, now, rate)}",
         ]
         if logs:
@@ -208,6 +210,64 @@ class ProgressLine(keras.callbacks.Callback):
         stream = self.stream or sys.stdout
         stream.write(text)
         stream.flush()
+
+
+class SyntheticDefectValidation(keras.callbacks.Callback):
+    """Every `every` steps (at the end of the log interval that reaches it, and at the last step): the score
+    chooser of the calibration (``score_choice.py``) run on the good validation images and their
+    synthetic-defect copies, printed as one line with the chosen score's AUROC, so that a person sees when the
+    model is good enough to stop.
+
+    As in the calibration: the EMA networks, the per-pixel Gaussian of ``normalized_map_max`` from good training
+    images (here up to REFERENCE_IMAGES of those in memory), never a test image. The copies are drawn once.
+    """
+
+    REFERENCE_IMAGES = 100
+
+    def __init__(self, every, final_step, validation_paths, training_images, resize, stream=None):
+        super().__init__()
+        self.every, self.final_step, self.stream = every, final_step, stream
+        self.validation_paths, self.resize = validation_paths, resize
+        spacing = max(1, len(training_images) // self.REFERENCE_IMAGES)
+        self.reference_images = training_images[::spacing][: self.REFERENCE_IMAGES]
+        self.term_model = self.good = self.copies = self.copy_inputs = self.last_step = None
+
+    def on_train_begin(self, logs=None):
+        from ganspection_tf import scoring  # scoring imports training, which imports this module
+
+        self.term_model = scoring.build_term_model(self.model)
+        _, size, _, channels = self.term_model.input_shape
+        self.good, _ = pipeline.load_images(self.validation_paths, size, channels, skip_unreadable=True,
+                                            resize=self.resize)
+        self.copy_inputs, self.copies = synthetic_validation.defective_inputs(self.validation_paths, size, channels,
+                                                                              self.resize)
+        self.last_step = int(self.model.step.numpy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.step.numpy())
+        if step // self.every == self.last_step // self.every and step != self.final_step:
+            return
+        self.last_step = step
+        choice = self.choice()
+        stream = self.stream or sys.stdout
+        stream.write(f"validation at step {step}: AUROC {choice.auroc[choice.name]:.3f} of the chosen score "
+                     f"({choice.name}) on {choice.n_defective} synthetic-defect copies of {choice.n_good} good "
+                     "validation images\n")
+        stream.flush()
+
+    def choice(self):
+        """The score chooser's verdict on the model as it is now."""
+        from ganspection_tf.scoring import compute_terms
+
+        good, reference, copies = (compute_terms(self.term_model, images)
+                                   for images in (self.good, self.reference_images, self.copy_inputs))
+        good_terms, copy_terms = synthetic_validation.term_values(good, reference, copies, self.copies.sources)
+        return choose_score(good_terms, copy_terms)
+
+
+def _images(per_second) -> str:
+    """114, or 2.3 where a whole number would hide most of the figure."""
+    return f"{per_second:.1f}" if per_second < 10 else f"{per_second:.0f}"
 
 
 def duration(seconds) -> str:

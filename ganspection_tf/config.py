@@ -172,6 +172,10 @@ class TrainConfig:
     log_every: int = setting(50, int, "Steps per logged row (and per Keras epoch).", low=1, high=MAX_STEPS)
     checkpoint_every: int = setting(100, int, "Steps between checkpoints.", low=1, high=MAX_STEPS)
     sample_every: int = setting(100, int, "Steps between sample grids.", low=1, high=MAX_STEPS)
+    validate_every: int | None = setting(None, int, "Every N steps, print the AUROC of the score the calibration "
+                                         "would choose, on synthetic defects drawn on the good validation images: "
+                                         "when it stops rising the model is good enough to stop.", low=1,
+                                         high=MAX_STEPS, optional=True)
     keep_checkpoints: int = setting(3, int, "Checkpoints kept on disk.", low=1, high=1000)
     jit_compile: bool = setting(False, bool, "XLA-compile the step (slower on the CPUs measured; try it on GPUs).",
                                 switch="jit")

@@ -70,7 +70,7 @@ def draw_defect(image, kind, rng, size="medium", donor=None, sites=None) -> tupl
     sites = foreground_sites(pixels) if sites is None else np.asarray(sites, bool)
     centre = random_site(rng, sites)
     donor = pixels if donor is None else (np.asarray(donor)[..., np.newaxis] if np.ndim(donor) == 2 else donor)
-    drawn, mask = _DRAWERS[kind](pixels.astype(np.float32), centre, extent, rng, donor, sites)
+    drawn, mask = _DRAWERS[kind](pixels.astype(np.float32), centre, extent, rng, donor)
     defective = np.where(mask[..., np.newaxis], np.clip(np.rint(drawn), 0, 255), pixels).astype(np.uint8)
     return (defective[..., 0] if image.ndim == 2 else defective), mask
 
@@ -132,7 +132,7 @@ def foreground_sites(image, margin=SITE_MARGIN) -> np.ndarray:
 # --- drawing: each returns the float32 drawn image (H, W, C) and the bool mask of the region it changed -------
 
 
-def _patch(pixels, centre, extent, rng, donor, sites):
+def _patch(pixels, centre, extent, rng, donor):
     height, width = pixels.shape[:2]
     side = int(round(extent))
     half = side // 2
@@ -150,7 +150,7 @@ def _patch(pixels, centre, extent, rng, donor, sites):
     return drawn, mask
 
 
-def _scratch(pixels, centre, extent, rng, donor, sites):
+def _scratch(pixels, centre, extent, rng, donor):
     height, width = pixels.shape[:2]
     half_length = SCRATCH_LENGTH * extent / 2
     direction = rng.uniform(0.0, np.pi)
@@ -168,7 +168,7 @@ def _scratch(pixels, centre, extent, rng, donor, sites):
     return drawn, mask
 
 
-def _blob(pixels, centre, extent, rng, donor, sites):
+def _blob(pixels, centre, extent, rng, donor):
     height, width = pixels.shape[:2]
     mask_u8 = np.zeros((height, width), np.uint8)
     radius = extent / 2
@@ -184,7 +184,7 @@ def _blob(pixels, centre, extent, rng, donor, sites):
     return drawn, mask
 
 
-def _blur(pixels, centre, extent, rng, donor, sites):
+def _blur(pixels, centre, extent, rng, donor):
     mask = _disk_mask(pixels.shape[:2], centre, extent / 2)
     blurred = cv2.GaussianBlur(pixels, (0, 0), sigmaX=max(1.0, extent / 4), borderType=cv2.BORDER_REFLECT)
     drawn = pixels.copy()
@@ -192,7 +192,7 @@ def _blur(pixels, centre, extent, rng, donor, sites):
     return drawn, mask
 
 
-def _shift(pixels, centre, extent, rng, donor, sites):
+def _shift(pixels, centre, extent, rng, donor):
     mask = _disk_mask(pixels.shape[:2], centre, extent / 2)
     offset = rng.uniform(30.0, 55.0) * (1 if rng.random() < 0.5 else -1)
     colour = rng.uniform(-20.0, 20.0, size=pixels.shape[2]) if pixels.shape[2] > 1 else np.zeros(1)

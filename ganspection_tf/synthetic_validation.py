@@ -44,10 +44,7 @@ def choose_run_score(run, term_model, validation_outputs, reference_outputs, log
     from ganspection_tf.scoring import compute_terms  # scoring imports this module: a late import breaks the cycle
 
     _, size, _, channels = term_model.input_shape
-    good, _ = pipeline.load_images(run.validation_images(), max(size, DRAW_SIZE), channels, skip_unreadable=True,
-                                   resize=run.resize)
-    copies = defective_copies(good, seed=DEFECT_SEED, copies_per_image=COPIES_PER_IMAGE)
-    model_inputs = np.stack([resize_image(image, size) for image in copies.images])
+    model_inputs, copies = defective_inputs(run.validation_images(), size, channels, run.resize)
     defect_outputs = compute_terms(term_model, model_inputs)
     good_terms, defect_terms = term_values(validation_outputs, reference_outputs, defect_outputs, copies.sources)
     choice = choose_score(good_terms, defect_terms, defect_kinds=copies.kinds)
@@ -55,6 +52,15 @@ def choose_run_score(run, term_model, validation_outputs, reference_outputs, log
     log(f"score chosen on {choice.n_good} good validation images and {choice.n_defective} synthetic-defect copies: "
         f"{choice.reason}")
     return choice
+
+
+def defective_inputs(validation_paths, size, channels, resize):
+    """(uint8 model inputs (M, size, size, channels), their ``DefectiveCopies``): the synthetic-defect copies of the
+    validation images, drawn at DRAW_SIZE (or larger) and resized to the model's input."""
+    good, _ = pipeline.load_images(validation_paths, max(size, DRAW_SIZE), channels, skip_unreadable=True,
+                                   resize=resize)
+    copies = defective_copies(good, seed=DEFECT_SEED, copies_per_image=COPIES_PER_IMAGE)
+    return np.stack([resize_image(image, size) for image in copies.images]), copies
 
 
 def term_values(validation_outputs, reference_outputs, defect_outputs, sources) -> tuple[dict, dict]:

@@ -27,6 +27,7 @@ from ganspection_tf.callbacks import (
     DivergenceGuard,
     ProgressLine,
     SampleWriter,
+    SyntheticDefectValidation,
     WallClockBudget,
 )
 from ganspection_tf.config import TrainConfig, resolved
@@ -56,7 +57,7 @@ def config_hash(config_dict) -> str:
 
 # What --resume may change; everything else belongs to the run and must match what it was trained with.
 RESUMABLE_FIELDS = ("steps", "learning_rate", "strategy", "devices", "keep_checkpoints", "log_every",
-                    "checkpoint_every", "sample_every", "jit_compile", "max_minutes")
+                    "checkpoint_every", "sample_every", "jit_compile", "max_minutes", "validate_every")
 
 
 def train(config: TrainConfig, out, resume=False, verbose=1, log=print, overrides=None, extra_callbacks=None,
@@ -136,6 +137,7 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
             f"{config.data}: {len(images)} training images but the global batch is {global_batch}; "
             "lower --batch-size or add images"
         )
+    validation = _validation(config, splits, images)  # refused before anything is written
     epoch_steps = math.gcd(config.steps, config.checkpoint_every, config.sample_every, config.log_every, start_step)
     run_record = _describe_run(config, strategy_name, strategy.num_replicas_in_sync, images, splits)
     if resume and start_step > 0:
@@ -159,6 +161,7 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         keras.callbacks.TensorBoard(log_dir=str(folder / LOGS_FOLDER), write_graph=False, update_freq="epoch"),
         *([ProgressLine(config.steps, global_batch, config.model.critic_steps, budget, live=verbose == 1)]
           if verbose else []),
+        *validation,
         *(extra_callbacks or []),
     ]
     log(
@@ -189,6 +192,18 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         _write_status(run_dir, "finished", step, seconds=round(elapsed, 1), **stopped)
     log(f"trained to step {step} in {elapsed:.0f} s{' (wall-clock budget)' if stopped else ''}; run folder: {run_dir}")
     return run_dir
+
+
+def _validation(config, splits, images):
+    """[SyntheticDefectValidation] with --validate-every, else []."""
+    if config.validate_every is None:
+        return []
+    if len(splits["validation"]) < 2:
+        raise GanspectionError(f"--validate-every {config.validate_every}: needs at least 2 good validation images "
+                               f"held out of training, and there are {len(splits['validation'])}; raise "
+                               "--val-fraction")
+    return [SyntheticDefectValidation(config.validate_every, config.steps, splits["validation"], images,
+                                      config.resize)]
 
 
 def _wall_clock_budget(config, strategy_name):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ganspection_tf import cli
+from ganspection_tf import cli, ownership
 from ganspection_tf.cli import main
 from ganspection_tf.config import ModelConfig, TrainConfig, option_fields
 
@@ -42,7 +42,7 @@ def test_train_without_options_builds_the_default_config(monkeypatch, tmp_path, 
 
 
 def test_every_config_field_is_an_option_and_nothing_else():
-    names = {param.name for param in cli.train.params} - {"out", "resume"}
+    names = {param.name for param in cli.train.params} - {"out", "resume", "overwrite"}  # about the folder
     fields = {f.name for f in dataclasses.fields(TrainConfig) if f.name != "model"}
     assert names == fields | {f.name for f in dataclasses.fields(ModelConfig)}
 
@@ -103,6 +103,7 @@ def stored_record(tmp_path, **train_changes):
 def test_a_hand_edited_config_is_refused_naming_the_file_and_the_key(content, names, tmp_path, capfd):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    ownership.write_marker(run_dir, "run")  # a run folder this release wrote, then edited by hand
     record = {
         "width-banana": lambda: stored_record(tmp_path, width="banana"),
         "gp-nan": lambda: stored_record(tmp_path, gp_weight=float("nan")),

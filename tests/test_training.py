@@ -78,13 +78,16 @@ def test_a_used_run_folder_is_refused_without_resume(tiny_run, synthetic_categor
         training.train(config, tiny_run, verbose=0, log=quiet)
 
 
+def tiny_cli_train(data, out, *options):
+    """`ganspection-tf train` of a tiny model (32 px, width 8) with `options`; returns the exit status."""
+    return main(["train", "--data", str(data), "--out", str(out), "--image-size", "32", "--width", "8",
+                 "--latent-dim", "8", "--batch-size", "8", "--no-jit", *options])
+
+
 def test_cli_train_writes_a_run_and_one_progress_line_per_log_interval(synthetic_category, tmp_path, capsys):
     out = tmp_path / "cli-run"
-    code = main([
-        "train", "--data", str(synthetic_category), "--out", str(out), "--image-size", "32", "--width", "8",
-        "--latent-dim", "8", "--critic-steps", "2", "--batch-size", "8", "--steps", "4", "--log-every", "2",
-        "--checkpoint-every", "2", "--sample-every", "2", "--no-jit",
-    ])
+    code = tiny_cli_train(synthetic_category, out, "--critic-steps", "2", "--steps", "4", "--log-every", "2",
+                          "--checkpoint-every", "2", "--sample-every", "2", "--validate-every", "3")
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert isinstance(keras.models.load_model(out / "model.keras", safe_mode=True), keras.Model)
@@ -97,6 +100,12 @@ def test_cli_train_writes_a_run_and_one_progress_line_per_log_interval(synthetic
         assert p["step_images"] == pytest.approx(8 * p["steps_per_s"], rel=0.01, abs=1)
         assert np.isfinite(p["critic_loss"])
     assert progress[-1]["eta"] == "0s"
+    # --validate-every 3: at the end of the interval reaching step 3, and at the last step
+    validation = [VALIDATION.match(line) for line in captured.out.splitlines() if line.startswith("validation")]
+    assert [int(match["step"]) for match in validation] == [4]
+    held_out = len(json.loads((out / "splits.json").read_text())["validation"])
+    assert all(0.0 <= float(match["auroc"]) <= 1.0 and int(match["copies"]) == 5 * int(match["good"]) == 5 * held_out
+               for match in validation)
     assert "\r" not in captured.out  # not a terminal: no redrawing, a log file stays one line per interval
 
 
@@ -110,9 +119,13 @@ def test_on_a_terminal_the_progress_line_is_redrawn_in_place(tiny_run_copy, caps
     assert all(line.startswith("\r") for line in lines[:2])
 
 
-PROGRESS = re.compile(r"step (?P<step>\d+)/\d+ \(\d+%\) \| (?P<steps_per_s>[\d.e+-]+) steps/s, (?P<critic_images>\d+) "
-                      r"images/s through critic updates \((?P<step_images>\d+) per full step\) \| ETA (?P<eta>\S+) "
+PROGRESS = re.compile(r"step (?P<step>\d+)/\d+ \(\d+%\) \| (?P<steps_per_s>[\d.e+-]+) steps/s, (?P<critic_images>[\d.]+) "
+                      r"images/s through critic updates \((?P<step_images>[\d.]+) per full step\) \| ETA (?P<eta>\S+) "
                       r"\| .*critic_loss (?P<critic_loss>\S+)")
+
+
+VALIDATION = re.compile(r"validation at step (?P<step>\d+): AUROC (?P<auroc>[\d.]+) of the chosen score \(.+\) on "
+                        r"(?P<copies>\d+) synthetic-defect copies of (?P<good>\d+) good validation images$")
 
 
 def parse_progress(line):
@@ -135,11 +148,8 @@ def test_resume_takes_the_data_from_the_run_and_compares_paths_resolved(tiny_run
 
 def test_max_minutes_stops_at_a_saved_checkpoint(synthetic_category, tmp_path, capsys):
     out = tmp_path / "budget-run"
-    code = main([
-        "train", "--data", str(synthetic_category), "--out", str(out), "--image-size", "32", "--width", "8",
-        "--latent-dim", "8", "--critic-steps", "1", "--batch-size", "8", "--steps", "8", "--log-every", "1",
-        "--checkpoint-every", "4", "--sample-every", "4", "--no-jit", "--max-minutes", "0.0001",
-    ])
+    code = tiny_cli_train(synthetic_category, out, "--critic-steps", "1", "--steps", "8", "--log-every", "1",
+                          "--checkpoint-every", "4", "--sample-every", "4", "--max-minutes", "0.0001")
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "ETA 0s (stopping for --max-minutes 0.0001)" in captured.out.splitlines()[-2]  # the last progress line
@@ -147,3 +157,11 @@ def test_max_minutes_stops_at_a_saved_checkpoint(synthetic_category, tmp_path, c
     assert status["state"] == "finished" and status["step"] == 1 and status["stopped_by"] == "--max-minutes 0.0001"
     assert int(RunFolder(out).load_model().step) == 1  # saved where it stopped, not at a --checkpoint-every step
     assert json.loads((out / "config.json").read_text())["train"]["max_minutes"] == 0.0001
+
+
+def test_validate_every_without_validation_images_is_a_one_line_error(synthetic_category, tmp_path, capsys):
+    code = main(["train", "--data", str(synthetic_category), "--out", str(tmp_path / "run"), "--image-size", "32",
+                 "--width", "8", "--steps", "2", "--val-fraction", "0", "--validate-every", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--validate-every 2: needs at least 2 good validation images" in err
+    assert not (tmp_path / "run" / "config.json").exists()  # refused before the run folder was started
