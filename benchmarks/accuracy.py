@@ -35,7 +35,8 @@ UNBOUNDED_STEPS = 10**7
 def accuracy(context, minutes, method, out, resume, **options):
     """Train under a time budget on an MVTec category, evaluate, print AUROC per score term."""
     from ganspection_tf.evaluate import evaluate_run
-    from ganspection_tf.training import STATUS_FILE, TrainConfig, train
+    from ganspection_tf.run import STATUS_FILE
+    from ganspection_tf.training import TrainConfig, train
 
     if context.get_parameter_source("steps") == ParameterSource.DEFAULT:
         options["steps"] = UNBOUNDED_STEPS
