@@ -101,3 +101,12 @@ def ensure_writable_folder(folder, option="--out"):
             f"{option} {folder}: cannot write there ({error.strerror}); choose a writable folder"
         ) from None
     return folder
+
+
+def unused_path(folder, stem: str, suffix: str) -> Path:
+    """folder/stem.suffix, or stem-2, stem-3 … when that name is taken: an earlier output is never replaced."""
+    path, count = Path(folder) / f"{stem}{suffix}", 1
+    while path.exists():
+        count += 1
+        path = Path(folder) / f"{stem}-{count}{suffix}"
+    return path

@@ -122,16 +122,7 @@ def _score_frame(scorer, frame, summary, sink, save_anomalies, err):
         if scorer.has_heatmap:  # from the map the scoring already produced: no second inference
             result.heatmap = result.heatmap_at(*frame.pixels.shape[:2])
         picture = annotated_frame(frame, result, scorer.threshold)
-        artifacts.write_png(_unused_path(save_anomalies, f"{index:06d}_{_safe(frame.label)}", ".png"), picture)
-
-
-def _unused_path(folder: Path, stem: str, suffix: str) -> Path:
-    """folder/stem.suffix, or stem-2, stem-3 … when an earlier run saved a frame under that name."""
-    path, count = folder / f"{stem}{suffix}", 1
-    while path.exists():
-        count += 1
-        path = folder / f"{stem}-{count}{suffix}"
-    return path
+        artifacts.write_png(artifacts.unused_path(save_anomalies, f"{index:06d}_{_safe(frame.label)}", ".png"), picture)
 
 
 def annotated_frame(frame: Frame, result, threshold: float) -> np.ndarray:

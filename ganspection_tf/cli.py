@@ -260,9 +260,9 @@ SCORE_FIELDS = ("path", "score", *TERMS, "anomalous")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--format", "output_format", default="csv", show_default=True, type=click.Choice(["csv", "jsonl"]))
 @click.option("--output", default=None, type=click.Path(path_type=Path, dir_okay=False),
-              help="File to write the rows to (default: standard output).")
+              help="New file to write the rows to (default: standard output); an existing file is refused.")
 @click.option("--heatmaps", default=None, type=click.Path(path_type=Path, file_okay=False),
-              help="Folder for heatmap overlay PNGs (<name>_heatmap.png, original image size).")
+              help="Folder for heatmap overlay PNGs (<name>_heatmap.png, original image size; a taken name gets -2, -3 …).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @threshold_options
 def score(run_dir, paths, output_format, output, heatmaps, batch_size, max_fpr, threshold):
@@ -275,6 +275,9 @@ def score(run_dir, paths, output_format, output, heatmaps, batch_size, max_fpr, 
     from ganspection_tf import artifacts, scoring
     from ganspection_tf.run import RunFolder
 
+    if output is not None and output.exists():
+        raise GanspectionError(f"--output {output}: already exists, and score never replaces a file; choose another "
+                               "--output or move that file away")
     files = _image_files(paths)
     run = RunFolder(run_dir)
     model = run.load_model()
@@ -328,7 +331,7 @@ def _write_rows(results, handle, output_format, heatmaps, resize):
     writer = csv.DictWriter(handle, fieldnames=SCORE_FIELDS, lineterminator="\n") if output_format == "csv" else None
     if writer:
         writer.writeheader()
-    failed, used_names = [], set()
+    failed = []
     for result in results:
         if result.error is not None:
             click.echo(f"error: {result.error}", err=True)
@@ -342,21 +345,18 @@ def _write_rows(results, handle, output_format, heatmaps, resize):
             handle.write(json.dumps(row) + "\n")
         handle.flush()
         if heatmaps is not None:
-            _write_heatmap(result, heatmaps, used_names, resize)
+            _write_heatmap(result, heatmaps, resize)
     return failed
 
 
-def _write_heatmap(result, folder, used_names, resize):
+def _write_heatmap(result, folder, resize):
     from ganspection_tf import artifacts
     from ganspection_tf.heatmaps import anomaly_map, heatmap_overlay
 
-    name, count = f"{result.path.stem}_heatmap.png", 1
-    while name in used_names:  # the same file name in two folders
-        count += 1
-        name = f"{result.path.stem}_{count}_heatmap.png"
-    used_names.add(name)
+    # The same file name in two scored folders, or a heatmap an earlier command wrote: a new numbered name.
+    path = artifacts.unused_path(folder, f"{result.path.stem}_heatmap", ".png")
     amap = anomaly_map(result.error_map, result.original_hw, resize=resize)
-    artifacts.write_png(folder / name, heatmap_overlay(result.original, amap))
+    artifacts.write_png(path, heatmap_overlay(result.original, amap))
 
 
 # ------------------------------------------------------------------------------------------------ export

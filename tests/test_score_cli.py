@@ -99,6 +99,21 @@ def test_score_writes_jsonl_and_heatmaps_to_files(evaluated_run, category, tmp_p
         assert read_image(heatmaps / name).shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
+def test_score_never_replaces_an_earlier_output(evaluated_run, category, tmp_path, capsys):
+    output, heatmaps = tmp_path / "mine.csv", tmp_path / "maps"
+    output.write_text("the user's own table\n")
+    code, _, err = run_cli(capsys, "score", evaluated_run, category / "test" / "hole", "--output", output)
+    assert code == 2 and err.count("\n") == 1 and str(output) in err and "already exists" in err
+    assert output.read_text() == "the user's own table\n"
+    for _ in range(2):
+        code, _, err = run_cli(capsys, "score", evaluated_run, category / "test" / "hole", "--heatmaps", heatmaps)
+        assert code == 0, err
+    first, second = (heatmaps / "000_heatmap.png").read_bytes(), (heatmaps / "000_heatmap-2.png").read_bytes()
+    assert first == second  # the same image scored twice: the second run wrote a new file beside the first
+    assert sorted(p.name for p in heatmaps.iterdir()) == [
+        "000_heatmap-2.png", "000_heatmap.png", "001_heatmap-2.png", "001_heatmap.png"]
+
+
 def test_unreadable_files_are_reported_and_the_rest_is_scored(evaluated_run, category, tmp_path, capsys):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
