@@ -262,6 +262,12 @@ def ensure_calibration(run, model=None, log=print, *, term_model=None, method=No
     stored = run.read_calibration(log)
     if stored is not None and _still_valid(stored, config_hash, step, method, max_fpr, weights):
         return stored
+    if stored is not None and weights is None and _same_model(stored, config_hash, step):
+        # Only the file's format (a release before validation_scores) or the asked method / max FPR changed: the
+        # run keeps the score it was calibrated with instead of choosing anew, so its scores stay the same.
+        weights = dict(zip(stored.terms, stored.weights))
+        method = method or stored.method
+        max_fpr = stored.max_fpr if max_fpr is None else max_fpr
     term_model = term_model if term_model is not None else build_term_model(model)
     if outputs is None:
         outputs = calibration_outputs(run, term_model, log)
@@ -336,11 +342,13 @@ def _predict_function(term_model):
     return _PREDICT_FUNCTIONS[term_model]
 
 
+def _same_model(stored, config_hash, step):
+    return stored.config_hash == config_hash and stored.model_step == step and stored.terms == list(TERMS)
+
+
 def _still_valid(stored, config_hash, step, method, max_fpr, weights):
     return (
-        stored.config_hash == config_hash
-        and stored.model_step == step
-        and stored.terms == list(TERMS)
+        _same_model(stored, config_hash, step)
         and stored.validation_scores is not None  # a file from before they were kept: refit, so export ships them
         and (method is None or stored.method == method)
         and (max_fpr is None or stored.max_fpr == max_fpr)

@@ -476,6 +476,19 @@ def test_ensure_calibration_refits_a_file_from_before_the_new_terms(run_copy):
     assert not any("warning" in m for m in messages)
 
 
+def test_a_calibration_from_before_validation_scores_keeps_the_runs_score(run_copy, monkeypatch):
+    """The previous release's calibration.json (no validation_scores) of the same model is refitted with the
+    score it holds, not with a new choice: the run's scores do not change when the package is updated."""
+    chosen_by_hand = scoring.ensure_calibration(run_copy, weights={"map_max": 1.0, "critic": 0.5}, log=lambda *a: None)
+    old = chosen_by_hand.to_dict()
+    del old["validation_scores"]
+    (run_copy / "calibration.json").write_text(json.dumps(old))
+    monkeypatch.setattr(scoring, "choose_run_score", lambda *a, **k: pytest.fail("the score was chosen anew"))
+    refitted = scoring.ensure_calibration(run_copy, log=lambda *a: None)
+    assert refitted == chosen_by_hand
+    assert refitted.validation_scores is not None  # now kept, so an export ships them for camera --max-fpr
+
+
 def test_ensure_calibration_recomputes_a_corrupt_file_with_a_warning(run_copy):
     (run_copy / "calibration.json").write_text("{not json")
     messages = []
