@@ -289,15 +289,14 @@ def score(run_dir, paths, output_format, output, heatmaps, batch_size, max_fpr, 
         click.echo(chosen.describe(), err=True)
     if heatmaps is not None:
         artifacts.ensure_writable_folder(heatmaps, option="--heatmaps")
-    resize = run.resize
     results = scoring.score_files(files, term_model, calibration, batch_size, keep_originals=heatmaps is not None,
-                                  resize=resize)
+                                  resize=run.resize)
     if output is None:
-        failed = _write_rows(results, sys.stdout, output_format, heatmaps, resize)
+        failed = _write_rows(results, sys.stdout, output_format, heatmaps)
     else:
         with artifacts.atomic_path(output) as temporary, open(temporary, "w", encoding="utf-8", newline="") as handle:
             with click.progressbar(results, length=len(files), label="scoring", file=sys.stderr) as bar:
-                failed = _write_rows(bar, handle, output_format, heatmaps, resize)
+                failed = _write_rows(bar, handle, output_format, heatmaps)
     if failed:
         raise GanspectionError(
             f"{failed[0]}: unreadable, {len(failed)} of {len(files)} images have no row (listed above); "
@@ -323,7 +322,7 @@ def _image_files(paths):
     return files
 
 
-def _write_rows(results, handle, output_format, heatmaps, resize):
+def _write_rows(results, handle, output_format, heatmaps):
     """Writes one row per scored image as it comes (flushing per row) and returns the unreadable paths."""
     import csv
     import json
@@ -345,18 +344,17 @@ def _write_rows(results, handle, output_format, heatmaps, resize):
             handle.write(json.dumps(row) + "\n")
         handle.flush()
         if heatmaps is not None:
-            _write_heatmap(result, heatmaps, resize)
+            _write_heatmap(result, heatmaps)
     return failed
 
 
-def _write_heatmap(result, folder, resize):
+def _write_heatmap(result, folder):
     from ganspection_tf import artifacts
-    from ganspection_tf.heatmaps import anomaly_map, heatmap_overlay
+    from ganspection_tf.heatmaps import heatmap_overlay
 
     # The same file name in two scored folders, or a heatmap an earlier command wrote: a new numbered name.
     path = artifacts.unused_path(folder, f"{result.path.stem}_heatmap", ".png")
-    amap = anomaly_map(result.error_map, result.original_hw, resize=resize)
-    artifacts.write_png(path, heatmap_overlay(result.original, amap))
+    artifacts.write_png(path, heatmap_overlay(result.original, result.heatmap_at(*result.original_hw)))
 
 
 # ------------------------------------------------------------------------------------------------ export
