@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ganspection_tf import __version__, console, interrupts, thresholds
+from ganspection_tf import __version__, console, interrupts, ownership, thresholds
 from ganspection_tf.config import TrainConfig, option_fields
 from ganspection_tf.errors import GanspectionError, MissingTrainExtra
 from ganspection_tf.terms import DEFAULT_WEIGHTS, REGISTRY, SCORES, TERMS
@@ -169,8 +169,6 @@ def _claim_demo_folder(out, overwrite):
     Everything is checked before anything is written: run/ and bundle/ may only hold an earlier demo's run and
     bundle (their markers prove it); the user's files in them, or in --out, stop the demo before it starts.
     """
-    from ganspection_tf import ownership
-
     ownership.refuse_foreign(out, "demo", overwrite)
     for name, kind in (("run", "run"), ("bundle", "bundle")):
         ownership.refuse_foreign(out / name, kind, overwrite)
@@ -215,8 +213,9 @@ def evaluate(run_dir, data, category, max_fpr, method, weights, batch_size):
     require_train_extra("evaluate")
     from ganspection_tf.evaluate import evaluate_run
 
-    metrics = evaluate_run(run_dir, data=data, category=category, log=_echo_to_stderr, batch_size=batch_size,
-                           method=method, max_fpr=max_fpr, weights=parse_weights(weights))
+    with ownership.sole_writer_of_run(run_dir):
+        metrics = evaluate_run(run_dir, data=data, category=category, log=_echo_to_stderr, batch_size=batch_size,
+                               method=method, max_fpr=max_fpr, weights=parse_weights(weights))
     click.echo(f"image AUROC {metrics['image_auroc']:.3f} (combined score, {metrics['data']['test_images']} "
                f"test images of {metrics['data']['root']})")
     click.echo(f"report: {metrics['report']}")
