@@ -4,15 +4,16 @@ This module owns the bundle format; ``export.py`` (TensorFlow side) writes it, :
 It imports numpy, OpenCV, Pillow, ``ai_edge_litert`` and the TF-free package modules only, so it runs on the
 base install (a test checks that ``tensorflow`` never appears in ``sys.modules``).
 
-A frame is scored like the workstation scores a file:
+:class:`EdgeScorer` is the LiteRT implementation of the scorer contract (``scorer.Scorer``; the workstation's is
+``scoring.KerasScorer``), so a frame is scored like the workstation scores a file, by the same code except step 3:
 
 1. ``images.frame_to_rgb`` (BGR(A) from OpenCV or RGB(A), 1/3/4 channels, to the bundle's channel count),
 2. ``images.resize_image`` (the bundle's numeric preprocessing: cv2.INTER_AREA to the model size with the run's
    ``aspect`` — stretch, pad or crop — the training resize rule),
 3. the TFLite model (uint8 in; it scales to [-1, 1] itself) computes the raw outputs (score terms, the code,
    the error map),
-4. ``Calibration.term_matrix`` makes the terms from them (the workstation's function: normalized_map_max from
-   the error map, latent_mahalanobis from the code) and ``Calibration.combine`` the score, in numpy;
+4. ``Scorer.postprocess``: ``Calibration.term_matrix`` makes the terms from them (normalized_map_max from the
+   error map, latent_mahalanobis from the code) and ``Calibration.combine`` the score, in numpy;
    ``score > threshold`` decides.
 
 Step 4 runs in float64 numpy on purpose: a full-integer model would clip its output at the range seen on the
