@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ganspection_tf import __version__, console, interrupts, thresholds
+from ganspection_tf import __version__, console, interrupts, ownership, thresholds
 from ganspection_tf.config import TrainConfig, option_fields
 from ganspection_tf.errors import GanspectionError, MissingTrainExtra
 from ganspection_tf.terms import DEFAULT_WEIGHTS, REGISTRY, SCORES, TERMS
@@ -169,8 +169,6 @@ def _claim_demo_folder(out, overwrite):
     Everything is checked before anything is written: run/ and bundle/ may only hold an earlier demo's run and
     bundle (their markers prove it); the user's files in them, or in --out, stop the demo before it starts.
     """
-    from ganspection_tf import ownership
-
     ownership.refuse_foreign(out, "demo", overwrite)
     for name, kind in (("run", "run"), ("bundle", "bundle")):
         ownership.refuse_foreign(out / name, kind, overwrite)
@@ -215,8 +213,9 @@ def evaluate(run_dir, data, category, max_fpr, method, weights, batch_size):
     require_train_extra("evaluate")
     from ganspection_tf.evaluate import evaluate_run
 
-    metrics = evaluate_run(run_dir, data=data, category=category, log=_echo_to_stderr, batch_size=batch_size,
-                           method=method, max_fpr=max_fpr, weights=parse_weights(weights))
+    with ownership.sole_writer_of_run(run_dir):
+        metrics = evaluate_run(run_dir, data=data, category=category, log=_echo_to_stderr, batch_size=batch_size,
+                               method=method, max_fpr=max_fpr, weights=parse_weights(weights))
     click.echo(f"image AUROC {metrics['image_auroc']:.3f} (combined score, {metrics['data']['test_images']} "
                f"test images of {metrics['data']['root']})")
     click.echo(f"report: {metrics['report']}")
@@ -289,15 +288,14 @@ def score(run_dir, paths, output_format, output, heatmaps, batch_size, max_fpr, 
         click.echo(chosen.describe(), err=True)
     if heatmaps is not None:
         artifacts.ensure_writable_folder(heatmaps, option="--heatmaps")
-    resize = run.resize
     results = scoring.score_files(files, term_model, calibration, batch_size, keep_originals=heatmaps is not None,
-                                  resize=resize)
+                                  resize=run.resize)
     if output is None:
-        failed = _write_rows(results, sys.stdout, output_format, heatmaps, resize)
+        failed = _write_rows(results, sys.stdout, output_format, heatmaps)
     else:
         with artifacts.atomic_path(output) as temporary, open(temporary, "w", encoding="utf-8", newline="") as handle:
             with click.progressbar(results, length=len(files), label="scoring", file=sys.stderr) as bar:
-                failed = _write_rows(bar, handle, output_format, heatmaps, resize)
+                failed = _write_rows(bar, handle, output_format, heatmaps)
     if failed:
         raise GanspectionError(
             f"{failed[0]}: unreadable, {len(failed)} of {len(files)} images have no row (listed above); "
@@ -323,7 +321,7 @@ def _image_files(paths):
     return files
 
 
-def _write_rows(results, handle, output_format, heatmaps, resize):
+def _write_rows(results, handle, output_format, heatmaps):
     """Writes one row per scored image as it comes (flushing per row) and returns the unreadable paths."""
     import csv
     import json
@@ -345,18 +343,17 @@ def _write_rows(results, handle, output_format, heatmaps, resize):
             handle.write(json.dumps(row) + "\n")
         handle.flush()
         if heatmaps is not None:
-            _write_heatmap(result, heatmaps, resize)
+            _write_heatmap(result, heatmaps)
     return failed
 
 
-def _write_heatmap(result, folder, resize):
+def _write_heatmap(result, folder):
     from ganspection_tf import artifacts
-    from ganspection_tf.heatmaps import anomaly_map, heatmap_overlay
+    from ganspection_tf.heatmaps import heatmap_overlay
 
     # The same file name in two scored folders, or a heatmap an earlier command wrote: a new numbered name.
     path = artifacts.unused_path(folder, f"{result.path.stem}_heatmap", ".png")
-    amap = anomaly_map(result.error_map, result.original_hw, resize=resize)
-    artifacts.write_png(path, heatmap_overlay(result.original, amap))
+    artifacts.write_png(path, heatmap_overlay(result.original, result.heatmap_at(*result.original_hw)))
 
 
 # ------------------------------------------------------------------------------------------------ export

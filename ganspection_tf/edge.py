@@ -22,8 +22,6 @@ representative images, so every strongly anomalous frame would get the same capp
 from __future__ import annotations
 
 import hashlib
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,7 @@ from ganspection_tf import bundle_metadata, console, images
 from ganspection_tf.artifacts import read_json
 from ganspection_tf.calibration import Calibration
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.heatmaps import anomaly_map
+from ganspection_tf.scorer import ScoreResult, Scorer
 from ganspection_tf.terms import CODE_OUTPUT, ERROR_MAP_OUTPUT, SCORES, TERMS, outputs_needed
 
 BUNDLE_FORMAT, FORMAT_VERSION = bundle_metadata.FORMAT, bundle_metadata.FORMAT_VERSION
@@ -43,25 +41,12 @@ QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 _FIX = "re-export it with 'ganspection-tf export RUN_DIR --tflite --out BUNDLE_DIR'"
 
 
-@dataclass
-class EdgeResult:
-    """One scored frame: ``heatmap`` is a float32 map at the frame's size (or None), latency covers steps 1-4."""
-
-    score: float
-    anomalous: bool
-    terms: dict[str, float]
-    heatmap: np.ndarray | None
-    latency_ms: float
-    error_map: np.ndarray | None = None  # the model's low-resolution map (bundles with heatmaps), for later use
-    resize: str = images.DEFAULT_RESIZE  # the bundle's resize mode, to map the error map back onto the frame
-
-    def heatmap_at(self, height: int, width: int) -> np.ndarray:
-        """The anomaly map at a frame's size, from the map this scoring already produced (no second inference)."""
-        return anomaly_map(self.error_map, (height, width), resize=self.resize)  # the workstation's smoothing
+EdgeResult = ScoreResult  # the camera's name for the one result type (``scorer.py``)
 
 
-class EdgeScorer:
-    """Loads and checks a bundle, then scores uint8 frames of any size with 1, 3 or 4 channels."""
+class EdgeScorer(Scorer):
+    """The LiteRT implementation of the scorer contract (``scorer.Scorer``): loads and checks a bundle, then
+    scores uint8 frames of any size with 1, 3 or 4 channels."""
 
     def __init__(self, bundle_dir, threads: int | None = None):
         self.bundle_dir = Path(bundle_dir)
@@ -73,45 +58,29 @@ class EdgeScorer:
         self.resize = self.preprocessing.aspect  # the run's --resize
         self.terms = list(self.metadata.terms)
         self.threshold = float(self.calibration.threshold)
-        self.has_heatmap = self.metadata.heatmap
+        self.has_heatmap = self.keeps_error_map = self.metadata.heatmap
         self._runner = self._load_model(threads)
 
     @property
     def _metadata_path(self) -> Path:
         return self.bundle_dir / METADATA_FILE
 
-    def preprocess(self, frame, color_order: str = "bgr") -> np.ndarray:
-        """Steps 1-2: the exact uint8 ``(S, S, C)`` array the model sees (the training pipeline's pixels)."""
-        rgb = images.frame_to_rgb(frame, color_order, channels=self.channels)
-        return images.resize_image(rgb, self.image_size, self.resize)
+    def forward(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Step 3: raw model outputs of a uint8 (N, S, S, C) batch; the TFLite model takes one image at a time."""
+        batch = np.ascontiguousarray(batch, dtype=np.uint8)
+        single = [self._runner(**{INPUT_NAME: batch[i : i + 1]}) for i in range(len(batch))]
+        return {name: np.concatenate([outputs[name] for outputs in single]) for name in single[0]} if single else {}
 
-    def score(self, frame, color_order: str = "bgr", heatmap: bool = False) -> EdgeResult:
-        """Score one frame; ``heatmap=True`` adds the anomaly map at the frame's size (combined bundles only)."""
-        started = time.perf_counter()
+    def run_model(self, image_uint8: np.ndarray) -> dict[str, np.ndarray]:
+        """Step 3 alone for one preprocessed image: raw model outputs (terms (1,), code (1, d), error map (1, S, S))."""
+        return self.forward(np.asarray(image_uint8)[np.newaxis])
+
+    def _check_heatmap_request(self, heatmap: bool) -> None:
         if heatmap and not self.has_heatmap:
             raise GanspectionError(
                 f"{self._metadata_path}: this bundle was exported with --score {self.metadata.score}, which has "
                 "no reconstruction to draw a heatmap from; export with --score combined for heatmaps"
             )
-        outputs = self.run_model(self.preprocess(frame, color_order))
-        matrix = self.calibration.term_matrix(outputs)
-        terms = {name: float(value) for name, value in zip(self.calibration.terms, matrix[0])}
-        score = float(self.calibration.combine(matrix)[0])
-        result = EdgeResult(score, bool(score > self.threshold), terms, None, 0.0,
-                            outputs[ERROR_MAP_OUTPUT][0] if self.has_heatmap else None, self.resize)
-        if heatmap:
-            result.heatmap = result.heatmap_at(*np.asarray(frame).shape[:2])
-        result.latency_ms = (time.perf_counter() - started) * 1000.0
-        return result
-
-    def score_file(self, path, heatmap: bool = False) -> EdgeResult:
-        """Score an image file, decoded like the training images (``images.read_image``, RGB)."""
-        return self.score(images.read_image(path), color_order="rgb", heatmap=heatmap)
-
-    def run_model(self, image_uint8: np.ndarray) -> dict[str, np.ndarray]:
-        """Step 3 alone: raw model outputs (terms (1,), code (1, d), error map (1, S, S)) of a preprocessed image."""
-        batch = np.ascontiguousarray(image_uint8, dtype=np.uint8)[np.newaxis]
-        return self._runner(**{INPUT_NAME: batch})
 
     # ------------------------------------------------------------------------------------------------ loading
 

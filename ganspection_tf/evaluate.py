@@ -236,16 +236,16 @@ def _score_test_split(test, term_model, calibration, batch_size, resize):
     """Streams the test images through the model; keeps terms, raw model terms and codes, scores,
     PIXEL_EVAL_SIZE² maps and masks. Pixel metrics live in the model's square frame: each mask is resized with
     the run's mode like its image (``resize``)."""
-    _, size, _, channels = term_model.input_shape
+    scorer = scoring.KerasScorer(term_model, calibration, resize, batch_size)
     count, side = len(test), PIXEL_EVAL_SIZE
     maps = np.empty((count, side, side), dtype=np.float32)
     masks = np.zeros((count, side, side), dtype=bool)
     outputs = {name: [] for name in MODEL_OUTPUTS}  # error maps too: normalized_map_max needs them
     for start in range(0, count, batch_size):
         batch = test[start : start + batch_size]
-        images, _ = pipeline.load_images([t.path for t in batch], size, channels, skip_unreadable=False,
-                                         resize=resize)
-        values = scoring.compute_terms(term_model, images, batch_size)
+        images, _ = pipeline.load_images([t.path for t in batch], scorer.image_size, scorer.channels,
+                                         skip_unreadable=False, resize=resize)
+        values = scorer.forward(images)
         for name, kept in outputs.items():
             kept.append(values[name])
         for offset, item in enumerate(batch):
@@ -254,16 +254,15 @@ def _score_test_split(test, term_model, calibration, batch_size, resize):
             if item.mask is not None:
                 masks[index] = read_mask(item.mask, side, resize, image=item.path)
     outputs = {name: np.concatenate(chunks) for name, chunks in outputs.items()}
-    matrix = calibration.term_matrix(outputs)
-    terms = {name: matrix[:, j] for j, name in enumerate(calibration.terms)}
-    combined = calibration.combine(matrix)
+    scored = scorer.scores(outputs)  # the scorer contract's postprocessing, as `score` and the camera use it
+    terms = {name: scored.terms[:, j] for j, name in enumerate(calibration.terms)}
     return {
         "paths": [t.path for t in test],
         "defects": [t.defect for t in test],
         "labels": np.array([t.label for t in test]),
         "terms": terms,
-        "combined": combined,
-        "anomalous": calibration.is_anomalous(combined),
+        "combined": scored.combined,
+        "anomalous": scored.anomalous,
         "outputs": outputs,
         "maps": maps,
         "masks": masks,

@@ -226,6 +226,20 @@ def exclusive_writer(folder, option="--out"):
         handle.close()  # releases the lock
 
 
+@contextlib.contextmanager
+def sole_writer_of_run(run_dir):
+    """evaluate writes calibration.json and eval/ into a run: never while another process trains or evaluates it.
+
+    Only a folder proven to be a run is locked: anything else gets no lock file, and the verb's own check says
+    what is wrong with it.
+    """
+    if folder_kind(run_dir) != "run":
+        yield
+        return
+    with exclusive_writer(run_dir, option="run folder"):
+        yield
+
+
 def process_alive(pid) -> bool:
     try:
         os.kill(int(pid), 0)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -36,16 +35,17 @@ from ganspection_tf.images import (
     UnreadableImage,
     from_unit_range,
     read_image,
-    resize_image,
     to_unit_range,
 )
 from ganspection_tf.run import as_run
+from ganspection_tf.scorer import ScoreResult, Scorer
 from ganspection_tf.terms import CODE_OUTPUT, ERROR_MAP_OUTPUT, MODEL_OUTPUTS, TERMS
 
 __all__ = [
     "build_term_model",
     "calibration_outputs",
     "compute_terms",
+    "KerasScorer",
     "ensure_calibration",
     "reconstruct",
     "reference_terms",
@@ -171,35 +171,39 @@ def compute_terms(term_model, images_uint8, batch_size=32) -> dict[str, np.ndarr
     return {name: np.concatenate([chunk[name].numpy() for chunk in chunks]) for name in MODEL_OUTPUTS}
 
 
-@dataclass
-class ScoredImage:
-    """One image scored by :func:`score_files`: `error` is set (and the rest None) when it could not be read."""
+ScoredImage = ScoreResult  # the workstation's name for the one result type (``scorer.py``)
 
-    path: Path
-    score: float | None = None
-    terms: dict[str, float] | None = None
-    anomalous: bool | None = None
-    error_map: np.ndarray | None = None  # (S, S) model resolution
-    original_hw: tuple[int, int] | None = None
-    original: np.ndarray | None = None  # the decoded image, only with keep_originals=True
-    error: UnreadableImage | None = None
+
+class KerasScorer(Scorer):
+    """The workstation implementation of the scorer contract (``scorer.Scorer``): the Keras term model."""
+
+    def __init__(self, term_model, calibration, resize=DEFAULT_RESIZE, batch_size=32):
+        self.term_model, self.calibration, self.resize, self.batch_size = term_model, calibration, resize, batch_size
+        _, self.image_size, _, self.channels = term_model.input_shape
+        self.threshold = float(calibration.threshold)
+        self.keeps_error_map = True
+
+    def forward(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """All MODEL_OUTPUTS of a uint8 (N, S, S, C) batch (:func:`compute_terms`)."""
+        return compute_terms(self.term_model, batch, self.batch_size)
 
 
 def score_files(paths, term_model, calibration, batch_size=32, keep_originals=False, resize=DEFAULT_RESIZE):
-    """Yields a :class:`ScoredImage` per path, in order, decoding and scoring `batch_size` files at a time.
+    """Yields a :class:`~ganspection_tf.scorer.ScoreResult` per path, in order, decoding and scoring
+    `batch_size` files at a time through :class:`KerasScorer`.
 
     Only one batch of images is in memory at any moment, so memory stays flat however many paths there are.
     Unreadable files are yielded with `error` set rather than raised: the caller decides (the CLI reports
     them and carries on). Images are decoded and resized exactly as for training and evaluation (``resize``: the
     run's mode, ``RunFolder.resize``).
     """
-    _, size, _, channels = term_model.input_shape
+    scorer = KerasScorer(term_model, calibration, resize, batch_size)
     paths = list(paths)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for start in range(0, len(paths), batch_size):
             batch = paths[start : start + batch_size]
-            decoded = list(pool.map(lambda path: _decode_or_error(path, channels), batch))
-            yield from _score_batch(batch, decoded, term_model, calibration, size, keep_originals, resize)
+            decoded = list(pool.map(lambda path: _decode_or_error(path, scorer.channels), batch))
+            yield from _score_batch(batch, decoded, scorer, keep_originals)
 
 
 def _decode_or_error(path, channels):
@@ -209,28 +213,17 @@ def _decode_or_error(path, channels):
         return error
 
 
-def _score_batch(batch, decoded, term_model, calibration, size, keep_originals, resize):
-    readable = [i for i, item in enumerate(decoded) if not isinstance(item, UnreadableImage)]
-    if readable:
-        values = compute_terms(term_model, np.stack([resize_image(decoded[i], size, resize) for i in readable]))
-        matrix = calibration.term_matrix(values)
-        combined = calibration.combine(matrix)
-        flagged = calibration.is_anomalous(combined)
-    position = {index: k for k, index in enumerate(readable)}
-    for i, (path, item) in enumerate(zip(batch, decoded)):
+def _score_batch(batch, decoded, scorer, keep_originals):
+    readable = [item for item in decoded if not isinstance(item, UnreadableImage)]
+    scored = iter(scorer.score_batch(readable) if readable else [])
+    for path, item in zip(batch, decoded):
         if isinstance(item, UnreadableImage):
-            yield ScoredImage(path=Path(path), error=item)
+            yield ScoreResult(path=Path(path), error=item)
             continue
-        k = position[i]
-        yield ScoredImage(
-            path=Path(path),
-            score=float(combined[k]),
-            terms={name: float(matrix[k, j]) for j, name in enumerate(calibration.terms)},
-            anomalous=bool(flagged[k]),
-            error_map=values["error_map"][k],
-            original_hw=item.shape[:2],
-            original=item if keep_originals else None,
-        )
+        result = next(scored)
+        result.path, result.original_hw = Path(path), item.shape[:2]
+        result.original = item if keep_originals else None
+        yield result
 
 
 def reconstruct(model, images_uint8) -> np.ndarray:

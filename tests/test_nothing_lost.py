@@ -260,6 +260,9 @@ def test_a_signal_stops_training_quickly_and_status_says_so(signum, state, statu
         # one writer per run folder: a second train on the same --out is refused at once
         code, _, err = train_cli(capfd, data, run, 10)
         one_line_error(code, err, "another ganspection-tf process", str(worker.pid))
+        # nor may evaluate write its calibration and report into the run while it is being trained
+        code, _, err = run_cli(capfd, "evaluate", run)
+        one_line_error(code, err, "another ganspection-tf process", str(worker.pid))
         sent = time.time()
         worker.send_signal(signum)
         worker.wait(timeout=20)

@@ -1,0 +1,133 @@
+"""The one scorer contract of the workstation (Keras) and the camera (LiteRT), and its one result type.
+
+numpy, OpenCV and the TF-free package modules only: the camera imports it. A scorer is three steps:
+
+1. :meth:`Scorer.preprocess`: uint8 frames of any size → the uint8 ``(N, S, S, C)`` batch the model sees
+   (``images.frame_to_rgb`` to the model's channels, ``images.resize_image`` with the run's resize mode: the
+   training pipeline's pixels);
+2. :meth:`Scorer.forward`: that batch → the raw model outputs ``{name: (N, ...) array}`` (``terms.MODEL_OUTPUTS``
+   or the bundle's subset); the only step the implementations write themselves
+   (``scoring.KerasScorer``, ``edge.EdgeScorer``);
+3. :meth:`Scorer.postprocess`: raw outputs → one :class:`ScoreResult` per image, with the calibration: its term
+   matrix (``Calibration.term_matrix``), standardised and combined (``Calibration.combine``), compared with
+   the scorer's threshold; the error map is kept for the heatmap (:meth:`ScoreResult.heatmap_at`).
+
+``score``, ``evaluate``, the export parity gate and the camera all go through these steps, so the
+postprocessing is written once.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ganspection_tf import images
+from ganspection_tf.calibration import Calibration
+from ganspection_tf.heatmaps import anomaly_map
+from ganspection_tf.images import UnreadableImage
+from ganspection_tf.terms import ERROR_MAP_OUTPUT
+
+__all__ = ["ScoreResult", "Scorer", "Scores"]
+
+
+@dataclass
+class ScoreResult:
+    """One scored image or frame. A file that could not be read has `error` set and no score."""
+
+    score: float | None = None
+    anomalous: bool | None = None
+    terms: dict[str, float] | None = None  # in the calibration's term order
+    error_map: np.ndarray | None = None  # (S, S) at model resolution (None: a bundle without heatmaps)
+    resize: str = images.DEFAULT_RESIZE  # the run's resize mode, to map the error map back onto the image
+    heatmap: np.ndarray | None = None  # float32 anomaly map at the image's size, when asked for
+    latency_ms: float | None = None  # preprocess → postprocess of this image (the camera's single frames)
+    path: Path | None = None  # the file it came from (score_files)
+    original_hw: tuple[int, int] | None = None  # the decoded image's size
+    original: np.ndarray | None = None  # the decoded image, only when the caller keeps it (heatmap overlays)
+    error: UnreadableImage | None = None
+
+    def heatmap_at(self, height: int, width: int) -> np.ndarray:
+        """The anomaly map at an image's size, from the map this scoring already produced (no second inference)."""
+        return anomaly_map(self.error_map, (height, width), resize=self.resize)
+
+
+@dataclass
+class Scores:
+    """The postprocessed arrays of a batch: term matrix (N, T), combined scores (N,), decisions (N,)."""
+
+    terms: np.ndarray
+    combined: np.ndarray
+    anomalous: np.ndarray
+
+
+class Scorer(ABC):
+    """preprocess → forward → postprocess with a :class:`Calibration`. Subclasses set the attributes below in
+    their ``__init__`` and implement :meth:`forward`."""
+
+    calibration: Calibration
+    image_size: int
+    channels: int
+    resize: str
+    threshold: float  # the calibration's, unless the caller chose another (camera/score --threshold, --max-fpr)
+    keeps_error_map: bool  # results carry the error map (heatmaps)
+
+    def preprocess(self, frames, color_order: str = "rgb") -> np.ndarray:
+        """One frame (H, W[, C]) → its uint8 (S, S, C) model image; a sequence of frames (or an (N, H, W, C)
+        array) → the uint8 (N, S, S, C) batch. Frames are converted to the model's channels first."""
+        if isinstance(frames, np.ndarray) and frames.ndim in (2, 3):
+            rgb = images.frame_to_rgb(frames, color_order, channels=self.channels)
+            return images.resize_image(rgb, self.image_size, self.resize)
+        return np.stack([self.preprocess(np.asarray(frame), color_order) for frame in frames]).astype(np.uint8)
+
+    @abstractmethod
+    def forward(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 (N, S, S, C) → raw model outputs {name: (N, ...) numpy array}."""
+
+    def scores(self, outputs: dict[str, np.ndarray]) -> Scores:
+        """Raw outputs → term matrix, combined score and decision for each image (the arrays of postprocess)."""
+        matrix = self.calibration.term_matrix(outputs)
+        combined = self.calibration.combine(matrix)
+        return Scores(matrix, combined, np.asarray(combined) > self.threshold)
+
+    def postprocess(self, outputs: dict[str, np.ndarray]) -> list[ScoreResult]:
+        """Raw outputs of N images → N :class:`ScoreResult` (terms, score, decision, error map)."""
+        scored = self.scores(outputs)
+        error_maps = outputs.get(ERROR_MAP_OUTPUT) if self.keeps_error_map else None
+        return [
+            ScoreResult(
+                score=float(scored.combined[k]),
+                anomalous=bool(scored.anomalous[k]),
+                terms={name: float(value) for name, value in zip(self.calibration.terms, scored.terms[k])},
+                error_map=None if error_maps is None else error_maps[k],
+                resize=self.resize,
+            )
+            for k in range(len(scored.combined))
+        ]
+
+    def score_batch(self, frames, color_order: str = "rgb") -> list[ScoreResult]:
+        """The three steps for a sequence of frames."""
+        return self.postprocess(self.forward(self.preprocess(frames, color_order)))
+
+    def score(self, frame, color_order: str = "bgr", heatmap: bool = False) -> ScoreResult:
+        """Score one frame (BGR from OpenCV by default); ``heatmap=True`` adds the anomaly map at its size.
+        ``latency_ms`` covers the three steps (and the heatmap)."""
+        started = time.perf_counter()
+        self._check_heatmap_request(heatmap)
+        (result,) = self.score_batch([frame], color_order)
+        if heatmap:
+            result.heatmap = result.heatmap_at(*np.asarray(frame).shape[:2])
+        result.latency_ms = (time.perf_counter() - started) * 1000.0
+        return result
+
+    def score_file(self, path, heatmap: bool = False) -> ScoreResult:
+        """Score an image file, decoded like the training images (``images.read_image``, RGB)."""
+        result = self.score(images.read_image(path), color_order="rgb", heatmap=heatmap)
+        result.path = Path(path)
+        return result
+
+    def _check_heatmap_request(self, heatmap: bool) -> None:
+        """Raises when a heatmap is asked for and this scorer keeps no error map (edge bundles say why)."""
