@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ganspection_tf import edge, export, scoring  # noqa: E402
+from ganspection_tf import convert, edge, export, scoring  # noqa: E402
 from ganspection_tf.data import mvtec, pipeline  # noqa: E402
 from ganspection_tf.images import read_image  # noqa: E402
 from ganspection_tf.run import RunFolder  # noqa: E402
@@ -87,7 +87,7 @@ def test_split(category_dir):
 def keras_row(term_model, calibration, images, labels):
     """The same scorer the bundles hold (the terms that count + the error map), in Keras fp32, batch 1."""
     shipped = export.terms_that_count(calibration)
-    scorer = export.build_scorer(term_model, shipped.terms, with_error_map=True)
+    scorer = convert.build_scorer(term_model, shipped.terms, with_error_map=True)
     predict = tf.function(lambda batch: scorer(batch, training=False))
     latencies, scores = [], []
     for i, image in enumerate(images):

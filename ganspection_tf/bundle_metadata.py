@@ -1,6 +1,6 @@
 """An edge bundle's ``metadata.json`` as a typed object, with the preprocessing as numbers the camera applies.
 
-No numpy and no TensorFlow: the camera reads it before anything else. ``export.py`` writes it with
+No numpy and no TensorFlow: the camera reads it before anything else. ``bundle_writer.py`` writes it with
 :meth:`BundleMetadata.to_dict`; ``edge.EdgeScorer`` reads it with :meth:`BundleMetadata.from_dict`, which also
 reads format version 1 (the preprocessing written as prose: ``image_size``, ``channels``, ``color_order``,
 ``resize``, ``normalisation`` at the top level).

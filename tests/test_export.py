@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from edge_support import edge_category, exported_bundle, quiet, trained_run  # noqa: E402
 
-from ganspection_tf import edge, export, scoring  # noqa: E402
+from ganspection_tf import convert, edge, export, parity, representative, scoring  # noqa: E402
 from ganspection_tf.calibration import Calibration, fit_calibration, fit_calibration_from_outputs  # noqa: E402
 from ganspection_tf.run import RunFolder  # noqa: E402
 from ganspection_tf.terms import MODEL_TERMS, outputs_needed  # noqa: E402
@@ -39,7 +39,7 @@ def test_every_quantisation_exports_and_passes_the_parity_gate(quantize, tmp_pat
     out, report = bundle(tmp_path_factory, quantize)
     assert sorted(p.name for p in out.iterdir()) == [".ganspection-tf.json", "metadata.json", "model.tflite",
                                                      "parity.json"]
-    assert report["passed"] and not report["forced"] and report["auroc_drop"] <= export.AUROC_TOLERANCE
+    assert report["passed"] and not report["forced"] and report["auroc_drop"] <= parity.AUROC_TOLERANCE
     assert report["evaluation"] == "test" and report["images"] == 50 and report["skipped"] == []
     assert report["spearman"] >= MIN_SPEARMAN[quantize], report
     assert json.loads((out / "parity.json").read_text()) == json.loads(json.dumps(report))
@@ -58,7 +58,7 @@ def test_converted_models_hold_their_weights(run_dir, tmp_path_factory):
         out, _ = bundle(tmp_path_factory, quantize)
         metadata = edge.read_metadata(out)
         sizes[quantize] = (out / "model.tflite").stat().st_size
-        assert sizes[quantize] >= export.BYTES_PER_WEIGHT[quantize] * metadata.details["scorer_weights"]
+        assert sizes[quantize] >= convert.BYTES_PER_WEIGHT[quantize] * metadata.details["scorer_weights"]
     # The default scorer (normalized_map_max) keeps the encoder in float (it outputs the error map), so
     # the int8 saving comes from the generator: its upsampling kernels shrink from 4 bytes a weight to 1.
     generator = RunFolder(run_dir).load_model().scoring_networks()[1]
@@ -66,7 +66,7 @@ def test_converted_models_hold_their_weights(run_dir, tmp_path_factory):
     assert upsampling_weights > 5000
     assert sizes["int8"] < sizes["none"] - 2 * upsampling_weights
     with pytest.raises(GanspectionError, match="weights were lost"):
-        export.check_weights_present(b"\0" * 5000, weight_count=100_000, quantize="none")
+        convert.check_weights_present(b"\0" * 5000, weight_count=100_000, quantize="none")
 
 
 def test_int8_score_is_not_capped_at_the_calibration_range(run_dir, tmp_path_factory):
@@ -124,15 +124,15 @@ def test_int8_representative_set_is_augmented_to_one_hundred(run_dir, tmp_path, 
     few.mkdir()
     for path in sorted((edge_category(tmp_path_factory) / "train" / "good").glob("*.png"))[:7]:
         (few / path.name).write_bytes(path.read_bytes())
-    images = export.representative_images(run_dir, 32, 3, calibration_dir=few, log=quiet)
-    assert images.shape == (export.MIN_REPRESENTATIVE, 32, 32, 3) and images.dtype == np.uint8
-    assert len({image.tobytes() for image in images}) == export.MIN_REPRESENTATIVE  # copies differ
-    from_run = export.representative_images(run_dir, 32, 3, log=quiet)
-    assert len(from_run) == export.MIN_REPRESENTATIVE  # 32 training images, augmented
+    images = representative.representative_images(run_dir, 32, 3, calibration_dir=few, log=quiet)
+    assert images.shape == (representative.MIN_REPRESENTATIVE, 32, 32, 3) and images.dtype == np.uint8
+    assert len({image.tobytes() for image in images}) == representative.MIN_REPRESENTATIVE  # copies differ
+    from_run = representative.representative_images(run_dir, 32, 3, log=quiet)
+    assert len(from_run) == representative.MIN_REPRESENTATIVE  # 32 training images, augmented
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(GanspectionError, match="--calibration"):
-        export.representative_images(run_dir, 32, 3, calibration_dir=empty, log=quiet)
+        representative.representative_images(run_dir, 32, 3, calibration_dir=empty, log=quiet)
 
 
 # ------------------------------------------------------------------------------------------------ scores
@@ -213,7 +213,7 @@ def test_terms_that_count_keeps_each_gaussian_only_for_its_term():
 
 
 def test_a_failed_gate_leaves_no_bundle_and_force_writes_one(run_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "AUROC_TOLERANCE", -1.0)  # no export can pass this
+    monkeypatch.setattr(parity, "AUROC_TOLERANCE", -1.0)  # no export can pass this
     out = tmp_path / "bundle"
     with pytest.raises(GanspectionError, match="parity gate failed.*no bundle written"):
         export.export_bundle(run_dir, out, quantize="none", score="latent", log=quiet)

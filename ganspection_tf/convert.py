@@ -1,0 +1,166 @@
+"""The edge scorer: cut from the term model, converted to TFLite in one of four quantisations.
+
+**Scorer.** A functional Keras model, uint8 image (1, S, S, C) → ``x / 127.5 − 1`` → the score terms the chosen
+score needs (+ the per-pixel error map for ``combined``). It is cut out of ``scoring.build_term_model`` as a
+sub-graph, so ``latent`` (latent_mahalanobis: the model outputs the code E(x)) carries the encoder only,
+``critic`` the encoder and critic, and ``combined`` the networks its non-zero terms need (default
+normalized_map_max: encoder and generator, the error map out). The terms are made from the outputs and combined
+with the run's :class:`~ganspection_tf.calibration.Calibration` in numpy on the camera (``edge.py``,
+``Calibration.term_matrix``), never in the graph.
+
+**Conversion** with ``tf.lite.TFLiteConverter.from_keras_model`` (never a bare ``tf.Module``: it converts Keras 3
+models weightless; :func:`check_weights_present` refuses such a file). ``int8`` is calibrated on good images
+(``representative.py``) and keeps a few small "float islands" (see :func:`float_island_layers`).
+
+Why float islands in int8: full-integer quantisation clips every tensor at the range it saw on the
+representative (good) images. For the score terms — scalars per image — that means every anomaly beyond the
+good range gets the same capped value. The score arithmetic, the layers that produce the networks' outputs
+(code, image, critic value and features) and the layer norms therefore stay float; every other convolution and
+dense layer is int8. When the scorer outputs the code (the term latent_mahalanobis) or the error map
+(normalized_map_max, the default, and heatmaps) the WHOLE encoder stays float: the whitening divides by the
+code's smallest validation spreads, and normalized_map_max divides the error map by its smallest per-pixel
+spreads, so both amplify int8 noise of the code. The measurements behind these choices are in
+benchmarks/RESULTS.md, "Edge latency, size and accuracy" ("Float islands in int8").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ganspection_tf import console, edge
+from ganspection_tf.errors import GanspectionError
+from ganspection_tf.terms import FLOAT_ENCODER_OUTPUTS, outputs_needed
+
+# Lower bound on the bytes a converted model must hold per weight; a weightless conversion is far below it.
+BYTES_PER_WEIGHT = {"none": 4, "float16": 2, "dynamic": 1, "int8": 1}
+WEIGHT_BYTES_SLACK = 0.9
+RESCALE_LAYER = "to_unit_range"
+
+
+def build_scorer(term_model: keras.Model, terms, with_error_map=False) -> keras.Model:
+    """uint8 (B, S, S, C) → the outputs `terms` need ({term: (B,)}, "code" (B, d)) (+ "error_map" (B, S, S)),
+    only the layers those outputs need."""
+    wanted = outputs_needed(terms, with_error_map)
+    all_outputs = term_model.output
+    missing = [name for name in wanted if name not in all_outputs]
+    if missing:
+        raise GanspectionError(f"the term model has no outputs {missing}; it provides {sorted(all_outputs)}")
+    # A functional model built from the term model's tensors keeps only the layers these outputs depend on.
+    needed = keras.Model(term_model.inputs, {name: all_outputs[name] for name in wanted}, name="score_terms")
+    _, size, _, channels = term_model.input_shape
+    image = keras.Input((size, size, channels), dtype="uint8", name=edge.INPUT_NAME)
+    unit = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=RESCALE_LAYER)(image)
+    return keras.Model(image, needed(unit), name="scorer")
+
+
+def networks(model: keras.Model) -> list[keras.Model]:
+    """The innermost sub-models (encoder, generator, critic) a scorer or term model is made of."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            inner = networks(layer)
+            found += inner if inner else [layer]
+    return found
+
+
+def float_island_layers(model: keras.Model) -> tuple[set[str], set[str]]:
+    """(names of all network layers, names of those int8 keeps in float).
+
+    Float: normalisations, and the layers whose output leaves their network (the encoder's code, the
+    generator's image, the critic's value and features). Those outputs are what the score terms are computed
+    from, so int8 would cap them at the representative range (the critic value is a scalar per image) and
+    round the reconstruction to 256 levels; the layers are small. Normalisations would need an int8 RSQRT.
+    When the model outputs what a term with ``Term.float_encoder`` is computed from (the code of
+    latent_mahalanobis, the error map of normalized_map_max and of heatmaps), the whole encoder is float (this
+    module's docstring).
+    """
+    norms = (keras.layers.LayerNormalization, keras.layers.GroupNormalization)
+    outputs = model.output if isinstance(model.output, dict) else {}
+    float_encoder = any(name in FLOAT_ENCODER_OUTPUTS for name in outputs)
+    names, islands = set(), set()
+    for network in networks(model):
+        float_network = float_encoder and network.name.endswith("encoder")
+        for layer in network.layers:
+            names.add(layer.name)
+            is_output = any(layer.output is output for output in network.outputs)
+            if (isinstance(layer, norms) or is_output or float_network) and not isinstance(
+                layer, keras.layers.InputLayer
+            ):
+                islands.add(layer.name)
+    return names, islands
+
+
+def convert(scorer: keras.Model, quantize: str, representative=None) -> tuple[bytes, list[str]]:
+    """TFLite flatbuffer of `scorer`, and (int8 only) the layers kept in float."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(scorer)
+    if quantize == "none":
+        return _quietly(converter.convert), []
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize != "int8":
+        return _quietly(converter.convert), []
+    converter.representative_dataset = lambda: ([image[np.newaxis]] for image in representative)
+    return _quietly(lambda: _int8_with_float_islands(converter, scorer))
+
+
+def _int8_with_float_islands(converter, scorer):
+    """Calibrate once, then quantise everything to int8 except the float islands (public debugger API)."""
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=converter.representative_dataset
+    )
+    layers, islands = float_island_layers(scorer)
+    denylisted = [name for name in _op_output_names(debugger.calibrated_model)
+                  if _keep_in_float(name, layers, islands)]
+    debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylisted,
+                                                                     fully_quantize=False)
+    return debugger.get_nondebug_quantized_model(), sorted(islands)
+
+
+def _op_output_names(tflite_model: bytes) -> list[str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=tflite_model)
+    tensors = {detail["index"]: detail["name"] for detail in interpreter.get_tensor_details()}
+    return [tensors[index] for op in interpreter._get_ops_details() for index in op["outputs"]]
+
+
+def _keep_in_float(tensor_name: str, layers, islands) -> bool:
+    """Float: ops of the float-island layers and the score arithmetic outside the networks (not the rescale)."""
+    layer = _owning_layer(tensor_name, layers)
+    if layer is not None:
+        return layer in islands
+    return RESCALE_LAYER not in tensor_name and not tensor_name.endswith("/Cast")
+
+
+def _owning_layer(tensor_name: str, layers) -> str | None:
+    """The innermost network layer an op belongs to, from its TF name scope ("…/crit_norm1_1/moments/mean").
+
+    Fused ops carry several names joined by ';' — the last one is the op's own; TF appends "_1" to scopes.
+    """
+    for part in reversed(tensor_name.split(";")[-1].split("/")):
+        for candidate in (part, re.sub(r"_\d+$", "", part)):
+            if candidate in layers:
+                return candidate
+    return None
+
+
+def check_weights_present(tflite_model: bytes, weight_count: int, quantize: str) -> None:
+    """Refuses a converted model too small to hold the scorer's weights (a weightless conversion)."""
+    minimum = int(WEIGHT_BYTES_SLACK * BYTES_PER_WEIGHT[quantize] * weight_count)
+    if len(tflite_model) < minimum:
+        raise GanspectionError(
+            f"the converted {quantize} model is {len(tflite_model):,} bytes, but the scorer's {weight_count:,} "
+            f"weights need at least {minimum:,}: the weights were lost in conversion; this is a bug, please report it"
+        )
+
+
+def _quietly(function):
+    with console.native_output_captured(), contextlib.redirect_stdout(sys.__stdout__):
+        return function()
