@@ -1,7 +1,8 @@
 """The parity gate: the workstation's Keras scores against the staged bundle's LiteRT scores.
 
-The evaluation images (the test split, else the validation split) are scored by the Keras term model and by the
-bundle through ``edge.EdgeScorer`` (the camera's code path, preprocessing included); the export fails when the
+The evaluation images (the test split, else the validation split) are scored by ``scoring.KerasScorer`` and by
+the bundle through ``edge.EdgeScorer`` (the camera's code path, preprocessing included): the two
+implementations of the one scorer contract (``scorer.py``); the export fails when the
 image AUROC drops by more than ``AUROC_TOLERANCE``.
 """
 
@@ -30,24 +31,25 @@ def evaluation_set(run) -> tuple[list[Path], list[int] | None, str]:
 
 
 def parity_check(bundle_dir, run, term_model, calibration) -> dict:
-    """Scores the evaluation images with Keras and with the bundle (edge runtime) and compares them."""
+    """Scores the evaluation images with the Keras scorer and the bundle's LiteRT scorer (one contract,
+    ``scorer.Scorer``: the same preprocessing and postprocessing, only ``forward`` differs) and compares them."""
+    run = as_run(run)
     paths, labels, kind = evaluation_set(run)
-    _, size, _, channels = term_model.input_shape
-    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True,
-                                           resize=run.resize)
+    workstation = scoring.KerasScorer(term_model, calibration, run.resize)
+    images, skipped = pipeline.load_images(paths, workstation.image_size, workstation.channels,
+                                           skip_unreadable=True, resize=run.resize)
     skipped_paths = {Path(path) for path, _ in skipped}
     kept = [i for i, path in enumerate(paths) if Path(path) not in skipped_paths]
-    keras_terms = calibration.term_matrix(scoring.compute_terms(term_model, images))
-    scorer = edge.EdgeScorer(bundle_dir)
-    lite_results = [scorer.score_file(paths[i]) for i in kept]
-    lite_terms = np.array([[r.terms[t] for t in calibration.terms] for r in lite_results], dtype=np.float64)
+    keras_results = workstation.postprocess(workstation.forward(images))
+    camera = edge.EdgeScorer(bundle_dir)
+    lite_results = [camera.score_file(paths[i]) for i in kept]  # one frame at a time, as on the camera
     kept_labels = None if labels is None else [labels[i] for i in kept]
-    report = compare_scores(calibration.combine(keras_terms), calibration.combine(lite_terms), kept_labels,
-                            calibration.threshold)
+    report = compare_scores([r.score for r in keras_results], [r.score for r in lite_results], kept_labels,
+                            workstation.threshold)
     report.update(
         evaluation=kind, images=len(kept), skipped=sorted(str(p) for p in skipped_paths),
-        term_max_abs_diff={t: float(np.max(np.abs(keras_terms[:, j] - lite_terms[:, j])))
-                           for j, t in enumerate(calibration.terms)},
+        term_max_abs_diff={t: max(abs(k.terms[t] - lite.terms[t]) for k, lite in zip(keras_results, lite_results))
+                           for t in calibration.terms},
         latency_ms_p50=float(np.median([r.latency_ms for r in lite_results])),
     )
     return report
