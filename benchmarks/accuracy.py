@@ -1,6 +1,6 @@
 """Accuracy under a wall-clock budget: train for M minutes, evaluate, print the image AUROC of every score.
 
-    python benchmarks/accuracy.py --data ../shared/data/mvtec_ad/bottle --minutes 60 --out /work/runs/acc1 \\
+    python benchmarks/accuracy.py --data ../shared/data/mvtec_ad/bottle --minutes 60 --out runs/acc1 \\
         --image-size 64 --rec-weight 10 --augment hflip,vflip,rot90
 
 Every option of ``ganspection-tf train`` is accepted. ``--steps`` becomes an upper bound (default: no bound);

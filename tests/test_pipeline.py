@@ -2,7 +2,6 @@
 
 import os
 import shutil
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -10,6 +9,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from conftest import mvtec_bottle  # noqa: E402
 
 from ganspection_tf.data.mvtec import scan_category  # noqa: E402
 from ganspection_tf.data.pipeline import (  # noqa: E402
@@ -199,18 +200,8 @@ def test_bad_inputs_raise():
 # --- the real dataset ------------------------------------------------------------------------------------
 
 
-def _real_bottle() -> Path | None:
-    for candidate in (
-        Path(__file__).resolve().parents[2] / "shared/data/mvtec_ad/bottle",
-        Path("/work/shared/data/mvtec_ad/bottle"),
-    ):
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
 def test_real_mvtec_bottle_scans_and_loads():
-    bottle = _real_bottle()
+    bottle = mvtec_bottle()
     if bottle is None:
         pytest.skip("MVTec AD bottle not found next to the repository")
     category = scan_category(bottle)
