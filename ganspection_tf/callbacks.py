@@ -13,6 +13,7 @@ from ganspection_tf import artifacts, pictures, synthetic_validation
 from ganspection_tf.data import pipeline
 from ganspection_tf.score_choice import choose_score
 from ganspection_tf.errors import GanspectionError, first_line
+from ganspection_tf.models.bigan import EMA_ENCODER, EMA_GENERATOR
 from ganspection_tf.run import LOGS_FOLDER, SAMPLES_FOLDER
 
 LOST_CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)
@@ -259,10 +260,18 @@ class SyntheticDefectValidation(keras.callbacks.Callback):
         """The score chooser's verdict on the model as it is now."""
         from ganspection_tf.scoring import compute_terms
 
+        self.refresh_averaged_networks()
         good, reference, copies = (compute_terms(self.term_model, images)
                                    for images in (self.good, self.reference_images, self.copy_inputs))
         good_terms, copy_terms = synthetic_validation.term_values(good, reference, copies, self.copies.sources)
         return choose_score(good_terms, copy_terms)
+
+
+    def refresh_averaged_networks(self):
+        """The term model was built once, with a copy of the averaged weights at the start: bring them up to date."""
+        if self.model.config.ema_decay:
+            self.model.copy_averages_into(self.term_model.get_layer(EMA_ENCODER),
+                                          self.term_model.get_layer(EMA_GENERATOR))
 
 
 def _images(per_second) -> str:

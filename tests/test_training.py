@@ -165,3 +165,22 @@ def test_validate_every_without_validation_images_is_a_one_line_error(synthetic_
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--validate-every 2: needs at least 2 good validation images" in err
     assert not (tmp_path / "run" / "config.json").exists()  # refused before the run folder was started
+
+
+def test_the_validation_during_training_scores_the_averaged_weights_as_they_are_now(tiny_run):
+    """The validation's term model is built once; it must follow the averaged weights as training moves them."""
+    from ganspection_tf.callbacks import SyntheticDefectValidation
+    from ganspection_tf.models.bigan import EMA_ENCODER
+
+    run = RunFolder(tiny_run)
+    model = run.load_model()
+    validation = SyntheticDefectValidation(1, 4, run.validation_images(), np.zeros((2, 32, 32, 3), np.uint8),
+                                           run.resize)
+    validation.set_model(model)
+    validation.on_train_begin()
+    for average in model.ema_weights:  # what further training steps would do to the averages
+        average.assign(average + 0.5)
+    validation.choice()
+    copied = validation.term_model.get_layer(EMA_ENCODER).trainable_variables
+    for target, average in zip(copied, model.ema_weights):
+        np.testing.assert_array_equal(target.numpy(), average.numpy())

@@ -22,6 +22,7 @@ from ganspection_tf.config import MAX_CRITIC_STEPS, ModelConfig
 from ganspection_tf.models import networks
 
 NOISE_DRAWS_PER_STEP = 2 * MAX_CRITIC_STEPS + 2  # two draws per critic update, one for E/G, one spare
+EMA_ENCODER, EMA_GENERATOR = "ema_encoder", "ema_generator"  # the averaged networks' layer names
 GRADIENT_NORM_EPSILON = 1e-12  # keeps sqrt differentiable at 0 (NaN otherwise)
 
 
@@ -259,9 +260,13 @@ class WassersteinBiGAN(keras.Model):
         if not self.config.ema_decay:
             return self.encoder, self.generator, self.critic
         shape = self._network_shape()
-        encoder = networks.build_encoder(**shape, norm=self.config.norm, name="ema_encoder")
-        generator = networks.build_generator(**shape, norm=self.config.norm, name="ema_generator")
-        targets = encoder.trainable_variables + generator.trainable_variables
-        for target, average in zip(targets, self.ema_weights):
-            target.assign(average)
+        encoder = networks.build_encoder(**shape, norm=self.config.norm, name=EMA_ENCODER)
+        generator = networks.build_generator(**shape, norm=self.config.norm, name=EMA_GENERATOR)
+        self.copy_averages_into(encoder, generator)
         return encoder, generator, self.critic
+
+    def copy_averages_into(self, encoder, generator):
+        """Sets the averaged weights as they are now into an encoder and generator of `scoring_networks` (which
+        hold a copy: they do not follow training by themselves)."""
+        for target, average in zip(encoder.trainable_variables + generator.trainable_variables, self.ema_weights):
+            target.assign(average)
