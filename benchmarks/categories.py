@@ -12,11 +12,12 @@ surface, no object). For each category:
   option at its default (the defaults are the recipe), then ``ganspection-tf evaluate OUT/runs/CATEGORY``; the
   figures are read from the run's ``eval/metrics.json`` and ``status.json``. A run folder whose evaluation is
   already there is reused, not retrained (delete it to train again);
-* the template baseline, computed here and not a product feature: the mean good TRAINING image (decoded and
-  resized like the model's input) is every image's "reconstruction"; the default score ``normalized_map_max``
-  is computed on that error map with the per-pixel statistics of the training images, calibrated on the same
-  validation split ``train`` holds out, and evaluated with the same metrics as ``evaluate``. It shows what a
-  per-pixel comparison with the average good part achieves without learning anything.
+* the template baseline, scored here and not a product score: the mean good TRAINING image (decoded and
+  resized like the model's input; ``ganspection_tf/template.py``, the same template the evaluation report
+  draws next to the model's reconstructions) is every image's "reconstruction"; the default score
+  ``normalized_map_max`` is computed on that error map with the per-pixel statistics of the training images,
+  calibrated on the same validation split ``train`` holds out, and evaluated with the same metrics as
+  ``evaluate``. It shows what a per-pixel comparison with the average good part achieves without learning.
 
 Printed: image AUROC, pixel AUROC, AU-PRO, F1 at the calibrated threshold, training steps and minutes per row,
 each model row's gain in image AUROC over its template row, and the means. --template-only prints the template
@@ -47,8 +48,9 @@ from ganspection_tf.evaluate import (  # noqa: E402
     threshold_metrics,
 )
 from ganspection_tf.heatmaps import anomaly_map  # noqa: E402
-from ganspection_tf.images import to_unit_range  # noqa: E402
 from ganspection_tf.run import RunFolder  # noqa: E402
+from ganspection_tf.template import error_maps as template_error_maps  # noqa: E402
+from ganspection_tf.template import mean_good_image  # noqa: E402
 from ganspection_tf.training import TrainConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +138,7 @@ def template_row(folder, size) -> dict:
     channels = pipeline.decide_channels(train_paths, DEFAULTS["channels"])
     resize = DEFAULTS["resize"]
     training, _ = pipeline.load_images(train_paths, size, channels, resize=resize)
-    template = to_unit_range(training).mean(axis=0)
+    template = mean_good_image(training)
     validation, _ = pipeline.load_images(validation_paths, size, channels, resize=resize)
     calibration = fit_calibration_from_outputs(
         {"error_map": template_error_maps(validation, template)}, [TEMPLATE_SCORE],
@@ -163,11 +165,6 @@ def template_row(folder, size) -> dict:
         "seconds_to_compute": round(time.monotonic() - started, 1),
         "image_size": size,
     }
-
-
-def template_error_maps(images_uint8, template) -> np.ndarray:
-    """(N, S, S): the channel-mean |x − template| in [-1, 1] units, like the model's error_map output."""
-    return np.abs(to_unit_range(images_uint8) - template).mean(axis=-1).astype(np.float32)
 
 
 # --- the model --------------------------------------------------------------------------------------------

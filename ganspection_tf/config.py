@@ -130,7 +130,7 @@ class ModelConfig:
     critic_steps: int = setting(5, int, "Critic updates per step.", low=1, high=MAX_CRITIC_STEPS)
     gp_weight: float = _weight(10.0, "λ_gp of the WGAN-GP gradient penalty.", positive=True)
     latent_weight: float = _weight(1.0, "λ_latent of the latent L2 loss ‖z − E(G(z))‖²/d (0 turns it off).")
-    rec_weight: float = _weight(0.0, "λ_rec of ‖x − G(E(x))‖₁.")
+    rec_weight: float = _weight(300.0, "λ_rec of ‖x − G(E(x))‖₁ (mean over pixels, so it needs to be large).")
     fm_weight: float = _weight(0.0, "Critic feature matching weight.")
     drift_weight: float = _weight(1e-3, "Keeps the critic's values near 0 (Karras et al. 2018).")
     ema_decay: float = setting(0.999, float, "Weight averaging of E and G (0 turns it off).", low=0.0, high=1.0,

@@ -9,6 +9,8 @@ Writes ``RUN_DIR/eval/`` (every file atomically):
     roc.png               ROC curves of the combined score and every term
     score_histograms.png  per-class score histograms, one panel per score, with the threshold
     heatmaps.png          image | reconstruction | heatmap | ground truth, worst and best cases
+    model_vs_template.png the first good test images and one per defect type: input | the model's reconstruction
+                          | the template (mean good training image, ``template.py``) | both error maps
     report.html           all of the above with a metrics table, for a quality engineer
 
 The calibration comes from :func:`scoring.ensure_calibration` (good validation images only) BEFORE any test
@@ -34,8 +36,10 @@ from ganspection_tf.calibration import fit_calibration_from_outputs, weight_vect
 from ganspection_tf.data import mvtec, pipeline
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.heatmaps import anomaly_map, map_sigma
-from ganspection_tf.images import DEFAULT_RESIZE, read_image, resize_image, resize_mask
+from ganspection_tf.images import DEFAULT_RESIZE, from_unit_range, read_image, resize_image, resize_mask
 from ganspection_tf.run import RunFolder
+from ganspection_tf.template import error_maps as template_error_maps
+from ganspection_tf.template import run_template
 from ganspection_tf.terms import MODEL_OUTPUTS, REGISTRY, TERMS
 
 COMBINED = "combined"
@@ -45,6 +49,12 @@ PIXEL_EVAL_SIZE = 256
 PRO_FPR_LIMIT = 0.3
 CASES_PER_GROUP = 3
 DISPLAY_SIZE = 128
+# The model-versus-template picture: its file, its rows (the first good test images, then the first image of
+# each defect type, at most MAX_DEFECT_ROWS of them) and its columns (the template's only when it can be made).
+MODEL_VS_TEMPLATE = "model_vs_template.png"
+GOOD_ROWS, MAX_DEFECT_ROWS = 2, 8
+MODEL_COLUMNS = ("input", "model G(E(x))", "model anomaly map")
+TEMPLATE_COLUMNS = ("input", "model G(E(x))", "template", "model anomaly map", "template error map")
 # The fusion the default weights replaced, reported for comparison.
 PREVIOUS_DEFAULT_WEIGHTS = {"map_max": 1.0, "latent_mahalanobis": 1.0}
 
@@ -87,6 +97,8 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
         "score_choice": score_choice_summary(run, calibration),
     }
     metrics["image_auroc"] = metrics["image"][COMBINED]["auroc"]
+    metrics["model_vs_template"] = _write_model_vs_template(out / MODEL_VS_TEMPLATE, scored, category_found, model,
+                                                            run)
     _write_report_files(out, metrics, scored, category_found, model, term_model)
     metrics["report"] = str(out / "report.html")
     return metrics
@@ -435,17 +447,77 @@ def _heatmap_figure(scored, category, model, term_model):
                  else np.zeros((DISPLAY_SIZE,) * 2, bool))
         panels = [(picture, None), (resize_image(recon, DISPLAY_SIZE), None), (shown, "inferno"), (truth, "gray")]
         for column, (image, colour_map) in enumerate(panels):
-            axes = grid[row, column]
-            image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
-            kwargs = {"vmin": 0, "vmax": top} if colour_map == "inferno" else {}
-            axes.imshow(image, cmap=colour_map or ("gray" if image.ndim == 2 else None), **kwargs)
-            axes.set_xticks([])
-            axes.set_yticks([])
+            _show(grid[row, column], image, colour_map, top)
         grid[row, 0].set_title(f"{title}: {item.defect}/{item.path.name}  score {scored['combined'][index]:.3g}",
                                fontsize=8, loc="left")
     for column, name in enumerate(("image", "reconstruction", "heatmap", "ground truth")):
         grid[-1, column].set_xlabel(name)
     return figure
+
+
+def _show(axes, image, colour_map=None, top=None, outline=None):
+    """One panel: a picture (gray or RGB), or a map on the "inferno" scale 0…`top`; `outline`: a bool mask whose
+    contour is drawn over it."""
+    image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+    kwargs = {"vmin": 0, "vmax": top} if colour_map == "inferno" else {}
+    axes.imshow(image, cmap=colour_map or ("gray" if image.ndim == 2 else None), **kwargs)
+    if outline is not None and outline.any():
+        axes.contour(outline.astype(np.float32), levels=[0.5], colors="cyan", linewidths=0.8)
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def comparison_rows(defects) -> list[int]:
+    """The test images of the model-versus-template picture, by index in the test listing: the first GOOD_ROWS
+    good ones, then the first image of each defect type (at most MAX_DEFECT_ROWS), in listing order."""
+    goods = [i for i, defect in enumerate(defects) if defect == mvtec.GOOD][:GOOD_ROWS]
+    first_of_each = {}
+    for i, defect in enumerate(defects):
+        if defect != mvtec.GOOD:
+            first_of_each.setdefault(defect, i)
+    return goods + list(first_of_each.values())[:MAX_DEFECT_ROWS]
+
+
+def _write_model_vs_template(target, scored, category, model, run) -> dict:
+    """Writes the picture of what the model adds over the learning-free template (one batch through E and G)
+    and returns its layout for metrics.json: the columns and, per row, the test image and its class."""
+    rows = comparison_rows(scored["defects"])
+    size, channels, resize = model.image_size, model.channels, scored["resize"]
+    inputs, _ = pipeline.load_images([scored["paths"][i] for i in rows], size, channels, skip_unreadable=False,
+                                     resize=resize)
+    reconstructions = [resize_image(r, DISPLAY_SIZE) for r in scoring.reconstruct(model, inputs)]
+    display = (DISPLAY_SIZE, DISPLAY_SIZE)
+    model_maps = [anomaly_map(scored["outputs"]["error_map"][i], display) for i in rows]
+    template, averaged = run_template(run, size, channels)
+    columns = MODEL_COLUMNS if template is None else TEMPLATE_COLUMNS
+    if template is not None:
+        template_picture = resize_image(from_unit_range(template), DISPLAY_SIZE)
+        template_maps = [anomaly_map(m, display) for m in template_error_maps(inputs, template)]
+    top = max(float(np.max(model_maps + (template_maps if template is not None else []))), 1e-6)  # one scale
+
+    figure = _new_figure(1.9 * len(columns), 1.9 * len(rows))
+    grid = np.atleast_2d(figure.subplots(len(rows), len(columns)))
+    by_path = {t.path: t for t in category.test}
+    for row, index in enumerate(rows):
+        item = by_path[scored["paths"][index]]
+        truth = read_mask(item.mask, DISPLAY_SIZE, resize) if item.mask is not None else None
+        panels = {  # (image, colour map, the mask outlined on it)
+            "input": (resize_image(read_image(item.path, channels), DISPLAY_SIZE, resize), None, truth),
+            "model G(E(x))": (reconstructions[row], None, None),
+            "model anomaly map": (model_maps[row], "inferno", truth),
+            **({} if template is None else {"template": (template_picture, None, None),
+                                            "template error map": (template_maps[row], "inferno", truth)}),
+        }
+        for column, name in enumerate(columns):
+            image, colour_map, outline = panels[name]
+            _show(grid[row, column], image, colour_map, top, outline)
+        grid[row, 0].set_ylabel(f"{item.defect}/{item.path.name}\nscore {scored['combined'][index]:.3g}",
+                                fontsize=8)
+    for column, name in enumerate(columns):
+        grid[0, column].set_title(name, fontsize=9)
+    _save_figure(target, figure)
+    return {"picture": Path(target).name, "columns": list(columns), "template_images": averaged,
+            "rows": [{"image": str(scored["paths"][i]), "defect": scored["defects"][i]} for i in rows]}
 
 
 def _report_html(metrics):
@@ -491,11 +563,27 @@ x̂ = G(z) its reconstruction, f the critic's features):</p>
 <p><img src="roc.png" alt="ROC curves"></p>
 <p><img src="score_histograms.png" alt="score histograms per class" style="max-width:100%"></p>
 <p><img src="heatmaps.png" alt="heatmaps of the worst and best cases" style="max-width:100%"></p>
+{_model_vs_template_html(metrics["model_vs_template"])}
 <p>Files: <a href="metrics.json">metrics.json</a> · <a href="scores.csv">scores.csv</a> ·
 <a href="roc.png">roc.png</a> · <a href="score_histograms.png">score_histograms.png</a> ·
-<a href="heatmaps.png">heatmaps.png</a></p>
+<a href="heatmaps.png">heatmaps.png</a> · <a href="{MODEL_VS_TEMPLATE}">{MODEL_VS_TEMPLATE}</a></p>
 </body></html>
 """
+
+
+def _model_vs_template_html(layout):
+    if layout["template_images"]:
+        columns = (f"the input, the model's reconstruction G(E(x)), the template (the mean of the "
+                   f"{layout['template_images']} good training images, learning-free), the model's anomaly map "
+                   "and the template's error map")
+    else:
+        columns = ("the input, the model's reconstruction G(E(x)) and its anomaly map (the training images are not "
+                   "there any more: no template)")
+    return f"""<h2>What the model adds</h2>
+<p>The first good test images and the first of each defect type; columns: {html.escape(columns)}, maps on one
+colour scale, the defect's mask outlined in cyan.</p>
+<p><img src="{layout['picture']}" alt="the model's reconstructions next to the template's"
+style="max-width:100%"></p>"""
 
 
 def _term_explanations():

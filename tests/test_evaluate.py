@@ -265,3 +265,36 @@ def test_weights_option_recalibrates_and_bad_weights_are_one_line_errors(run_wit
         assert main(["evaluate", str(run), "--weights", bad]) == 2
         error = capsys.readouterr().err.strip()
         assert message in error and error.startswith("error: ") and len(error.splitlines()) == 1, error
+
+
+# --------------------------------------------------------------------------------------------- model vs template
+
+
+def test_the_report_shows_the_model_next_to_the_template(tiny_run_copy):
+    evaluate.evaluate_run(tiny_run_copy, log=lambda *a: None)
+    folder = tiny_run_copy / "eval"
+    layout = json.loads((folder / "metrics.json").read_text())["model_vs_template"]
+    shown = [str(Path(row["image"]).relative_to(Path(row["image"]).parents[1])) for row in layout["rows"]]
+    # the first two good test images, then the first image of each defect type of the session's category
+    assert shown == ["good/000.png", "good/001.png", "hole/000.png", "scratch/000.png", "stain/000.png"]
+    assert layout["columns"] == ["input", "model G(E(x))", "template", "model anomaly map", "template error map"]
+    splits = json.loads((tiny_run_copy / "splits.json").read_text())
+    assert layout["template_images"] == len(splits["train"])  # the template averages the run's training split
+    picture = read_image(folder / layout["picture"])
+    height, width = picture.shape[:2]
+    assert width / height == pytest.approx(5 / 5, rel=0.1)  # 5 columns for 5 rows
+    report = (folder / "report.html").read_text()
+    assert f'src="{layout["picture"]}"' in report
+    assert f"mean of the {len(splits['train'])} good training images" in report
+    assert not list(folder.glob(".*partial*"))
+
+
+def test_without_its_training_images_the_picture_has_no_template_columns(tiny_run_copy):
+    splits = json.loads((tiny_run_copy / "splits.json").read_text())
+    (tiny_run_copy / "splits.json").write_text(json.dumps({**splits, "train": ["gone.png"]}))
+    evaluate.evaluate_run(tiny_run_copy, log=lambda *a: None)
+    layout = json.loads((tiny_run_copy / "eval" / "metrics.json").read_text())["model_vs_template"]
+    assert layout["columns"] == ["input", "model G(E(x))", "model anomaly map"] and layout["template_images"] == 0
+    height, width = read_image(tiny_run_copy / "eval" / layout["picture"]).shape[:2]
+    assert width / height == pytest.approx(3 / 5, rel=0.1)
+    assert "no template" in (tiny_run_copy / "eval" / "report.html").read_text()
