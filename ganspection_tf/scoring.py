@@ -2,11 +2,11 @@
 run's calibration fitted from them.
 
 The term model (:func:`build_term_model`) outputs ``terms.MODEL_OUTPUTS``: the terms that are model outputs as
-they are (``terms.MODEL_TERMS``, each built from its registry ``Graph``), the code z = E(x) (B, d) and the per-pixel
-error map (B, S, S); what each term means and how the derived ones are computed from these outputs is the registry
-in ``terms.py``. This module gives the networks' named tensors (:func:`term_model_tensors`) and the layers. It is a plain
-functional Keras model (the networks are called as layers; the arithmetic lives in small registered layers),
-so it saves with safe_mode and converts to TFLite for the camera.
+they are (``terms.MODEL_TERMS``, each built from its registry ``Graph``), the code z = E(x) (B, d) and the
+per-pixel error map (B, S, S); what each term means and how the derived ones are computed from these outputs is
+the registry in ``terms.py``. This module gives the networks' named tensors (:func:`term_model_tensors`) and the
+layers. It is a plain functional Keras model (the networks are called as layers; the arithmetic lives in small
+registered layers), so it saves with safe_mode and converts to TFLite for the camera.
 """
 
 from __future__ import annotations
