@@ -17,6 +17,9 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 _FIX = "re-export it with 'ganspection-tf export RUN_DIR --tflite --out BUNDLE_DIR'"
 _PROSE_KEYS = ("image_size", "channels", "color_order", "resize", "normalisation")  # format version 1
+# The model's quantisations (`export --quantize`, the metadata's "quantization"): float32, float16 weights,
+# int8 weights with float activations, int8 (with float islands), int16 activations with int8 weights.
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8", "int16x8")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from ganspection_tf import __version__, console, interrupts, ownership, thresholds
+from ganspection_tf.bundle_metadata import QUANTIZATIONS
 from ganspection_tf.config import TrainConfig, option_fields
 from ganspection_tf.errors import GanspectionError, MissingTrainExtra
 from ganspection_tf.terms import DEFAULT_WEIGHTS, REGISTRY, SCORES, TERMS
@@ -363,15 +364,16 @@ def _write_heatmap(result, folder):
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--tflite", is_flag=True, help="Export a LiteRT (TFLite) edge bundle (the only format for now).")
 @click.option("--quantize", default="int8", show_default=True,
-              type=click.Choice(["none", "float16", "dynamic", "int8"]),
+              type=click.Choice(QUANTIZATIONS),
               help="int8: integer networks calibrated on good images (score arithmetic stays float); the "
-                   "fastest. dynamic: measured 10-22× slower than none (float32) on x86 CPUs, where LiteRT lacks "
-                   "fast kernels for it; export measures it and warns.")
+                   "fastest. int16x8: int16 activations and int8 weights, calibrated on the same images "
+                   "(experimental in LiteRT: measure it on the camera). dynamic: measured 10-22× slower than "
+                   "none (float32) on x86 CPUs, where LiteRT lacks fast kernels for it; export measures it and warns.")
 @click.option("--score", "score_name", default="combined", show_default=True, type=click.Choice(SCORES),
               help="; ".join(f"{t.export_score}: {t.name} alone" for t in REGISTRY if t.export_score)
               + "; combined: the calibrated score (the networks its terms need), with heatmaps.")
 @click.option("--calibration", "calibration_dir", default=None, type=click.Path(path_type=Path),
-              help="Folder of good images for int8 calibration (default: the run's training images).")
+              help="Folder of good images for int8 / int16x8 calibration (default: the run's training images).")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
 @click.option("--force", is_flag=True, help="Write the bundle even when the parity gate fails.")
 @click.option("--overwrite", is_flag=True,

@@ -39,7 +39,8 @@ from ganspection_tf.scoring import term_model_for
 from ganspection_tf.terms import FLOAT_ENCODER_OUTPUTS
 
 # Lower bound on the bytes a converted model must hold per weight; a weightless conversion is far below it.
-BYTES_PER_WEIGHT = {"none": 4, "float16": 2, "dynamic": 1, "int8": 1}
+BYTES_PER_WEIGHT = {"none": 4, "float16": 2, "dynamic": 1, "int8": 1, "int16x8": 1}
+CALIBRATED = ("int8", "int16x8")  # the quantisations that calibrate activation ranges on representative images
 WEIGHT_BYTES_SLACK = 0.9
 RESCALE_LAYER = "to_unit_range"
 
@@ -92,17 +93,32 @@ def float_island_layers(model: keras.Model) -> tuple[set[str], set[str]]:
 
 
 def convert(scorer: keras.Model, quantize: str, representative=None) -> tuple[bytes, list[str]]:
-    """TFLite flatbuffer of `scorer`, and (int8 only) the layers kept in float."""
+    """TFLite flatbuffer of `scorer`, and (int8 only) the layers kept in float. The CALIBRATED quantisations
+    need `representative` (uint8 images, ``representative.py``)."""
     converter = tf.lite.TFLiteConverter.from_keras_model(scorer)
     if quantize == "none":
         return _quietly(converter.convert), []
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if quantize != "int8":
+    if quantize not in CALIBRATED:
         return _quietly(converter.convert), []
     converter.representative_dataset = lambda: ([image[np.newaxis]] for image in representative)
+    if quantize == "int16x8":
+        return _quietly(lambda: _int16x8(converter)), []
     return _quietly(lambda: _int8_with_float_islands(converter, scorer))
+
+
+def _int16x8(converter):
+    """int16 activations, int8 weights (LiteRT's experimental ops set); ops the converter cannot quantise to
+    int16 stay float (TFLITE_BUILTINS). The model's uint8 input and float32 outputs are kept. No float islands:
+    the converter's int16 mode has no node denylist (the MLIR quantizer that has one writes int16 zero points
+    LiteRT refuses), so the model may hold ops LiteRT has no int16 kernel for: :func:`check_runs`."""
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
+        tf.lite.OpsSet.TFLITE_BUILTINS,
+    ]
+    return converter.convert()
 
 
 def _int8_with_float_islands(converter, scorer):
@@ -154,6 +170,23 @@ def check_weights_present(tflite_model: bytes, weight_count: int, quantize: str)
             f"the converted {quantize} model is {len(tflite_model):,} bytes, but the scorer's {weight_count:,} "
             f"weights need at least {minimum:,}: the weights were lost in conversion; this is a bug, please report it"
         )
+
+
+def check_runs(tflite_model: bytes, quantize: str) -> None:
+    """Refuses a converted model that LiteRT cannot run, e.g. an op the converter quantised but the runtime has
+    no kernel for in that type (one invocation on a mid-gray image)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        with console.native_output_captured():
+            runner = Interpreter(model_content=tflite_model).get_signature_runner()
+            details = runner.get_input_details()[edge.INPUT_NAME]
+            runner(**{edge.INPUT_NAME: np.full(details["shape"], 128, dtype=np.uint8)})
+    except (RuntimeError, ValueError) as error:
+        raise GanspectionError(
+            f"--quantize {quantize}: LiteRT cannot run the converted model ({edge.first_line(error)}); choose "
+            "another --quantize (int8, float16 or none)"
+        ) from None
 
 
 def _quietly(function):

@@ -38,7 +38,7 @@ from ganspection_tf.terms import BY_NAME, ERROR_MAP_OUTPUT, SCORES, TERMS, outpu
 BUNDLE_FORMAT, FORMAT_VERSION = bundle_metadata.FORMAT, bundle_metadata.FORMAT_VERSION
 MODEL_FILE, METADATA_FILE, PARITY_FILE = "model.tflite", "metadata.json", "parity.json"
 INPUT_NAME = "image"
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+QUANTIZATIONS = bundle_metadata.QUANTIZATIONS
 _FIX = "re-export it with 'ganspection-tf export RUN_DIR --tflite --out BUNDLE_DIR'"
 
 
@@ -100,7 +100,7 @@ class EdgeScorer(Scorer):
                 interpreter.allocate_tensors()
                 runner = interpreter.get_signature_runner()
         except (ValueError, RuntimeError) as error:
-            raise GanspectionError(f"{path}: LiteRT cannot load it ({_first_line(error)}); {_FIX}") from None
+            raise GanspectionError(f"{path}: LiteRT cannot load it ({first_line(error)}); {_FIX}") from None
         self._check_signature(runner, path)
         self._interpreter = interpreter  # the runner needs the interpreter alive
         return runner
@@ -117,6 +117,9 @@ class EdgeScorer(Scorer):
         missing = [name for name in self.metadata.outputs if name not in outputs]
         if missing:
             raise GanspectionError(f"{path}: lacks the outputs {missing} listed in {METADATA_FILE}; {_FIX}")
+        quantized = [name for name in self.metadata.outputs if outputs[name]["dtype"] != np.float32]
+        if quantized:  # every quantisation keeps float32 outputs: the score arithmetic must not see raw integers
+            raise GanspectionError(f"{path}: the outputs {quantized} are not float32; {_FIX}")
         self._check_calibration_shapes(outputs)
 
     def _check_calibration_shapes(self, outputs):
@@ -178,6 +181,6 @@ def _describe(details) -> str:
     return f"{np.dtype(details['dtype']).name} {list(details['shape'])}"
 
 
-def _first_line(error) -> str:
+def first_line(error) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:200]

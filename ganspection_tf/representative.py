@@ -1,5 +1,5 @@
-"""The good images int8 conversion calibrates its activation ranges on (``export --calibration`` or the run's
-training images), augmented to a minimum count and spanning the full uint8 input range."""
+"""The good images int8 and int16x8 conversions calibrate their activation ranges on (``export --calibration``
+or the run's training images), augmented to a minimum count and spanning the full uint8 input range."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ MAX_REPRESENTATIVE = 300  # calibration time grows linearly; ranges stop moving 
 
 def representative_images(run, size, channels, calibration_dir=None, log=print, seed=0,
                           resize=DEFAULT_RESIZE) -> np.ndarray:
-    """≥ MIN_REPRESENTATIVE good images for int8 calibration (augmented when the folder has fewer)."""
+    """≥ MIN_REPRESENTATIVE good images for int8 / int16x8 calibration (augmented when the folder has fewer)."""
     if calibration_dir is not None:
         paths, source = list_images(calibration_dir), f"--calibration {calibration_dir}"
         if not paths:
@@ -32,7 +32,7 @@ def representative_images(run, size, channels, calibration_dir=None, log=print, 
     if len(images) > MAX_REPRESENTATIVE:
         images = images[np.sort(rng.choice(len(images), MAX_REPRESENTATIVE, replace=False))]
     if len(images) < MIN_REPRESENTATIVE:
-        log(f"int8 calibration: {len(images)} images from {source}, augmented to {MIN_REPRESENTATIVE} "
+        log(f"quantisation calibration: {len(images)} images from {source}, augmented to {MIN_REPRESENTATIVE} "
             "with brightness and contrast changes")
         images = augment_to(images, MIN_REPRESENTATIVE, rng)
     return with_full_input_range(images)

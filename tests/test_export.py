@@ -1,4 +1,4 @@
-"""`export_bundle` / `ganspection-tf export`: the four quantisations, the parity gate, int8 without a score cap."""
+"""`export_bundle` / `ganspection-tf export`: every quantisation, the parity gate, int8 without a score cap."""
 
 import json
 import os
@@ -19,7 +19,7 @@ from ganspection_tf.errors import GanspectionError  # noqa: E402
 # Spearman ρ of TFLite vs Keras combined scores on the 50 synthetic test images that each mode must reach
 # (measured on this 40-step, width-8, 32 px model: none 1.0, float16 1.0, dynamic 0.9997, int8 0.9976; int8 with
 # training seeds 1-3: 0.9963, 0.9975, 0.9954).
-MIN_SPEARMAN = {"none": 0.999, "float16": 0.995, "dynamic": 0.98, "int8": 0.98}
+MIN_SPEARMAN = {"none": 0.999, "float16": 0.995, "dynamic": 0.98, "int8": 0.98, "int16x8": 0.98}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,15 @@ def bundle(tmp_path_factory, quantize="int8", score="combined"):
 # ------------------------------------------------------------------------------------------------ modes
 
 
-@pytest.mark.parametrize("quantize", ["none", "float16", "dynamic", "int8"])
+# int16x8 converts, but the converter quantises the layer norms' SQUARED_DIFFERENCE to int16 and LiteRT has no
+# int16 kernel for it: export must refuse with a one-line error (convert.check_runs), not a traceback. Strict:
+# when the toolchain runs it, this XPASS fails and the marker must go (then the mode passes the gate here).
+INT16X8_UNSUPPORTED = pytest.mark.xfail(raises=GanspectionError, strict=True,
+                                        reason="LiteRT lacks an int16 SQUARED_DIFFERENCE kernel (layer norms)")
+
+
+@pytest.mark.parametrize("quantize", [pytest.param(q, marks=INT16X8_UNSUPPORTED) if q == "int16x8" else q
+                                      for q in edge.QUANTIZATIONS])
 def test_every_quantisation_exports_and_passes_the_parity_gate(quantize, tmp_path_factory):
     out, report = bundle(tmp_path_factory, quantize)
     assert sorted(p.name for p in out.iterdir()) == [".ganspection-tf.json", "metadata.json", "model.tflite",
