@@ -4,8 +4,13 @@ shared by the whole session.
 Everything is generated in temporary folders; nothing binary is committed. Models are tiny (32 px, width 8)
 and not XLA-compiled, so a training run takes seconds on a 2-core CI machine. Session fixtures are read-only:
 a test that changes a run works on a copy (`tiny_run_copy`), so no test depends on another one's order.
+
+The suite runs on two pytest-xdist workers (setup.cfg). The synthetic category and the tiny run are built once
+for both (`built_once`); tests that share a module-scoped fixture are kept on one worker so that it is built once
+too (`pytest_collection_modifyitems`).
 """
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -44,14 +49,50 @@ def tiny_settings(**overrides):
     return settings
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(items):
+    """Tests that use a module-scoped fixture form one xdist group (one worker builds the fixture, once); slow
+    tests that share nothing start first, so that no worker is left alone with a long test at the end."""
+    for item in items:
+        if uses_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: not (item.get_closest_marker("slow") and not item.get_closest_marker("xdist_group")))
+
+
+def uses_a_module_fixture(item):
+    definitions = getattr(item, "_fixtureinfo", None)
+    if definitions is None:  # not a test function (a doctest, say)
+        return False
+    return any(definitions.name2fixturedefs[name][-1].scope == "module"
+               for name in item.fixturenames if name in definitions.name2fixturedefs)
+
+
+def built_once(tmp_path_factory, name, build):
+    """The folder `name`, built by `build(folder)` once per test run, even across pytest-xdist workers (the
+    first worker to come builds it under a file lock; the others wait and then read it). Treat it as read-only."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's temporary folder, common to the workers
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed half-way
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def synthetic_category(tmp_path_factory):
     from ganspection_tf.data import synthetic
 
-    root = tmp_path_factory.mktemp("synthetic")
-    return synthetic.write_synthetic_category(
-        root, name="widget", image_size=64, n_train=40, n_test_good=8, n_test_per_defect=6
-    )
+    def write(root):
+        synthetic.write_synthetic_category(root, name="widget", image_size=64, n_train=40, n_test_good=8,
+                                           n_test_per_defect=6)
+
+    return built_once(tmp_path_factory, "synthetic", write) / "widget"
 
 
 TINY_RUN_SETTINGS = tiny_settings(steps=4, rec_weight=1.0)
@@ -63,10 +104,13 @@ def tiny_run(synthetic_category, tmp_path_factory):
     and 4). Do not change it: take `tiny_run_copy`."""
     from ganspection_tf import training
 
-    run_dir = tmp_path_factory.mktemp("shared-run") / "tiny"
-    config = training.TrainConfig.from_flat(data=str(synthetic_category), **TINY_RUN_SETTINGS)
-    training.train(config, run_dir, verbose=0, log=lambda *_: None)
-    return run_dir
+    def train(folder):
+        config = training.TrainConfig.from_flat(data=str(synthetic_category), **TINY_RUN_SETTINGS)
+        training.train(config, folder / "tiny", verbose=0, log=lambda *_: None)
+
+    trained = built_once(tmp_path_factory, "shared-run", train) / "tiny"
+    # this worker's own copy: a test that locks or resumes it (test_training does) cannot meet the other worker
+    return Path(shutil.copytree(trained, tmp_path_factory.mktemp("shared-run") / "tiny"))
 
 
 @pytest.fixture

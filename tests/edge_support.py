@@ -1,14 +1,19 @@
-"""One tiny trained run and its edge bundles, shared by test_export, test_edge and test_camera.
+"""One tiny trained run and its edge bundles, shared by test_export, test_edge, test_camera, test_thresholds,
+test_scorer and test_run.
 
-Session-wide caches (not fixtures): each of the three modules asks for the same run and bundles, and they are
-trained / exported once per pytest session whatever the order the modules run in.
+Session-wide caches (not fixtures): each of those modules asks for the same run and bundles, and they are
+trained / exported once per pytest run whatever the order the modules run in, and whichever pytest-xdist worker
+runs them (`built_once`); each worker gets its own copy of the run and of each bundle.
 """
 
 import os
+import pickle
+import shutil
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from conftest import tiny_settings  # noqa: E402
+from conftest import built_once, tiny_settings  # noqa: E402
 
 STEPS = 40
 # More test images than the shared conftest category: the parity gate allows an AUROC drop of 0.01, and with
@@ -27,27 +32,36 @@ def edge_category(tmp_path_factory):
     if "category" not in _CACHE:
         from ganspection_tf.data import synthetic
 
-        _CACHE["category"] = synthetic.write_synthetic_category(
-            tmp_path_factory.mktemp("edge_data"), name="widget", image_size=64, n_train=40,
-            n_test_good=TEST_GOOD, n_test_per_defect=TEST_PER_DEFECT,
-        )
+        def write(folder):
+            synthetic.write_synthetic_category(folder, name="widget", image_size=64, n_train=40,
+                                               n_test_good=TEST_GOOD, n_test_per_defect=TEST_PER_DEFECT)
+
+        _CACHE["category"] = built_once(tmp_path_factory, "edge_data", write) / "widget"  # read-only
     return _CACHE["category"]
 
 
 def trained_run(tmp_path_factory):
     """A tiny run on :func:`edge_category` (image_size 32, width 8), trained once per session."""
     if "run" not in _CACHE:
-        from ganspection_tf import scoring, training
+        copy = tmp_path_factory.mktemp("edge_run") / "run"
+        _CACHE["run"] = Path(shutil.copytree(_shared_run(tmp_path_factory), copy))
+    return _CACHE["run"]
 
+
+def _shared_run(tmp_path_factory):
+    """The run itself, trained once for every worker; read-only (workers use their copies)."""
+    from ganspection_tf import scoring, training
+
+    data = str(edge_category(tmp_path_factory))
+
+    def train(folder):
         settings = tiny_settings(steps=STEPS, log_every=STEPS, checkpoint_every=STEPS, sample_every=STEPS)
-        run_dir = tmp_path_factory.mktemp("edge_run") / "run"
-        data = str(edge_category(tmp_path_factory))
-        training.train(training.TrainConfig.from_flat(data=data, **settings), run_dir, verbose=0, log=quiet)
+        training.train(training.TrainConfig.from_flat(data=data, **settings), folder / "run", verbose=0, log=quiet)
         # Pinned rather than chosen per run (score_choice.py): the edge tests check the camera's arithmetic of the
         # per-pixel term, whichever score a tiny model would get.
-        scoring.ensure_calibration(run_dir, weights={"normalized_map_max": 1.0}, log=quiet)
-        _CACHE["run"] = run_dir
-    return _CACHE["run"]
+        scoring.ensure_calibration(folder / "run", weights={"normalized_map_max": 1.0}, log=quiet)
+
+    return built_once(tmp_path_factory, "edge_run", train) / "run"
 
 
 def exported_bundle(tmp_path_factory, quantize="int8", score="combined"):
@@ -60,7 +74,14 @@ def exported_bundle(tmp_path_factory, quantize="int8", score="combined"):
     if key not in _CACHE:
         from ganspection_tf.export import export_bundle
 
-        run_dir = trained_run(tmp_path_factory)
-        out = tmp_path_factory.mktemp(f"bundle_{quantize}_{score}") / "bundle"
-        _CACHE[key] = out, export_bundle(run_dir, out, quantize=quantize, score=score, force=True, log=quiet)
+        run_dir = _shared_run(tmp_path_factory)
+
+        def export(folder):
+            report = export_bundle(run_dir, folder / "bundle", quantize=quantize, score=score, force=True, log=quiet)
+            (folder / "report.pickle").write_bytes(pickle.dumps(report))  # the returned report, as returned
+
+        name = f"bundle_{quantize}_{score}"
+        shared = built_once(tmp_path_factory, name, export)
+        out = Path(shutil.copytree(shared / "bundle", tmp_path_factory.mktemp(name) / "bundle"))
+        _CACHE[key] = out, pickle.loads((shared / "report.pickle").read_bytes())
     return _CACHE[key]
