@@ -205,7 +205,7 @@ class Calibration:
 
 def fit_calibration(
     term_matrix_val,
-    terms=TERMS,
+    terms=None,
     weights=None,
     method="weighted",
     max_fpr=DEFAULT_MAX_FPR,
@@ -219,7 +219,7 @@ def fit_calibration(
     `parameters` are the terms' fitted parameters by calibration field (e.g. ``code_mean=…`` for
     latent_mahalanobis); :func:`fit_calibration_from_outputs` fits them and the honest validation columns.
     """
-    terms = list(terms)
+    terms = list(TERMS if terms is None else terms)  # None: every term (read at call time, not import time)
     matrix = np.asarray(term_matrix_val, dtype=np.float64)
     _check_fit_inputs(matrix, terms, method, max_fpr)
     for name in terms:
@@ -251,7 +251,7 @@ def fit_calibration(
     return calibration
 
 
-def fit_calibration_from_outputs(outputs: dict, terms=TERMS, reference_outputs=None, **options) -> Calibration:
+def fit_calibration_from_outputs(outputs: dict, terms=None, reference_outputs=None, **options) -> Calibration:
     """:func:`fit_calibration` from the raw model outputs of the good validation images.
 
     Each term fits its parameters (``Term.fit``) and gives its honest validation column: e.g. the code Gaussian
@@ -259,14 +259,21 @@ def fit_calibration_from_outputs(outputs: dict, terms=TERMS, reference_outputs=N
     ``normalized_map_max`` on ``reference_outputs`` (the good training images) when given, else leave-one-out
     on the validation maps.
     """
-    terms = list(terms)
+    terms = list(TERMS if terms is None else terms)
+    parameters, matrix = fitted_columns(outputs, terms, reference_outputs)
+    return fit_calibration(matrix, terms, **parameters, **options)
+
+
+def fitted_columns(outputs: dict, terms, reference_outputs=None) -> tuple[dict, np.ndarray]:
+    """(the terms' fitted parameters by calibration field, the (N, T) honest validation term matrix) from the
+    raw outputs of good validation images (``Term.fit_on``)."""
     _check_known(terms)
     columns, parameters = [], {}
     for name in terms:
         fitted, column = BY_NAME[name].fit_on(outputs, reference_outputs)
         parameters.update(fitted)
         columns.append(column)
-    return fit_calibration(np.stack(columns, axis=1), terms, **parameters, **options)
+    return parameters, np.stack(columns, axis=1)
 
 
 def validation_threshold(scores, max_fpr=DEFAULT_MAX_FPR) -> float:
@@ -280,8 +287,10 @@ def validation_threshold(scores, max_fpr=DEFAULT_MAX_FPR) -> float:
     return max(float(scores[-1]), gaussian_tail)
 
 
-def weight_vector(weights, terms=TERMS):
-    """Weights as a list in `terms` order from a dict {term: α} (missing → 0), a list, or None (defaults)."""
+def weight_vector(weights, terms=None):
+    """Weights as a list in `terms` order (None: every term) from a dict {term: α} (missing → 0), a list, or None
+    (the default weights)."""
+    terms = TERMS if terms is None else terms
     if weights is None:
         weights = DEFAULT_WEIGHTS
     if isinstance(weights, dict):

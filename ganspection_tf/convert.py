@@ -35,7 +35,8 @@ import tensorflow as tf
 
 from ganspection_tf import console, edge
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.terms import FLOAT_ENCODER_OUTPUTS, outputs_needed
+from ganspection_tf.scoring import term_model_for
+from ganspection_tf.terms import FLOAT_ENCODER_OUTPUTS
 
 # Lower bound on the bytes a converted model must hold per weight; a weightless conversion is far below it.
 BYTES_PER_WEIGHT = {"none": 4, "float16": 2, "dynamic": 1, "int8": 1}
@@ -46,13 +47,7 @@ RESCALE_LAYER = "to_unit_range"
 def build_scorer(term_model: keras.Model, terms, with_error_map=False) -> keras.Model:
     """uint8 (B, S, S, C) → the outputs `terms` need ({term: (B,)}, "code" (B, d)) (+ "error_map" (B, S, S)),
     only the layers those outputs need."""
-    wanted = outputs_needed(terms, with_error_map)
-    all_outputs = term_model.output
-    missing = [name for name in wanted if name not in all_outputs]
-    if missing:
-        raise GanspectionError(f"the term model has no outputs {missing}; it provides {sorted(all_outputs)}")
-    # A functional model built from the term model's tensors keeps only the layers these outputs depend on.
-    needed = keras.Model(term_model.inputs, {name: all_outputs[name] for name in wanted}, name="score_terms")
+    needed = term_model_for(term_model, terms, with_error_map)
     _, size, _, channels = term_model.input_shape
     image = keras.Input((size, size, channels), dtype="uint8", name=edge.INPUT_NAME)
     unit = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=RESCALE_LAYER)(image)

@@ -33,7 +33,7 @@ from ganspection_tf.artifacts import read_json
 from ganspection_tf.calibration import Calibration
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.scorer import ScoreResult, Scorer
-from ganspection_tf.terms import CODE_OUTPUT, ERROR_MAP_OUTPUT, SCORES, TERMS, outputs_needed
+from ganspection_tf.terms import BY_NAME, ERROR_MAP_OUTPUT, SCORES, TERMS, outputs_needed
 
 BUNDLE_FORMAT, FORMAT_VERSION = bundle_metadata.FORMAT, bundle_metadata.FORMAT_VERSION
 MODEL_FILE, METADATA_FILE, PARITY_FILE = "model.tflite", "metadata.json", "parity.json"
@@ -120,14 +120,14 @@ class EdgeScorer(Scorer):
         self._check_calibration_shapes(outputs)
 
     def _check_calibration_shapes(self, outputs):
-        """The calibration's per-pixel and code Gaussians must fit the model's outputs, or no frame could be scored."""
+        """The terms' fitted parameters (e.g. the per-pixel and code Gaussians) must fit the model's outputs
+        (``Term.shaped_like``), or no frame could be scored."""
         parameters = self.calibration.parameters
-        expected = {"map_mean": (ERROR_MAP_OUTPUT, parameters.get("map_mean"), lambda shape: shape[1:]),
-                    "code_mean": (CODE_OUTPUT, parameters.get("code_mean"), lambda shape: shape[1:])}
-        for key, (output, values, wanted) in expected.items():
+        for key, output in (pair for term in BY_NAME.values() for pair in term.shaped_like):
+            values = parameters.get(key)
             if values is None or output not in outputs:
                 continue
-            have, want = list(np.shape(values)), [int(n) for n in wanted(list(outputs[output]["shape"]))]
+            have, want = list(np.shape(values)), [int(n) for n in list(outputs[output]["shape"])[1:]]
             if have != want:
                 raise GanspectionError(f"{self._metadata_path}: invalid bundle metadata (calibration '{key}' has "
                                        f"shape {have}, the model's {output} output {want}); {_FIX}")

@@ -14,7 +14,7 @@ it is clearly better or tied only with combinations, and a pose-independent term
 terms before pose-independence was set after looking at the demo's test split: benchmarks/RESULTS.md.)
 
 No test image is involved: the caller passes values computed on good validation images and their copies.
-Pure numpy: no TensorFlow, no scikit-learn.
+numpy and the term registry only: no TensorFlow, no scikit-learn.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ganspection_tf.errors import GanspectionError
+from ganspection_tf.terms import POSE_DEPENDENT_TERMS  # compare each pixel with the good images' at that place
 
 TIE_TOLERANCE = 0.01
-# Terms that compare each pixel with the good images' statistics at the same place: they assume aligned parts.
-POSE_DEPENDENT_TERMS = frozenset({"normalized_map_max"})
 # Fixed combinations tried besides every single term (equal weights on the standardised terms).
 COMBINATIONS = (
     ("map_max", "latent_mahalanobis"),

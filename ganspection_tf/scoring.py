@@ -2,8 +2,9 @@
 run's calibration fitted from them.
 
 The term model (:func:`build_term_model`) outputs ``terms.MODEL_OUTPUTS``: the terms that are model outputs as
-they are (``terms.MODEL_TERMS``), the code z = E(x) (B, d) and the per-pixel error map (B, S, S); what each term
-means and how the derived ones are computed from these outputs is the registry in ``terms.py``. It is a plain
+they are (``terms.MODEL_TERMS``, each built from its registry ``Graph``), the code z = E(x) (B, d) and the per-pixel
+error map (B, S, S); what each term means and how the derived ones are computed from these outputs is the registry
+in ``terms.py``. This module gives the networks' named tensors (:func:`term_model_tensors`) and the layers. It is a plain
 functional Keras model (the networks are called as layers; the arithmetic lives in small registered layers),
 so it saves with safe_mode and converts to TFLite for the camera.
 """
@@ -39,7 +40,7 @@ from ganspection_tf.images import (
 )
 from ganspection_tf.run import as_run
 from ganspection_tf.scorer import ScoreResult, Scorer
-from ganspection_tf.terms import CODE_OUTPUT, ERROR_MAP_OUTPUT, MODEL_OUTPUTS, TERMS
+from ganspection_tf.terms import BY_NAME, CODE_OUTPUT, ERROR_MAP_OUTPUT, MODEL_OUTPUTS, TERMS, outputs_needed
 
 __all__ = [
     "build_term_model",
@@ -50,6 +51,7 @@ __all__ = [
     "reconstruct",
     "reference_terms",
     "score_files",
+    "term_model_for",
     "validation_terms",
 ]
 
@@ -132,43 +134,75 @@ class SpatialMax(layers.Layer):
 
 def build_term_model(model) -> keras.Model:
     """Functional model: image (B, S, S, C) float32 in [-1, 1] → {MODEL_TERMS: (B,), "code": (B, d), "error_map"}
-    (``terms.MODEL_OUTPUTS``)."""
-    encoder, generator, critic = model.scoring_networks()
+    (``terms.MODEL_OUTPUTS``). Each model-output term is its registry :class:`~ganspection_tf.terms.Graph`
+    applied to the named tensors of :func:`term_model_tensors`; any other output is one of those tensors."""
     image = keras.Input((model.image_size, model.image_size, model.channels), name="image", dtype="float32")
-    code = encoder(image)
-    reconstruction = generator(code)
-    cycled_code = encoder(reconstruction)
-    value, features = critic([image, code])
-    _, reconstruction_features = critic([reconstruction, code])
-    error_map = MeanGap(last_axis_only=True, name="error_map_term")([image, reconstruction])
-    smoothed = GaussianSmoothing(map_sigma(model.image_size), name="smoothed_error_map")(error_map)
-    # Layer names get a suffix: the critic sub-model is already called "critic" (names must be unique).
-    graph = {  # the graph of every term that is a model output (terms.MODEL_TERMS), and the code and error map
-        "latent": GaussianNLL(name="latent_term")(code),
-        "cycle": MeanGap(squared=True, name="cycle_term")([code, cycled_code]),
-        "reconstruction": MeanGap(name="reconstruction_term")([image, reconstruction]),
-        "critic_feature": MeanGap(name="critic_feature_term")([features, reconstruction_features]),
-        "critic": NegatedValue(name="critic_term")(value),
-        "map_max": SpatialMax(name="map_max_term")(smoothed),
-        CODE_OUTPUT: code,
-        ERROR_MAP_OUTPUT: error_map,
-    }
-    outputs = {name: graph[name] for name in MODEL_OUTPUTS}
+    tensors = term_model_tensors(model, image)
+    outputs = {}
+    for name in MODEL_OUTPUTS:
+        graph = BY_NAME[name].graph if name in BY_NAME else None
+        outputs[name] = _tensor(tensors, name, name) if graph is None else _apply(graph, tensors, name)
     return keras.Model(image, outputs, name="score_terms")
 
 
+def term_model_tensors(model, image) -> dict:
+    """The named tensors a term's graph (``terms.Graph``) can be computed from, for the Keras input `image`."""
+    encoder, generator, critic = model.scoring_networks()
+    code = encoder(image)
+    reconstruction = generator(code)
+    cycled_code = encoder(reconstruction)
+    critic_value, critic_features = critic([image, code])
+    _, reconstruction_critic_features = critic([reconstruction, code])
+    error_map = MeanGap(last_axis_only=True, name="error_map_term")([image, reconstruction])
+    smoothed = GaussianSmoothing(map_sigma(model.image_size), name="smoothed_error_map")(error_map)
+    return {"image": image, CODE_OUTPUT: code, "reconstruction": reconstruction, "cycled_code": cycled_code,
+            "critic_value": critic_value, "critic_features": critic_features,
+            "reconstruction_critic_features": reconstruction_critic_features, ERROR_MAP_OUTPUT: error_map,
+            "smoothed_error_map": smoothed}
+
+
+def _apply(graph, tensors, term):
+    """The term's layer (registered by this module under its class name) on its input tensors."""
+    layer_class = keras.saving.get_registered_object(f"ganspection_tf>{graph.layer}")
+    if layer_class is None:
+        raise GanspectionError(f"score term {term!r}: no layer {graph.layer!r} registered for the term model")
+    inputs = [_tensor(tensors, name, term) for name in graph.inputs]
+    # Layer names get a suffix: the critic sub-model is already called "critic" (names must be unique).
+    return layer_class(name=f"{term}_term", **dict(graph.options))(inputs[0] if len(inputs) == 1 else inputs)
+
+
+def _tensor(tensors, name, term):
+    if name not in tensors:
+        raise GanspectionError(f"score term {term!r} needs the term-model tensor {name!r}; it has {sorted(tensors)}")
+    return tensors[name]
+
+
 def compute_terms(term_model, images_uint8, batch_size=32) -> dict[str, np.ndarray]:
-    """MODEL_OUTPUTS of uint8 images (N, S, S, C), in order, `batch_size` at a time: the model terms (N,),
-    "code" (N, d) and "error_map" (N, S, S). ``Calibration.term_matrix`` turns them into the term matrix."""
+    """The term model's outputs (MODEL_OUTPUTS, or those of a :func:`term_model_for` cut) of uint8 images
+    (N, S, S, C), in order, `batch_size` at a time: the model terms (N,), "code" (N, d) and "error_map" (N, S, S).
+    ``Calibration.term_matrix`` turns them into the term matrix."""
     images = np.asarray(images_uint8)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise GanspectionError(f"expected uint8 images of shape (N, S, S, C), got {images.dtype} {images.shape}")
     predict = _predict_function(term_model)
+    names = list(term_model.output)
     chunks = [predict(tf.constant(to_unit_range(images[start : start + batch_size])))
               for start in range(0, len(images), batch_size)]
     if not chunks:
-        return {name: np.zeros((0, *term_model.output[name].shape[1:]), np.float32) for name in MODEL_OUTPUTS}
-    return {name: np.concatenate([chunk[name].numpy() for chunk in chunks]) for name in MODEL_OUTPUTS}
+        return {name: np.zeros((0, *term_model.output[name].shape[1:]), np.float32) for name in names}
+    return {name: np.concatenate([chunk[name].numpy() for chunk in chunks]) for name in names}
+
+
+def term_model_for(term_model, terms, with_error_map=False) -> keras.Model:
+    """The part of the term model that the outputs `terms` need (+ the error map) use: only their layers (e.g.
+    no critic pass for normalized_map_max). The scorer an edge bundle holds (``convert.build_scorer``), in Keras."""
+    wanted = outputs_needed(terms, with_error_map)
+    all_outputs = term_model.output
+    missing = [name for name in wanted if name not in all_outputs]
+    if missing:
+        raise GanspectionError(f"the term model has no outputs {missing}; it provides {sorted(all_outputs)}")
+    # A functional model built from the term model's tensors keeps only the layers these outputs depend on.
+    return keras.Model(term_model.inputs, {name: all_outputs[name] for name in wanted}, name="score_terms")
 
 
 ScoredImage = ScoreResult  # the workstation's name for the one result type (``scorer.py``)

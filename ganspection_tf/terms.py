@@ -3,9 +3,13 @@
 Each :class:`Term` says which model outputs it is computed from, how (``compute``), what is fitted for it on
 good images (``fit``; stored in the calibration under ``parameters``), whether the camera must keep the encoder
 in float for it, and what it means in one line (the evaluation report shows that line). Calibration, export,
-the CLI (``score`` columns, ``--weights``, ``export --score``), ``evaluate`` and its report loop over
-:data:`REGISTRY`; nothing else lists the terms. Adding a term = one entry here + its test (+ one graph output in
-``scoring.build_term_model`` when it is a new model output).
+the CLI (``score`` columns, ``--weights``, ``export --score``), ``evaluate`` and its report, the score choice and
+the camera loop over :data:`REGISTRY`; nothing else lists the terms. Adding a term = one entry here + its test.
+
+A term is either a model output, declared by its :class:`Graph` (a layer of ``scoring.py``, by class name,
+applied to named tensors of the term model: ``scoring.build_term_model`` builds the output from it, no graph
+line of its own), or computed here in numpy (``compute``) from model outputs (``inputs``: other terms or any named
+tensor of the term model, which the term model then outputs too).
 
 For an image x in [-1, 1], z = E(x), x̂ = G(z) (the reconstruction), f(·, z) = the critic's joint features; the
 first six terms are outputs of the term model (``scoring.build_term_model``, EMA weights), the last two are
@@ -55,12 +59,31 @@ Parameters = dict  # {calibration field: fitted value} of one term
 
 
 @dataclass(frozen=True)
+class Graph:
+    """How the term model computes a model-output term: the Keras layer registered by ``scoring.py`` under
+    `layer` (its class name), built with `options`, called on the term model's tensors named `inputs` (one
+    tensor, or a list of several): "image", "code", "reconstruction", "cycled_code", "critic_value",
+    "critic_features", "reconstruction_critic_features", "error_map", "smoothed_error_map"."""
+
+    layer: str
+    inputs: tuple[str, ...]
+    options: tuple[tuple[str, object], ...] = ()  # (keyword, value) pairs: frozen, so the Term stays hashable
+
+
+def graph(layer, *inputs, **options) -> Graph:
+    """``graph("MeanGap", "code", "cycled_code", squared=True)``: a :class:`Graph` written like the layer call."""
+    return Graph(layer, tuple(inputs), tuple(sorted(options.items())))
+
+
+@dataclass(frozen=True)
 class Term:
-    """One score term. Every term grows with abnormality; the calibration standardises and combines them."""
+    """One score term. Every term grows with abnormality; the calibration standardises and combines them.
+    A model-output term has a `graph`; any other term a `compute` and its `inputs`."""
 
     name: str
     explanation: str  # one line, for the evaluation report
-    inputs: tuple[str, ...] = ()  # the model outputs it is computed from; () = the model output of its own name
+    graph: Graph | None = None  # a model output: how the term model computes it
+    inputs: tuple[str, ...] = ()  # the model outputs `compute` takes; () = the model output of its own name
     compute: Callable[[Outputs, Parameters], np.ndarray] | None = None  # None: the model output itself
     fit: Callable[[Outputs, Outputs | None], tuple[Parameters, np.ndarray]] | None = None  # (params, validation column)
     parameters: tuple[str, ...] = ()  # the calibration fields that hold what `fit` fitted
@@ -69,6 +92,17 @@ class Term:
     default_weight: float = 0.0  # α in the default weighted sum
     float_encoder: bool = False  # int8 noise of the encoder would be amplified: the camera keeps it float
     export_score: str | None = None  # the `export --score` choice that ships this term alone
+    pose_dependent: bool = False  # compares each pixel with the good images at the same place: assumes aligned parts
+    # (fitted parameter, model output) pairs: the parameter has the output's per-image shape (bundle checks).
+    shaped_like: tuple[tuple[str, str], ...] = ()
+    # Its values on synthetic-defect copies of validation images (score choice), each measured with parameters
+    # fitted WITHOUT the copy's source image: (validation outputs, copies' outputs, source index per copy) → (M,).
+    # None: the parameters fitted on all of them.
+    leave_source_out: Callable[[Outputs, Outputs, np.ndarray], np.ndarray] | None = None
+
+    def __post_init__(self):
+        if (self.graph is None) == (self.compute is None):
+            raise GanspectionError(f"score term {self.name!r}: give either a graph (a model output) or compute")
 
     @property
     def model_outputs(self) -> tuple[str, ...]:
@@ -118,6 +152,19 @@ def leave_one_out_mahalanobis(codes) -> np.ndarray:
     for i in range(len(codes)):
         others = np.delete(codes, i, axis=0)
         distances[i] = latent_mahalanobis(codes[i : i + 1], *fit_code_gaussian(others))[0]
+    return distances
+
+
+def leave_source_out_mahalanobis(validation, copies, sources) -> np.ndarray:
+    """latent_mahalanobis of each copy's code against the Gaussian of the validation codes except its source."""
+    codes = np.asarray(validation[CODE_OUTPUT], np.float64)
+    copy_codes, sources = np.asarray(copies[CODE_OUTPUT], np.float64), np.asarray(sources)
+    if len(codes) <= MIN_SAMPLES:  # too few codes to leave one out (like leave_one_out_mahalanobis)
+        return latent_mahalanobis(copy_codes, *fit_code_gaussian(codes))
+    distances = np.empty(len(copy_codes))
+    for source in np.unique(sources):
+        gaussian = fit_code_gaussian(np.delete(codes, source, axis=0))
+        distances[sources == source] = latent_mahalanobis(copy_codes[sources == source], *gaussian)
     return distances
 
 
@@ -198,35 +245,76 @@ def _check_map_gaussian(parameters) -> str | None:
 # ------------------------------------------------------------------------------------------ the registry
 
 REGISTRY: tuple[Term, ...] = (
-    Term("latent", "½‖z‖² of the code z = E(x): its negative log-likelihood under the N(0, I) prior"),
-    Term("cycle", "mean (z − E(x̂))² over the code: does the reconstruction x̂ = G(z) encode back to z?"),
-    Term("reconstruction", "mean |x − x̂| over pixels and channels"),
-    Term("critic_feature", "mean |f(x, z) − f(x̂, z)| over the critic's features (only the image side differs)"),
+    Term("latent", "½‖z‖² of the code z = E(x): its negative log-likelihood under the N(0, I) prior",
+         graph=graph("GaussianNLL", CODE_OUTPUT)),
+    Term("cycle", "mean (z − E(x̂))² over the code: does the reconstruction x̂ = G(z) encode back to z?",
+         graph=graph("MeanGap", CODE_OUTPUT, "cycled_code", squared=True)),
+    Term("reconstruction", "mean |x − x̂| over pixels and channels", graph=graph("MeanGap", "image", "reconstruction")),
+    Term("critic_feature", "mean |f(x, z) − f(x̂, z)| over the critic's features (only the image side differs)",
+         graph=graph("MeanGap", "critic_features", "reconstruction_critic_features")),
     Term("critic", "−D(x, z): the critic scores real pairs high, so a high value means unlike the training data",
-         export_score="critic"),
-    Term("map_max", "the maximum of the smoothed per-pixel error map |x − x̂|"),
+         graph=graph("NegatedValue", "critic_value"), export_score="critic"),
+    Term("map_max", "the maximum of the smoothed per-pixel error map |x − x̂|",
+         graph=graph("SpatialMax", "smoothed_error_map")),
     Term("latent_mahalanobis",
          "the squared Mahalanobis distance of the code E(x) from a Gaussian fitted to the codes of the good "
          "validation images",
          inputs=(CODE_OUTPUT,), compute=lambda outputs, p: latent_mahalanobis(outputs[CODE_OUTPUT], p["code_mean"],
                                                                               p["code_whitening"]),
          fit=_fit_latent_mahalanobis, parameters=("code_mean", "code_whitening"), fitted="the code Gaussian",
-         check=_check_code_gaussian, float_encoder=True, export_score="latent"),
+         check=_check_code_gaussian, float_encoder=True, export_score="latent",
+         shaped_like=(("code_mean", CODE_OUTPUT),), leave_source_out=leave_source_out_mahalanobis),
     Term("normalized_map_max",
          "the maximum of the smoothed error map after standardising every pixel by the mean and spread of the good "
          "training images' maps at that pixel",
          inputs=(ERROR_MAP_OUTPUT,), compute=lambda outputs, p: normalized_map_max(outputs[ERROR_MAP_OUTPUT],
                                                                                    p["map_mean"], p["map_std"]),
          fit=_fit_normalized_map_max, parameters=("map_mean", "map_std"), fitted="the per-pixel Gaussian",
-         check=_check_map_gaussian, default_weight=1.0, float_encoder=True),
+         check=_check_map_gaussian, default_weight=1.0, float_encoder=True, pose_dependent=True,
+         shaped_like=(("map_mean", ERROR_MAP_OUTPUT),)),
 )
-BY_NAME = {term.name: term for term in REGISTRY}
-TERMS = tuple(BY_NAME)  # the names, in the order of every term matrix and of calibration.json
-DEFAULT_WEIGHTS = {term.name: term.default_weight for term in REGISTRY}
-PARAMETERS = tuple(name for term in REGISTRY for name in term.parameters)  # every fitted calibration field
 # `export --score`: one term alone (its export_score name), or "combined" (the calibrated combination).
 COMBINED_SCORE = "combined"
-SCORES = (*sorted(term.export_score for term in REGISTRY if term.export_score), COMBINED_SCORE)
+
+
+def outputs_needed(terms, with_error_map=False, by_name=None) -> list[str]:
+    """The model outputs the terms are computed from, in order, without repeats ("code" for latent_mahalanobis,
+    "error_map" for normalized_map_max), plus "error_map" for heatmaps when `with_error_map`."""
+    by_name = BY_NAME if by_name is None else by_name
+    needed = []
+    for name in terms:
+        for output in by_name[name].model_outputs:
+            if output not in needed:
+                needed.append(output)
+    if with_error_map and ERROR_MAP_OUTPUT not in needed:
+        needed.append(ERROR_MAP_OUTPUT)
+    return needed
+
+
+def tables(registry) -> dict:
+    """Everything the package reads off a registry, by module constant name (below: of :data:`REGISTRY`)."""
+    by_name = {term.name: term for term in registry}
+    return dict(
+        BY_NAME=by_name,
+        TERMS=tuple(by_name),  # the names, in the order of every term matrix and of calibration.json
+        DEFAULT_WEIGHTS={term.name: term.default_weight for term in registry},
+        PARAMETERS=tuple(name for term in registry for name in term.parameters),  # every fitted calibration field
+        SCORES=(*sorted(term.export_score for term in registry if term.export_score), COMBINED_SCORE),
+        MODEL_TERMS=tuple(term.name for term in registry if term.graph is not None),  # computed by the term model
+        # Everything the term model outputs: its terms, the tensors other terms are computed from, the error map.
+        MODEL_OUTPUTS=tuple(outputs_needed(by_name, with_error_map=True, by_name=by_name)),
+        # Outputs that need a float encoder on the camera (int8 encoder noise amplified by the fitted whitening or
+        # per-pixel spread); the error map of heatmaps is one of them.
+        FLOAT_ENCODER_OUTPUTS=frozenset(o for t in registry if t.float_encoder for o in t.model_outputs),
+        POSE_DEPENDENT_TERMS=frozenset(term.name for term in registry if term.pose_dependent),
+    )
+
+
+_TABLES = tables(REGISTRY)
+BY_NAME, TERMS, DEFAULT_WEIGHTS = _TABLES["BY_NAME"], _TABLES["TERMS"], _TABLES["DEFAULT_WEIGHTS"]
+PARAMETERS, SCORES = _TABLES["PARAMETERS"], _TABLES["SCORES"]
+MODEL_TERMS, MODEL_OUTPUTS = _TABLES["MODEL_TERMS"], _TABLES["MODEL_OUTPUTS"]
+FLOAT_ENCODER_OUTPUTS, POSE_DEPENDENT_TERMS = _TABLES["FLOAT_ENCODER_OUTPUTS"], _TABLES["POSE_DEPENDENT_TERMS"]
 
 
 def term(name) -> Term:
@@ -240,27 +328,7 @@ def export_terms(score) -> tuple[str, ...]:
     """The terms an `export --score` choice ships."""
     if score == COMBINED_SCORE:
         return TERMS
-    return tuple(t.name for t in REGISTRY if t.export_score == score)
-
-
-def outputs_needed(terms, with_error_map=False) -> list[str]:
-    """The model outputs the terms are computed from, in order, without repeats ("code" for latent_mahalanobis,
-    "error_map" for normalized_map_max), plus "error_map" for heatmaps when `with_error_map`."""
-    needed = []
-    for name in terms:
-        for output in BY_NAME[name].model_outputs:
-            if output not in needed:
-                needed.append(output)
-    if with_error_map and ERROR_MAP_OUTPUT not in needed:
-        needed.append(ERROR_MAP_OUTPUT)
-    return needed
-
-
-MODEL_TERMS = tuple(t.name for t in REGISTRY if not t.inputs)  # the terms the term model outputs as they are
-MODEL_OUTPUTS = tuple(outputs_needed(TERMS, with_error_map=True))  # everything the term model outputs
-# Outputs that need a float encoder on the camera (int8 encoder noise amplified by the fitted whitening or
-# per-pixel spread); the error map of heatmaps is one of them.
-FLOAT_ENCODER_OUTPUTS = frozenset(o for t in REGISTRY if t.float_encoder for o in t.model_outputs)
+    return tuple(t.name for t in BY_NAME.values() if t.export_score == score)
 
 
 def all_finite_numbers(vector) -> bool:

@@ -64,6 +64,66 @@ def test_a_new_term_is_one_entry(monkeypatch):
                                                         / fitted.std[1])
 
 
+def registered(monkeypatch, *new_terms):
+    """The package as if `new_terms` were entries of terms.REGISTRY: the registry and every table derived from
+    it (``terms.tables``) are replaced in each loaded package module that holds them."""
+    old = {key: getattr(terms, key) for key in ("REGISTRY", *terms.tables(terms.REGISTRY))}
+    registry = (*terms.REGISTRY, *new_terms)
+    new = {"REGISTRY": registry, **terms.tables(registry)}
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] != "ganspection_tf":
+            continue
+        for attribute, value in list(vars(module).items()):
+            for key, table in old.items():
+                if value is table:
+                    monkeypatch.setattr(module, attribute, new[key])
+
+
+def test_a_new_model_output_term_is_one_entry(monkeypatch, tiny_run_copy):
+    """A registry entry with a graph becomes a term-model output (no graph line in scoring.py), and a numpy term
+    on a tensor the term model did not output yet makes it output that tensor; both are calibrated, stored and
+    scored like the built-in terms, and the export's cut keeps what a term needs."""
+    from ganspection_tf import convert, scoring
+    from ganspection_tf.data import pipeline
+    from ganspection_tf.images import to_unit_range
+    from ganspection_tf.run import RunFolder
+
+    def mean_abs_features(outputs, _parameters):
+        features = np.asarray(outputs["critic_features"], np.float64)
+        return np.abs(features).reshape(len(features), -1).mean(axis=1)
+
+    registered(monkeypatch,
+               terms.Term("squared_reconstruction", "mean (x − x̂)² over pixels and channels",
+                          graph=terms.graph("MeanGap", "image", "reconstruction", squared=True)),
+               terms.Term("feature_size", "mean |f(x, z)| over the critic's features",
+                          inputs=("critic_features",), compute=mean_abs_features))
+    run = RunFolder(tiny_run_copy)
+    model = run.load_model()
+    term_model = scoring.build_term_model(model)
+    assert {"squared_reconstruction", "critic_features"} <= set(term_model.output)
+
+    calibration = scoring.ensure_calibration(run, model, term_model=term_model, log=lambda *_: None,
+                                             weights={"squared_reconstruction": 1.0, "feature_size": 1.0})
+    assert run.read_calibration().terms == calibration.terms == list(terms.TERMS)
+    assert calibration.terms[-2:] == ["squared_reconstruction", "feature_size"]
+
+    images, _ = pipeline.load_images(run.validation_images()[:4], model.image_size, model.channels,
+                                     resize=run.resize)
+    results = scoring.KerasScorer(term_model, calibration, run.resize).score_batch(images)
+    encoder, generator, critic = model.scoring_networks()
+    x = to_unit_range(images)
+    code = encoder(x, training=False)
+    expected_squared = np.mean(np.square(x - generator(code, training=False).numpy()), axis=(1, 2, 3))
+    expected_size = mean_abs_features({"critic_features": critic([x, code.numpy()], training=False)[1].numpy()}, {})
+    np.testing.assert_allclose([r.terms["squared_reconstruction"] for r in results], expected_squared, rtol=1e-4)
+    np.testing.assert_allclose([r.terms["feature_size"] for r in results], expected_size, rtol=1e-4)
+    standardized = (np.stack([expected_squared, expected_size], axis=1) - calibration.mean[-2:]) / calibration.std[-2:]
+    np.testing.assert_allclose([r.score for r in results], standardized.sum(axis=1), rtol=1e-3, atol=1e-3)
+
+    shipped = convert.build_scorer(term_model, ["squared_reconstruction", "feature_size"])
+    assert sorted(shipped.output) == ["critic_features", "squared_reconstruction"]
+
+
 def test_only_the_registry_lists_the_terms():
     """No other module of the package spells out the list of terms (one place to add a term)."""
     from pathlib import Path
