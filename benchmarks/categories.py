@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 
 from ganspection_tf import artifacts  # noqa: E402
 from ganspection_tf.calibration import fit_calibration_from_outputs  # noqa: E402
-from ganspection_tf.data import mvtec, pipeline, synthetic  # noqa: E402
+from ganspection_tf.data import choices, mvtec, pipeline, synthetic  # noqa: E402
 from ganspection_tf.evaluate import (  # noqa: E402
     PIXEL_EVAL_SIZE,
     image_metrics,
@@ -58,7 +58,6 @@ DEFAULT_ROOT = REPO.parent / "shared" / "data" / "mvtec_ad"
 # The synthetic categories: written at 256 px with about as many images as an MVTec category.
 SYNTHETIC = {"synthetic_unaligned": "unaligned", "synthetic_texture": "texture"}
 SYNTHETIC_SIZES = dict(image_size=256, n_train=200, n_test_good=40, n_test_per_defect=20)
-DEFAULTS = TrainConfig().flat()  # the defaults of `train`: the template uses the same size, split, seed, resize
 TEMPLATE_SCORE = "normalized_map_max"
 
 
@@ -69,7 +68,7 @@ def main(argv=None):
     rows = []
     for name, folder in categories.items():
         print(f"--- {name}: {folder}", file=sys.stderr, flush=True)
-        template = template_row(folder, args.image_size or DEFAULTS["image_size"])
+        template = template_row(folder, args.image_size)
         rows.append({"category": name, "score": "template", **template})
         if not args.template_only:
             model = model_row(folder, out / "runs" / name, args.minutes, args.image_size)
@@ -130,13 +129,15 @@ def synthetic_category(folder, name) -> Path:
 # --- the template baseline ----------------------------------------------------------------------------------
 
 
-def template_row(folder, size) -> dict:
-    """Template-baseline metrics of one category (module docstring), like `evaluate` reports them."""
+def template_row(folder, image_size=None) -> dict:
+    """Template-baseline metrics of one category (module docstring), like `evaluate` reports them: the split,
+    channels, image size (unless given) and resize mode that `train` without options would use."""
     started = time.monotonic()
     category = mvtec.scan_category(folder)
-    train_paths, validation_paths = mvtec.split_validation(category.train, DEFAULTS["val_fraction"], DEFAULTS["seed"])
-    channels = pipeline.decide_channels(train_paths, DEFAULTS["channels"])
-    resize = DEFAULTS["resize"]
+    config = TrainConfig.from_flat(data=str(folder), image_size=image_size)
+    train_paths, validation_paths = mvtec.split_validation(category.train, config.val_fraction, config.model.seed)
+    config, _ = choices.choose(config, train_paths)
+    size, channels, resize = config.model.image_size, config.model.channels, config.resize
     training, _ = pipeline.load_images(train_paths, size, channels, resize=resize)
     template = mean_good_image(training)
     validation, _ = pipeline.load_images(validation_paths, size, channels, resize=resize)

@@ -4,6 +4,10 @@
 `TrainConfig` nests it and adds the data, the optimisation and the bookkeeping. The `train` command's options
 are generated from these fields, and a `config.json` read back is checked against the same ranges, so a
 default or a range is written here and nowhere else. No TensorFlow here: the CLI imports it at start-up.
+
+Fields marked ``from_data`` (channels, image size, augmentation, training length) default to None: ``train``
+chooses them from the training images (``data/choices.py``) and records each value with its reason in
+config.json; a value the user gives wins. Until a rule is measured, the choice is the recipe value below.
 """
 
 import dataclasses
@@ -21,6 +25,10 @@ STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 MAX_CRITIC_STEPS = 15  # the model draws 2 noise tensors per critic update and 1 per generator update, 32 per step
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which keras.utils.set_random_seed uses, takes 32 bits
 MAX_STEPS = 10**9
+# What `train` chooses for the `from_data` fields until a measured rule replaces it (benchmarks/RESULTS.md):
+# the recipe the categories benchmark measures.
+RECIPE_IMAGE_SIZE, RECIPE_STEPS, RECIPE_AUGMENT = 64, 2000, "none"
+_FROM_DATA = "default: chosen from the training images, config.json says why"
 # How a picture becomes the model's square input (training, scoring and the camera alike).
 INTERPOLATIONS = ("area",)  # cv2.INTER_AREA: averages when shrinking, no aliasing
 # How images become the model's square (train --resize, images.resize_image); runs and bundles from before the
@@ -43,6 +51,7 @@ class Check:
     choices: tuple = ()
     comma_list: bool = False  # a comma-separated subset of `choices` (or "none")
     optional: bool = False  # None allowed (meaning "decide from the data")
+    from_data: bool = False  # None (the default) is chosen from the training images by `train` (data/choices.py)
     switch: str | None = None  # a boolean's --NAME/--no-NAME when it differs from the field name
 
     def problem(self, value) -> str | None:
@@ -91,8 +100,8 @@ class Check:
 
     def parse(self, text: str):
         """A command-line string as this field's type (the range is checked separately)."""
-        if self.optional and text.lower() in ("", "none", "auto"):
-            return None
+        if self.optional and text.lower() in ("", "auto") + (() if self.comma_list else ("none",)):
+            return None  # a comma list's "none" is a value: no item
         if self.kind is list:
             return [device.strip() for device in text.split(",") if device.strip()]
         if self.kind is int:
@@ -118,9 +127,11 @@ def _weight(default, help, positive=False):
 class ModelConfig:
     """The networks and the losses of the Wasserstein BiGAN (`model.keras` stores exactly these)."""
 
-    image_size: int = setting(64, int, "Side of the square images the model sees (pixels).", choices=SUPPORTED_SIZES)
-    channels: int | None = setting(None, int, "Force gray (1) or RGB (3); default: 1 when every training image "
-                                   "is gray.", choices=(1, 3), optional=True)
+    image_size: int | None = setting(None, int, f"Side of the square images the model sees (pixels); {_FROM_DATA} "
+                                     f"({RECIPE_IMAGE_SIZE} so far).", choices=SUPPORTED_SIZES, optional=True,
+                                     from_data=True)
+    channels: int | None = setting(None, int, f"Gray (1) or RGB (3); {_FROM_DATA} (1 when every training image is "
+                                   "gray).", choices=(1, 3), optional=True, from_data=True)
     latent_dim: int = setting(64, int, "Size of the latent code z.", low=2, high=1024)
     width: int = setting(32, int, "Filters of the first convolution (doubling per stage, capped at 8×).",
                          low=4, high=256)
@@ -154,7 +165,8 @@ class TrainConfig:
     category: str | None = setting(None, str, "Category name under a dataset root (e.g. bottle).", optional=True)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     batch_size: int = setting(16, int, "Images per step and replica.", low=1, high=4096)
-    steps: int = setting(2000, int, "Training steps in total (with --resume: the new total).", low=1, high=MAX_STEPS)
+    steps: int | None = setting(None, int, f"Training steps in total (with --resume: the new total); {_FROM_DATA} "
+                                f"({RECIPE_STEPS} so far).", low=1, high=MAX_STEPS, optional=True, from_data=True)
     max_minutes: float | None = setting(None, float, "Wall-clock budget of this train command in minutes: stop (and "
                                         "save) after the first log interval after which one more would pass it; "
                                         "--steps still bounds the run.", low=0.0, low_open=True, optional=True)
@@ -162,8 +174,9 @@ class TrainConfig:
     beta_1: float = setting(0.5, float, "Adam's β1.", low=0.0, high=1.0, high_open=True)
     beta_2: float = setting(0.9, float, "Adam's β2.", low=0.0, high=1.0, high_open=True)
     weight_decay: float = setting(0.0, float, "> 0 uses AdamW.", low=0.0, high=1.0)
-    augment: str = setting("none", str, "Comma-separated: hflip, vflip, rot90 (or none).", choices=AUGMENTATIONS,
-                           comma_list=True)
+    augment: str | None = setting(None, str, f"Comma-separated: hflip, vflip, rot90 (or none); {_FROM_DATA} "
+                                  f"({RECIPE_AUGMENT} so far).", choices=AUGMENTATIONS, comma_list=True,
+                                  optional=True, from_data=True)
     resize: str = setting(DEFAULT_RESIZE, str, "How images become the model's square: stretch (aspect ratio not "
                           "kept), pad (whole image, black bands) or crop (central square). Stored with the run; "
                           "evaluate, score, export and the camera use it.", choices=RESIZE_MODES)
@@ -223,6 +236,11 @@ _FIX = "fix it or start a new run in another --out"
 
 def _names(cls):
     return [field.name for field in dataclasses.fields(cls)]
+
+
+def data_chosen_fields() -> list[str]:
+    """The flat names of the fields `train` chooses from the training images when the user leaves them unset."""
+    return [name for name, field in option_fields().items() if field.metadata["check"].from_data]
 
 
 def option_fields() -> dict[str, dataclasses.Field]:

@@ -76,11 +76,16 @@ def read_image(path: Path | str, channels: int | None = None) -> np.ndarray:
 
 def native_channels(path: Path | str) -> int:
     """1 or 3: the channel count :func:`read_image` returns for ``channels=None``, from the header only."""
+    return image_header(path)[2]
+
+
+def image_header(path: Path | str) -> tuple[int, int, int]:
+    """(width, height, channels) from the header only; channels as :func:`native_channels`."""
     with _open_checked(path) as im:
         png_header = _png_header(path) if im.format == "PNG" else None
         if png_header and png_header[3] in _PNG_GRAY_TYPES:
-            return 1  # Pillow reports 16-bit gray+alpha as 'RGBA'
-        return _pil_native_channels(im)
+            return (*im.size, 1)  # Pillow reports 16-bit gray+alpha as 'RGBA'
+        return (*im.size, _pil_native_channels(im))
 
 
 def resize_image(img: np.ndarray, size: int, resize: str = DEFAULT_RESIZE) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Run folder (written by ``ganspection-tf train``; ``calibration.json`` and ``eval/`` by the verbs that need them)::
 
-    config.json       every hyper-parameter, seed, data summary, package / TensorFlow versions
+    config.json       every hyper-parameter, seed, data summary, package / TensorFlow versions, and why each
+                      data-dependent setting has its value ("data_choices")
     splits.json       the good training images, and the validation images held out for calibration
     model.keras       the trained model (loads with safe_mode=True); refreshed at every checkpoint
     checkpoints/      tf.train checkpoints (weights, EMA, both optimizers, step) for --resume
@@ -99,6 +100,13 @@ class RunFolder:
     def read_train_config(self):
         """The checked training config (``config.TrainConfig``; one-line errors for a damaged or hand-edited file)."""
         return train_config_from_record(self.read_config(), self.config_path)
+
+    def read_data_choices(self) -> dict:
+        """config.json's ``"data_choices"`` (each data-dependent setting's value and reason, ``data/choices.py``);
+        {} for a run of a release that did not record them."""
+        record = self.read_config()
+        recorded = record.get("data_choices") if isinstance(record, dict) else None
+        return recorded if isinstance(recorded, dict) else {}
 
     @property
     def resize(self) -> str:

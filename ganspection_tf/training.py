@@ -30,8 +30,8 @@ from ganspection_tf.callbacks import (
     SyntheticDefectValidation,
     WallClockBudget,
 )
-from ganspection_tf.config import TrainConfig, resolved
-from ganspection_tf.data import mvtec, pipeline
+from ganspection_tf.config import TrainConfig, data_chosen_fields, resolved
+from ganspection_tf.data import choices, mvtec, pipeline
 from ganspection_tf.errors import GanspectionError, first_line
 from ganspection_tf.models.bigan import WassersteinBiGAN
 from ganspection_tf.run import (
@@ -109,9 +109,7 @@ def _run_folder_claimed(run_dir, resume, overwrite, chief, log):
 def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbose, log, extra_callbacks=None):
     """The body of `train`: this process writes into `folder` (the run folder on the chief)."""
     artifacts.ensure_writable_folder(folder)
-    images, splits = _load_training_images(config, log)
-    if config.model.channels is None:
-        config = config.replace(channels=int(images.shape[-1]))
+    config, data_choices, images, splits = _load_training_images(config, run_dir, resume, log)
 
     jit_compile = config.jit_compile and distribute.xla_allowed(strategy_name)
     if config.jit_compile and not jit_compile:
@@ -139,7 +137,7 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         )
     validation = _validation(config, splits, images)  # refused before anything is written
     epoch_steps = math.gcd(config.steps, config.checkpoint_every, config.sample_every, config.log_every, start_step)
-    run_record = _describe_run(config, strategy_name, strategy.num_replicas_in_sync, images, splits)
+    run_record = _describe_run(config, strategy_name, strategy.num_replicas_in_sync, images, splits, data_choices)
     if resume and start_step > 0:
         _check_same_data(run_dir, splits, run_record)
     if distribute.is_chief(strategy):
@@ -276,6 +274,8 @@ def _reconcile_with_existing_run(config, run_dir, resume, overrides, chief=True)
     previous = RunFolder(run_dir).read_train_config()
     changes = {}
     for name, value in overrides.items():
+        if value is None and name in data_chosen_fields():
+            continue  # not given: the run keeps what it was started with
         if name in RESUMABLE_FIELDS:
             changes[name] = value
         elif not _same_setting(name, value, previous.flat()[name]):
@@ -314,11 +314,14 @@ def _set_precision(precision):
     keras.mixed_precision.set_global_policy(precision)
 
 
-def _load_training_images(config, log):
+def _load_training_images(config, run_dir, resume, log):
+    """(config with the data-dependent settings set, their choices, the decoded training images, the splits)."""
     category = mvtec.scan_category(config.data, config.category)
     train_paths, val_paths = mvtec.split_validation(category.train, config.val_fraction, config.model.seed)
-    channels = pipeline.decide_channels(train_paths, config.model.channels)
-    size = config.model.image_size
+    config, data_choices = _data_choices(config, train_paths, run_dir, resume)
+    for line in choices.describe(data_choices):
+        log(line)
+    channels, size = config.model.channels, config.model.image_size
     log(f"decoding {len(train_paths)} training images from {category.root} at {size} px …")
     images, skipped = pipeline.load_images(train_paths, size, channels, skip_unreadable=True, resize=config.resize)
     if skipped:
@@ -333,14 +336,23 @@ def _load_training_images(config, log):
         "validation": [str(path) for path in val_paths],
         "skipped": sorted(skipped_paths),
     }
-    return images, splits
+    return config, data_choices, images, splits
 
 
-def _describe_run(config, strategy_name, replicas, images, splits):
+def _data_choices(config, train_paths, run_dir, resume):
+    """A new run chooses its data-dependent settings from its training images; a resumed one keeps its own."""
+    run = RunFolder(run_dir)
+    if resume and run.config_path.exists():
+        return config, choices.kept_on_resume(run.read_data_choices(), run.read_train_config(), config)
+    return choices.choose(config, train_paths)
+
+
+def _describe_run(config, strategy_name, replicas, images, splits, data_choices):
     train_dict = config.to_dict()
     return {
         "train": train_dict,
         "config_hash": config_hash(train_dict),
+        "data_choices": {name: choice.to_dict() for name, choice in data_choices.items()},
         "data": {
             "category": splits["category"],
             "root": splits["root"],

@@ -100,8 +100,8 @@ TINY_RUN_SETTINGS = tiny_settings(steps=4, rec_weight=1.0)
 
 @pytest.fixture(scope="session")
 def tiny_run(synthetic_category, tmp_path_factory):
-    """A run trained once per session on `synthetic_category` with TINY_RUN_SETTINGS (checkpoints at steps 2
-    and 4). Do not change it: take `tiny_run_copy`."""
+    """A run trained once per test run on `synthetic_category` with TINY_RUN_SETTINGS (checkpoints at steps 2
+    and 4), copied once per xdist worker. Do not change it: take `tiny_run_copy`."""
     from ganspection_tf import training
 
     def train(folder):

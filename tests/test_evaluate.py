@@ -169,7 +169,7 @@ def test_pixel_auroc_is_scikit_learns():
 def test_a_briefly_trained_tiny_model_detects_obvious_defects(evaluated):
     _, metrics = evaluated
     aurocs = {name: round(values["auroc"], 3) for name, values in metrics["image"].items()}
-    print("image AUROC per score:", aurocs)  # shown with pytest -s; the figures behind ACCURACY_STEPS
+    print("image AUROC per score:", aurocs)  # shown with pytest -s -n 0; the figures behind ACCURACY_STEPS
     assert metrics["image_auroc"] >= 0.9, aurocs
     assert metrics["image_auroc"] == metrics["image"]["combined"]["auroc"]
     assert metrics["pixel"]["auroc"] >= 0.9

@@ -20,7 +20,9 @@ import pytest
 HELPER = Path(__file__).with_name("distributed_worker.py")
 WAIT = 240  # seconds any single process may take on a loaded 2-core machine before the test gives up on it
 
-pytestmark = pytest.mark.slow
+# One cluster at a time (one pytest-xdist group): two at once would put four TensorFlow processes, besides the
+# other xdist worker, on the two cores of a CI machine.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("clusters")]
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -39,7 +39,7 @@ def test_the_choice_is_per_pixel_for_aligned_parts_and_pose_independent_otherwis
     messages = []
     calibration = ensure_calibration(run, log=messages.append)
     choice = json.loads((Path(run) / "score_choice.json").read_text())
-    print(mode, choice["reason"])  # shown with pytest -s
+    print(mode, choice["reason"])  # shown with pytest -s -n 0
     if mode == "aligned":
         assert choice["name"] == "normalized_map_max"
     else:

@@ -1,4 +1,5 @@
-"""Datasets: MVTec-AD folder scanning, the embedded synthetic category, and the tf.data input pipeline.
+"""Datasets: MVTec-AD folder scanning, the embedded synthetic category, the settings chosen from the
+training images, and the tf.data input pipeline.
 
-``mvtec`` and ``synthetic`` are TensorFlow-free; only ``pipeline`` imports TensorFlow.
+``mvtec``, ``synthetic`` and ``choices`` are TensorFlow-free; only ``pipeline`` imports TensorFlow.
 """

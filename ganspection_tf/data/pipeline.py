@@ -15,8 +15,9 @@ import numpy as np
 import tensorflow as tf
 
 from ganspection_tf.config import AUGMENTATIONS
+from ganspection_tf.data import choices
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.images import DEFAULT_RESIZE, UnreadableImage, native_channels, read_image, resize_image
+from ganspection_tf.images import DEFAULT_RESIZE, UnreadableImage, read_image, resize_image
 
 
 
@@ -70,13 +71,7 @@ def decide_channels(paths: list[Path], requested: int | None = None) -> int:
         if requested not in (1, 3):
             raise GanspectionError(f"channels must be 1 or 3, got {requested!r}; pass --channels 1 or --channels 3")
         return requested
-    counts = []
-    for path in paths:
-        try:
-            counts.append(native_channels(path))
-        except UnreadableImage:
-            continue
-    return 1 if counts and all(c == 1 for c in counts) else 3
+    return choices.gray_rule(header[2] for header in choices.TrainingImages(paths, DEFAULT_RESIZE).headers)
 
 
 @dataclass(frozen=True)

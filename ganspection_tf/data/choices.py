@@ -1,0 +1,212 @@
+"""Settings chosen from the training images: the ``from_data`` fields of ``config.py`` the user left unset.
+
+``train`` calls :func:`choose` once per new run, on its training split, before decoding it: every such field
+gets a value and a one-line reason, which config.json keeps under ``"data_choices"`` and ``train`` prints. A
+value the user gave wins and its reason says so; a resumed run keeps what it was started with
+(:func:`kept_on_resume`).
+
+Until another rule is measured the values are the recipe the accuracy benchmark measures (``config.RECIPE_*``,
+benchmarks/RESULTS.md). The tests are computed anyway and their findings go into the reasons, marked
+NOT_ENABLED where they would suggest another value:
+
+* channels: 1 when every training image is gray in its file, else 3 (the rule since the first release).
+  Finding: colour files whose three channels are equal in the decoded sample hold gray content;
+* image_size: the images' own size and how much smaller the model sees them; larger model sizes would keep
+  finer defects when the images are that large;
+* augment: the pose spread of the training images (:func:`pose_spread`). Aligned parts (below ALIGNED_BELOW)
+  would look unlike every good image after a flip or a quarter turn; parts at any pose, or a texture, would
+  stay good, which would make such augmentation useful;
+* steps: how many passes over the training images the recipe's length is.
+
+No TensorFlow: headers and a small sample of images are read with ``images.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from ganspection_tf.config import (
+    RECIPE_AUGMENT,
+    RECIPE_IMAGE_SIZE,
+    RECIPE_STEPS,
+    SUPPORTED_SIZES,
+    data_chosen_fields,
+)
+from ganspection_tf.images import UnreadableImage, convert_channels, image_header, read_image, resize_image
+
+USER = "set by the user"
+NOT_ENABLED = "not enabled until measured (benchmarks/RESULTS.md)"
+# Written for runs resumed from a config.json of a release that did not record choices.
+UNRECORDED = "as the run was started (its release did not record why)"
+SAMPLE_SIZE = 64  # training images decoded for the tests, evenly spaced over the sorted split
+POSE_SIDE = 32  # px: coarse, so that a fixture's small jitter does not count, fine enough for a part's outline
+# Pose spread below which parts count as aligned; set from training images only (benchmarks/RESULTS.md, "Pose
+# spread"), between the aligned categories (≤ 0.15) and the unaligned ones and textures (≥ 0.65).
+ALIGNED_BELOW = 0.35
+EQUAL_CHANNELS_LEVELS = 4  # largest channel difference (grey levels, at POSE_SIDE) of gray content stored as RGB
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """A data-dependent setting's value and why it has it."""
+
+    value: Any
+    reason: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record) -> Choice | None:
+        """A stored choice, or None when `record` is not one (a hand-edited config.json)."""
+        if isinstance(record, dict) and set(record) == {"value", "reason"} and isinstance(record["reason"], str):
+            return cls(record["value"], record["reason"])
+        return None
+
+
+def choose(config, paths) -> tuple[Any, dict[str, Choice]]:
+    """(`config` with every from_data field set, {field: Choice}) for a new run training on `paths`."""
+    evidence = TrainingImages(paths, config.resize)
+    given = config.flat()
+    rules = {"channels": _channels, "image_size": _image_size, "augment": _augment, "steps": _steps}
+    choices = {name: Choice(given[name], USER) if given[name] is not None else rules[name](evidence, config)
+               for name in data_chosen_fields()}
+    return config.replace(**{name: choice.value for name, choice in choices.items()}), choices
+
+
+def kept_on_resume(stored: dict, previous, config) -> dict[str, Choice]:
+    """The choices of a resumed run: as its config.json recorded them (`stored`, from ``"data_choices"``), except
+    a field this command changed (`previous` → `config`), which the user set."""
+    before, now = previous.flat(), config.flat()
+    kept = {}
+    for name in data_chosen_fields():
+        recorded = Choice.from_record(stored.get(name))
+        if now[name] != before[name]:
+            kept[name] = Choice(now[name], USER)
+        else:
+            kept[name] = recorded if recorded is not None and recorded.value == now[name] else Choice(now[name],
+                                                                                                       UNRECORDED)
+    return kept
+
+
+def describe(choices: dict[str, Choice]) -> list[str]:
+    """The lines `train` prints: a header, then one line per field."""
+    return ["data-dependent settings (chosen from the training images unless given; config.json \"data_choices\"):",
+            *(f"  {name} {choice.value}: {choice.reason}" for name, choice in choices.items())]
+
+
+def gray_rule(channel_counts) -> int:
+    """1 when every image (its file's channel count) is gray, else 3."""
+    counts = list(channel_counts)
+    return 1 if counts and all(count == 1 for count in counts) else 3
+
+
+def pose_spread(gray_images) -> float:
+    """How differently good images fill the same place, from 0 (every image the same picture) to 1 (no place
+    consistent: parts at any position and angle, or a texture).
+
+    Each image (N, S, S) is standardised to mean 0 and variance 1 (brightness and contrast of the photo do not
+    count), then the variance across images is averaged over the pixels: 1 − the mean square of their mean
+    image, i.e. the share of an image's variance the mean good image does not explain.
+    """
+    images = np.asarray(gray_images, dtype=np.float64)
+    flat = images.reshape(len(images), -1)
+    flat = (flat - flat.mean(axis=1, keepdims=True)) / np.maximum(flat.std(axis=1, keepdims=True), 1e-6)
+    return float(flat.var(axis=0).mean())
+
+
+class TrainingImages:
+    """What the rules look at, read once and only when a rule needs it: file headers, and a sample of images."""
+
+    def __init__(self, paths, resize):
+        self.paths = sorted(paths)
+        self.resize = resize
+
+    @cached_property
+    def headers(self) -> list[tuple[int, int, int]]:
+        """(width, height, channels) of every readable image (unreadable ones: ``load_images`` reports them)."""
+        return [header for header in map(_header_or_none, self.paths) if header is not None]
+
+    @cached_property
+    def sample(self) -> list[np.ndarray]:
+        """Up to SAMPLE_SIZE images, evenly spaced, as decoded (gray or RGB), resized to POSE_SIDE."""
+        picks = np.unique(np.linspace(0, len(self.paths) - 1, min(SAMPLE_SIZE, len(self.paths))).astype(int))
+        decoded = []
+        for index in picks:
+            try:
+                decoded.append(resize_image(read_image(self.paths[index]), POSE_SIDE, self.resize))
+            except UnreadableImage:
+                continue
+        return decoded
+
+    @cached_property
+    def pose_spread(self) -> float | None:
+        """:func:`pose_spread` of the sample in gray, or None with fewer than 2 readable images."""
+        gray = [convert_channels(image, 1)[..., 0] for image in self.sample]
+        return pose_spread(gray) if len(gray) >= 2 else None
+
+
+def _header_or_none(path):
+    try:
+        return image_header(path)
+    except UnreadableImage:
+        return None
+
+
+# --- the rules: (training images, config) → Choice --------------------------------------------------------
+
+
+def _channels(images, config):
+    counts = [channels for _, _, channels in images.headers]
+    if gray_rule(counts) == 1:
+        return Choice(1, f"gray: all {len(counts)} training images are gray")
+    colour = sum(count == 3 for count in counts)
+    reason = f"RGB: {'all' if colour == len(counts) else f'{colour} of'} {len(counts)} training images are in colour"
+    in_colour = [image.astype(np.int16) for image in images.sample if image.shape[-1] == 3]
+    if in_colour and all(np.abs(np.diff(image, axis=-1)).max() <= EQUAL_CHANNELS_LEVELS for image in in_colour):
+        reason += (f"; but their three channels are equal in the {len(in_colour)} sampled (gray content): 1 would "
+                   f"do, {NOT_ENABLED}")
+    return Choice(3, reason)
+
+
+def _image_size(images, config):
+    size = RECIPE_IMAGE_SIZE
+    if not images.headers:
+        return Choice(size, "the recipe's size (no training image readable)")
+    shorter = [min(width, height) for width, height, _ in images.headers]
+    shapes = sorted({(width, height) for width, height, _ in images.headers})
+    shown = f"{shapes[0][0]}×{shapes[0][1]}" if len(shapes) == 1 else f"{min(shorter)}–{max(shorter)} px on the " \
+                                                                       "shorter side"
+    factor = min(shorter) / size
+    seen = "at their own size" if factor == 1 else f"{factor:.3g}× {'smaller' if factor > 1 else 'larger'}"
+    reason = f"the recipe's size: the training images are {shown}, seen {seen}"
+    if any(width != height for width, height, _ in images.headers):
+        reason += f" and made square by --resize {config.resize}"
+    larger = [side for side in SUPPORTED_SIZES if size < side <= min(shorter)]
+    if larger:
+        reason += f"; {' or '.join(map(str, larger))} px would keep finer defects, {NOT_ENABLED}"
+    return Choice(size, reason)
+
+
+def _augment(images, config):
+    spread, count = images.pose_spread, len(images.sample)
+    if spread is None:
+        return Choice(RECIPE_AUGMENT, "fewer than 2 readable training images: pose spread not measured")
+    if spread < ALIGNED_BELOW:
+        return Choice(RECIPE_AUGMENT, f"pose spread {spread:.2f} < {ALIGNED_BELOW} over {count} training images: "
+                      "aligned parts, which a flip or a quarter turn would show in a pose no good image has")
+    return Choice(RECIPE_AUGMENT, f"pose spread {spread:.2f} ≥ {ALIGNED_BELOW} over {count} training images: "
+                  f"parts at any pose (or a texture), which flips and quarter turns would keep good; {NOT_ENABLED}")
+
+
+def _steps(images, config):
+    count = len(images.paths)
+    passes = RECIPE_STEPS * config.batch_size / max(count, 1)
+    reason = f"the recipe's length: {passes:.0f} passes over the {count} training images at batch {config.batch_size}"
+    if config.max_minutes is not None:
+        reason += f"; --max-minutes {config.max_minutes:g} may end it sooner"
+    return Choice(RECIPE_STEPS, reason)
