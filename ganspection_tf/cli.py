@@ -122,7 +122,8 @@ def _progress_verbosity():
 @cli.command()
 @click.option("--out", "out", default=None, type=click.Path(path_type=Path),
               help="Folder for the synthetic data, the run and the bundle (default: a new temporary folder).")
-@click.option("--steps", default=300, show_default=True, type=click.IntRange(1))
+@click.option("--steps", default=900, show_default=True, type=click.IntRange(1),
+              help="Training steps (900: about 2 minutes on 2 cores; see benchmarks/RESULTS.md, \"The demo\").")
 @click.option("--image-size", default=32, show_default=True, type=click.Choice(["32", "64"]),
               callback=lambda _c, _p, value: int(value))
 @click.option("--overwrite", is_flag=True,
