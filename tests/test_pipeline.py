@@ -12,11 +12,12 @@ from PIL import Image  # noqa: E402
 
 from conftest import mvtec_bottle  # noqa: E402
 
+from ganspection_tf.config import TrainConfig  # noqa: E402
+from ganspection_tf.data import choices  # noqa: E402
 from ganspection_tf.data.mvtec import scan_category  # noqa: E402
 from ganspection_tf.data.pipeline import (  # noqa: E402
     Augment,
     augment_batch,
-    decide_channels,
     load_images,
     make_eval_dataset,
     make_train_dataset,
@@ -93,8 +94,14 @@ def test_no_readable_image_names_the_folder(tmp_path):
     assert str(tmp_path) in str(caught.value)
 
 
-def test_decide_channels(categories, rgb_train):
+def test_channels_are_chosen_from_the_training_files(categories, rgb_train):
     gray_train = sorted((categories[1] / "train" / "good").glob("*.png"))
+
+    def decide_channels(paths, requested=None):
+        settings = TrainConfig.from_flat(data=str(categories[1])).to_dict()
+        settings["model"]["channels"] = requested
+        return choices.choose(TrainConfig.from_dict(settings), paths)[0].model.channels
+
     assert decide_channels(gray_train) == 1
     assert decide_channels(rgb_train) == 3
     assert decide_channels(gray_train + rgb_train[:1]) == 3  # one colour image makes it colour

@@ -15,7 +15,6 @@ import numpy as np
 import tensorflow as tf
 
 from ganspection_tf.config import AUGMENTATIONS
-from ganspection_tf.data import choices
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.images import DEFAULT_RESIZE, UnreadableImage, read_image, resize_image
 
@@ -60,18 +59,6 @@ def load_images(
             "check that the files are valid PNG/JPEG/BMP images"
         )
     return (images if readable.all() else images[readable]), skipped  # boolean indexing would copy
-
-
-def decide_channels(paths: list[Path], requested: int | None = None) -> int:
-    """``requested`` (1 or 3) if given; else 1 when every image is natively gray, else 3.
-
-    Only headers are read. Unreadable files are ignored here; :func:`load_images` reports them.
-    """
-    if requested is not None:
-        if requested not in (1, 3):
-            raise GanspectionError(f"channels must be 1 or 3, got {requested!r}; pass --channels 1 or --channels 3")
-        return requested
-    return choices.gray_rule(header[2] for header in choices.TrainingImages(paths, DEFAULT_RESIZE).headers)
 
 
 @dataclass(frozen=True)
