@@ -215,7 +215,7 @@ def test_real_mvtec_bottle_scans_and_loads():
     assert category.is_mvtec and len(category.train) == 209
     assert category.defects == ["broken_large", "broken_small", "contamination"]
     assert category.missing_masks() == []
-    assert decide_channels(category.train[:4]) == 3
+    assert choices.choose(TrainConfig.from_flat(data=str(bottle)), category.train[:4])[0].model.channels == 3
     images, skipped = load_images(category.train[:4], 32, 3)
     assert images.shape == (4, 32, 32, 3) and skipped == []
     assert 20 < images.mean() < 235 and images.std() > 5  # a real photo, not a blank
