@@ -50,7 +50,7 @@ def as_unit(images):
     return images.astype(np.float32) / 127.5 - 1.0
 
 
-# --- load_images / decide_channels -----------------------------------------------------------------------
+# --- load_images / channels ------------------------------------------------------------------------------
 
 
 def test_load_images_matches_read_and_resize(rgb_train):
