@@ -20,6 +20,7 @@ import tensorflow as tf
 import ganspection_tf
 from ganspection_tf import artifacts, edge, ownership, scoring
 from ganspection_tf.bundle_metadata import BundleMetadata, Preprocessing
+from ganspection_tf.convert import weights_needed
 from ganspection_tf.run import as_run
 
 
@@ -50,7 +51,7 @@ def bundle_metadata(
             run_dir=str(run.path.resolve()),
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             model_bytes=len(tflite_model),
-            scorer_weights=int(scorer.count_params()),
+            scorer_weights=weights_needed(scorer),
             **details,
         ),
     )

@@ -162,6 +162,28 @@ def _owning_layer(tensor_name: str, layers) -> str | None:
     return None
 
 
+def weights_needed(scorer: keras.Model) -> int:
+    """The number of weights the scorer's outputs depend on: what its TFLite file must hold.
+
+    ``count_params`` counts every weight of a network the scorer calls, but a scorer may use a part of one
+    (patch_distance needs the critic's first two stages only) and the converter drops the rest. So this traces
+    the scorer and follows the data edges back from its outputs to the variables they read."""
+    spec = tf.TensorSpec([1, *scorer.input_shape[1:]], tf.float32)
+    function = tf.function(lambda image: scorer(image)).get_concrete_function(spec)
+    nodes = {node.name: node for node in function.graph.as_graph_def().node}
+    pending = [tensor.op.name for tensor in tf.nest.flatten(function.outputs)]
+    reached = set()
+    while pending:
+        name = pending.pop()
+        if name not in reached:
+            reached.add(name)
+            # "^name" inputs are control dependencies (tf.function orders every variable read): not data.
+            pending += [source.split(":")[0] for source in nodes[name].input if not source.startswith("^")]
+    handles = {id(weight.value.handle): weight for weight in scorer.weights}
+    read = [handles.get(id(external)) for external, internal in function.graph.captures if internal.op.name in reached]
+    return sum(int(np.prod(weight.shape)) for weight in read if weight is not None)
+
+
 def check_weights_present(tflite_model: bytes, weight_count: int, quantize: str) -> None:
     """Refuses a converted model too small to hold the scorer's weights (a weightless conversion)."""
     minimum = int(WEIGHT_BYTES_SLACK * BYTES_PER_WEIGHT[quantize] * weight_count)

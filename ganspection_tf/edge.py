@@ -126,11 +126,15 @@ class EdgeScorer(Scorer):
         """The terms' fitted parameters (e.g. the per-pixel and code Gaussians) must fit the model's outputs
         (``Term.shaped_like``), or no frame could be scored."""
         parameters = self.calibration.parameters
-        for key, output in (pair for term in BY_NAME.values() for pair in term.shaped_like):
+        pairs = [(key, output, False) for term in BY_NAME.values() for key, output in term.shaped_like]
+        pairs += [(key, output, True) for term in BY_NAME.values() for key, output in term.rows_like]
+        for key, output, rows_only in pairs:
             values = parameters.get(key)
             if values is None or output not in outputs:
                 continue
             have, want = list(np.shape(values)), [int(n) for n in list(outputs[output]["shape"])[1:]]
+            if rows_only:
+                have, want = have[-1:], want[-1:]
             if have != want:
                 raise GanspectionError(f"{self._metadata_path}: invalid bundle metadata (calibration '{key}' has "
                                        f"shape {have}, the model's {output} output {want}); {_FIX}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from ganspection_tf import artifacts, edge, ownership, scoring
 from ganspection_tf.bundle_writer import bundle_metadata, publish, staging_folder
 from ganspection_tf.calibration import Calibration, fit_calibration_from_outputs
-from ganspection_tf.convert import CALIBRATED, build_scorer, check_runs, check_weights_present, convert
+from ganspection_tf.convert import CALIBRATED, build_scorer, check_runs, check_weights_present, convert, weights_needed
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.latency import model_latency_ms
 from ganspection_tf.parity import apply_gate, describe_parity, parity_check
@@ -44,9 +44,10 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
     if quantize in CALIBRATED:
         representative = representative_images(run, model.image_size, model.channels, calibration_dir, log,
                                                resize=run.resize)
-    log(f"converting the {score} scorer ({scorer.count_params():,} weights) to TFLite ({quantize}) …")
+    weight_count = weights_needed(scorer)
+    log(f"converting the {score} scorer ({weight_count:,} weights) to TFLite ({quantize}) …")
     tflite_model, float_layers = convert(scorer, quantize, representative)
-    check_weights_present(tflite_model, scorer.count_params(), quantize)
+    check_weights_present(tflite_model, weight_count, quantize)
     check_runs(tflite_model, quantize)
 
     metadata = bundle_metadata(run, model, scorer, calibration, score, quantize, tflite_model,

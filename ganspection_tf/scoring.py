@@ -40,7 +40,16 @@ from ganspection_tf.images import (
 )
 from ganspection_tf.run import as_run
 from ganspection_tf.scorer import ScoreResult, Scorer
-from ganspection_tf.terms import BY_NAME, CODE_OUTPUT, ERROR_MAP_OUTPUT, MODEL_OUTPUTS, TERMS, outputs_needed
+from ganspection_tf.models.networks import with_patch_features
+from ganspection_tf.terms import (
+    BY_NAME,
+    CODE_OUTPUT,
+    ERROR_MAP_OUTPUT,
+    MODEL_OUTPUTS,
+    PATCH_OUTPUT,
+    TERMS,
+    outputs_needed,
+)
 
 __all__ = [
     "build_term_model",
@@ -148,17 +157,18 @@ def build_term_model(model) -> keras.Model:
 def term_model_tensors(model, image) -> dict:
     """The named tensors a term's graph (``terms.Graph``) can be computed from, for the Keras input `image`."""
     encoder, generator, critic = model.scoring_networks()
+    critic = with_patch_features(critic)
     code = encoder(image)
     reconstruction = generator(code)
     cycled_code = encoder(reconstruction)
-    critic_value, critic_features = critic([image, code])
-    _, reconstruction_critic_features = critic([reconstruction, code])
+    critic_value, critic_features, patches = critic([image, code])
+    _, reconstruction_critic_features, _ = critic([reconstruction, code])
     error_map = MeanGap(last_axis_only=True, name="error_map_term")([image, reconstruction])
     smoothed = GaussianSmoothing(map_sigma(model.image_size), name="smoothed_error_map")(error_map)
     return {"image": image, CODE_OUTPUT: code, "reconstruction": reconstruction, "cycled_code": cycled_code,
             "critic_value": critic_value, "critic_features": critic_features,
             "reconstruction_critic_features": reconstruction_critic_features, ERROR_MAP_OUTPUT: error_map,
-            "smoothed_error_map": smoothed}
+            "smoothed_error_map": smoothed, PATCH_OUTPUT: patches}
 
 
 def _apply(graph, tensors, term):

@@ -12,8 +12,9 @@ line of its own), or computed here in numpy (``compute``) from model outputs (``
 tensor of the term model, which the term model then outputs too).
 
 For an image x in [-1, 1], z = E(x), x̂ = G(z) (the reconstruction), f(·, z) = the critic's joint features; the
-first six terms are outputs of the term model (``scoring.build_term_model``, EMA weights), the last two are
-computed here from its ``code`` and ``error_map`` outputs with what the calibration fitted on good images:
+first six terms are outputs of the term model (``scoring.build_term_model``, EMA weights), the last three are
+computed here from its ``code``, ``error_map`` and ``critic_patches`` outputs with what the calibration fitted on
+good images:
 
 * ``latent``  ½‖z‖₂², the N(0, I) negative log-likelihood of z without its constant. Chosen over the distance
   |‖z‖ − √d| from the shell where N(0, I) codes concentrate: the trained encoder's codes sit well inside that
@@ -34,6 +35,11 @@ computed here from its ``code`` and ``error_map`` outputs with what the calibrat
   more maps for a per-pixel spread, and the validation values that set the standardisation and the threshold
   stay out of sample. Without training maps m and s come from the validation maps, each validation value
   leave-one-out. The default score.
+* ``patch_distance`` = max over the image's patches of the distance from the nearest patch of a bank drawn from
+  the good training images (``patch_bank``), in the critic's stage-2 features (stride 4 in the image). A local
+  reference at any place: no reconstruction has to be sharp and no part has to sit where the others did, so it
+  is a candidate for parts that move and for textures, whose good surface is many similar patches. Without
+  training images the bank comes from the validation images, each validation value leave-one-out.
 
 Measurements behind these choices: benchmarks/RESULTS.md ("Score terms" and "Score variants").
 """
@@ -50,7 +56,9 @@ from ganspection_tf.errors import GanspectionError
 from ganspection_tf.heatmaps import smooth_error_maps
 from ganspection_tf.stats import MIN_SAMPLES, whitening_matrix
 
-CODE_OUTPUT, ERROR_MAP_OUTPUT = "code", "error_map"
+CODE_OUTPUT, ERROR_MAP_OUTPUT, PATCH_OUTPUT = "code", "error_map", "critic_patches"
+PATCH_BANK_SIZE = 1024  # patch features kept from the good training images (calibration.json, edge metadata)
+PATCH_BANK_CANDIDATES = 50_000  # the k-centre selection runs on at most this many of their patches (time)
 MAP_STD_FLOOR = 0.5  # × the mean per-pixel spread: no pixel counts as more than twice as steady as the average one
 STD_FLOOR_ABSOLUTE = 1e-8
 
@@ -63,7 +71,7 @@ class Graph:
     """How the term model computes a model-output term: the Keras layer registered by ``scoring.py`` under
     `layer` (its class name), built with `options`, called on the term model's tensors named `inputs` (one
     tensor, or a list of several): "image", "code", "reconstruction", "cycled_code", "critic_value",
-    "critic_features", "reconstruction_critic_features", "error_map", "smoothed_error_map"."""
+    "critic_features", "reconstruction_critic_features", "error_map", "smoothed_error_map", "critic_patches"."""
 
     layer: str
     inputs: tuple[str, ...]
@@ -95,6 +103,8 @@ class Term:
     pose_dependent: bool = False  # compares each pixel with the good images at the same place: assumes aligned parts
     # (fitted parameter, model output) pairs: the parameter has the output's per-image shape (bundle checks).
     shaped_like: tuple[tuple[str, str], ...] = ()
+    # (fitted parameter, model output) pairs: the parameter's rows have the output's last dimension (a feature bank).
+    rows_like: tuple[tuple[str, str], ...] = ()
     # Its values on synthetic-defect copies of validation images (score choice), each measured with parameters
     # fitted WITHOUT the copy's source image: (validation outputs, copies' outputs, source index per copy) → (M,).
     # None: the parameters fitted on all of them.
@@ -242,6 +252,66 @@ def _check_map_gaussian(parameters) -> str | None:
     return None
 
 
+# ------------------------------------------------------------------------------------------ patch_distance
+
+
+def patch_bank(features, size=PATCH_BANK_SIZE, seed=0) -> np.ndarray:
+    """(K ≤ size, F) float32 patch features of good images (N, h, w, F) that cover all of them: greedy k-centre
+    (each pick the patch farthest from those already picked, as PatchCore's coreset), on at most
+    PATCH_BANK_CANDIDATES patches drawn at random. Covering rather than sampling keeps the rare good patches
+    (a thread's tip, an edge) that a random sample would drop and then flag on every good part."""
+    patches = np.asarray(features, np.float32).reshape(-1, np.shape(features)[-1])
+    rng = np.random.default_rng(seed)
+    if len(patches) > PATCH_BANK_CANDIDATES:
+        patches = patches[rng.choice(len(patches), PATCH_BANK_CANDIDATES, replace=False)]
+    if len(patches) <= size:
+        return patches
+    picked = [int(rng.integers(len(patches)))]
+    farthest = np.sum(np.square(patches - patches[picked[0]]), axis=1)
+    for _ in range(size - 1):
+        picked.append(int(farthest.argmax()))
+        farthest = np.minimum(farthest, np.sum(np.square(patches - patches[picked[-1]]), axis=1))
+    return patches[picked]
+
+
+def nearest_patch_distances(features, bank) -> np.ndarray:
+    """(N, h, w) Euclidean distance of every patch feature of images (N, h, w, F) to its nearest bank row (K, F)."""
+    bank = np.asarray(bank, np.float32)
+    features = np.asarray(features, np.float32)
+    if features.ndim != 4 or bank.ndim != 2 or features.shape[-1] != bank.shape[1]:
+        raise GanspectionError(f"expected patch features (N, h, w, {bank.shape[-1]}), got {features.shape}")
+    bank_norms = np.sum(np.square(bank), axis=1)
+    distances = np.empty(features.shape[:3], np.float32)
+    for i, image in enumerate(features):  # one image at a time: (h·w, K) distances stay small
+        patches = image.reshape(-1, bank.shape[1])
+        squared = np.sum(np.square(patches), axis=1)[:, None] - 2.0 * patches @ bank.T + bank_norms[None, :]
+        distances[i] = np.sqrt(np.maximum(squared.min(axis=1), 0.0)).reshape(image.shape[:2])
+    return distances
+
+
+def patch_distance(features, bank) -> np.ndarray:
+    """(N,) float64: the largest nearest-neighbour distance over an image's patches (its least familiar patch)."""
+    return nearest_patch_distances(features, bank).max(axis=(1, 2)).astype(np.float64)
+
+
+def _fit_patch_distance(validation, reference):
+    if reference is not None:  # bank from training images: the validation images are out of sample
+        bank = patch_bank(reference[PATCH_OUTPUT])
+        return {"patch_bank": bank}, patch_distance(validation[PATCH_OUTPUT], bank)
+    features = np.asarray(validation[PATCH_OUTPUT])  # no training images: leave-one-out over the validation images
+    column = np.array([patch_distance(features[i : i + 1], patch_bank(np.delete(features, i, axis=0)))[0]
+                       for i in range(len(features))])
+    return {"patch_bank": patch_bank(features)}, column
+
+
+def _check_patch_bank(parameters) -> str | None:
+    bank = parameters["patch_bank"]
+    if (not isinstance(bank, list) or not bank or not isinstance(bank[0], list)
+            or not all(isinstance(row, list) and len(row) == len(bank[0]) and all_finite_numbers(row) for row in bank)):
+        return "'patch_bank' must be a non-empty matrix of finite numbers (term 'patch_distance')"
+    return None
+
+
 # ------------------------------------------------------------------------------------------ the registry
 
 REGISTRY: tuple[Term, ...] = (
@@ -273,6 +343,12 @@ REGISTRY: tuple[Term, ...] = (
          fit=_fit_normalized_map_max, parameters=("map_mean", "map_std"), fitted="the per-pixel Gaussian",
          check=_check_map_gaussian, default_weight=1.0, float_encoder=True, pose_dependent=True,
          shaped_like=(("map_mean", ERROR_MAP_OUTPUT),)),
+    Term("patch_distance",
+         "the largest distance of a patch of the image, as the critic's second stage sees it, from the nearest of "
+         "the good training images' patches at any place",
+         inputs=(PATCH_OUTPUT,), compute=lambda outputs, p: patch_distance(outputs[PATCH_OUTPUT], p["patch_bank"]),
+         fit=_fit_patch_distance, parameters=("patch_bank",), fitted="the bank of good patches",
+         check=_check_patch_bank, rows_like=(("patch_bank", PATCH_OUTPUT),)),
 )
 # `export --score`: one term alone (its export_score name), or "combined" (the calibrated combination).
 COMBINED_SCORE = "combined"

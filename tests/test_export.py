@@ -169,6 +169,15 @@ def test_critic_score_exports_encoder_and_critic(run_dir, tmp_path):
     assert metadata.details["scorer_weights"] == encoder.count_params() + critic.count_params()  # no generator
 
 
+def test_a_patch_distance_scorer_needs_only_the_critics_first_stages(run_dir):
+    model = RunFolder(run_dir).load_model()
+    scorer = convert.build_scorer(scoring.build_term_model(model), ["patch_distance"], with_error_map=False)
+    critic = model.scoring_networks()[2]
+    stages = ("crit_conv0", "crit_conv1", "crit_norm1")  # up to the patch features (stride 4); no z path, no head
+    assert convert.weights_needed(scorer) == sum(critic.get_layer(name).count_params() for name in stages)
+    assert convert.weights_needed(scorer) < 0.2 * scorer.count_params()  # count_params: the whole critic
+
+
 def test_combined_bundle_scores_like_the_runs_calibration(run_dir, tmp_path_factory):
     out, _ = bundle(tmp_path_factory, "int8")
     metadata = edge.read_metadata(out)
@@ -205,6 +214,7 @@ def test_terms_that_count_keeps_each_gaussian_only_for_its_term():
     outputs = {term: rng.normal(size=30) for term in MODEL_TERMS}
     outputs["code"] = rng.normal(size=(30, 4))
     outputs["error_map"] = np.abs(rng.normal(size=(30, 8, 8)))
+    outputs["critic_patches"] = rng.normal(size=(30, 2, 2, 3))
     default = export.terms_that_count(fit_calibration_from_outputs(outputs))
     assert default.terms == ["normalized_map_max"] and np.asarray(default.parameters["map_mean"]).shape == (8, 8)
     assert set(default.parameters) == {"map_mean", "map_std"}
@@ -215,6 +225,9 @@ def test_terms_that_count_keeps_each_gaussian_only_for_its_term():
     assert set(code_only.parameters) == {"code_mean", "code_whitening"}
     without = export.terms_that_count(fit_calibration_from_outputs(outputs, weights={"map_max": 1.0}))
     assert without.terms == ["map_max"] and without.parameters == {}
+    patches = export.terms_that_count(fit_calibration_from_outputs(outputs, weights={"patch_distance": 1.0}))
+    assert patches.terms == ["patch_distance"] and set(patches.parameters) == {"patch_bank"}
+    assert outputs_needed(patches.terms) == ["critic_patches"]
 
 
 # ------------------------------------------------------------------------------------------------ the gate

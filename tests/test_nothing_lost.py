@@ -404,6 +404,9 @@ def test_calibration_maps_of_the_wrong_shape_are_refused_when_the_bundle_loads(b
     calibration = metadata["calibration"]
     if calibration.get("map_mean") is not None:  # the per-pixel Gaussian (normalized_map_max)
         key, cut = "map_mean", ("map_mean", "map_std")
+    elif calibration.get("patch_bank") is not None:  # the bank of good patches (patch_distance): 2 features short
+        key, cut = "patch_bank", ()
+        calibration["patch_bank"] = [row[:-2] for row in calibration["patch_bank"]]
     else:  # the code Gaussian (latent_mahalanobis)
         assert calibration.get("code_mean") is not None, calibration["terms"]
         key, cut = "code_mean", ("code_whitening",)

@@ -21,6 +21,7 @@ from ganspection_tf import terms as registry  # noqa: E402
 from ganspection_tf import scoring  # noqa: E402
 from ganspection_tf.data import pipeline  # noqa: E402
 from ganspection_tf.errors import GanspectionError  # noqa: E402
+from ganspection_tf.models.networks import with_patch_features  # noqa: E402
 from ganspection_tf.run import RunFolder  # noqa: E402
 from ganspection_tf.training import TrainConfig, build_model  # noqa: E402
 
@@ -57,7 +58,7 @@ def validation_matrix(n=40, seed=0):
     base = rng.normal(size=(n, 1))
     # Correlated, differently scaled terms, like the real ones (one column per term).
     return np.hstack([base + 0.3 * rng.normal(size=(n, 1)), 5 + 2 * base, rng.normal(size=(n, 3)) * [1, 10, 0.1],
-                      0.2 + 0.05 * rng.random((n, 1)), 8 + 3 * base ** 2, 2 + base])
+                      0.2 + 0.05 * rng.random((n, 1)), 8 + 3 * base ** 2, 2 + base, 1 + 0.1 * np.abs(base)])
 
 
 def code_gaussian(n=30, d=8, seed=0):
@@ -72,9 +73,14 @@ def map_gaussian(side=8, seed=0):
     return {"map_mean": mean, "map_std": std}
 
 
+def patch_bank(rows=16, width=4, seed=0):
+    return {"patch_bank": np.random.default_rng(seed).normal(size=(rows, width))}
+
+
 def fit(matrix, **options):
-    """fit_calibration with every term, the latent_mahalanobis and normalized_map_max Gaussians included."""
-    return cal.fit_calibration(matrix, **code_gaussian(), **map_gaussian(), **options)
+    """fit_calibration with every term: the latent_mahalanobis and normalized_map_max Gaussians and the
+    patch_distance bank included."""
+    return cal.fit_calibration(matrix, **code_gaussian(), **map_gaussian(), **patch_bank(), **options)
 
 
 # --------------------------------------------------------------------------------------------- term model
@@ -96,14 +102,15 @@ def test_term_model_outputs_match_their_definitions(tiny_model, term_model, imag
         "critic": -value[:, 0],
         "error_map": np.mean(np.abs(x - recon), axis=3),
         "code": z,
+        "critic_patches": numpy(with_patch_features(critic)([x, z])[2]),
     }
     terms = scoring.compute_terms(term_model, images)
-    assert set(terms) == set(registry.MODEL_OUTPUTS) == (set(registry.TERMS) - {"latent_mahalanobis",
-                                                                               "normalized_map_max"}) | {
-        "error_map", "code"}
+    assert set(terms) == set(registry.MODEL_OUTPUTS) == (set(registry.TERMS) - {
+        "latent_mahalanobis", "normalized_map_max", "patch_distance"}) | {"error_map", "code", "critic_patches"}
     for name, values in expected.items():
         np.testing.assert_allclose(terms[name], values, rtol=1e-4, atol=1e-5, err_msg=name)
     assert terms["error_map"].shape == (5, 32, 32) and terms["code"].shape == (5, 8)
+    assert terms["critic_patches"].shape[:3] == (5, 8, 8)  # the critic's stage 2: stride 4
 
 
 def test_map_max_is_the_maximum_of_the_smoothed_error_map(term_model, images):
@@ -167,7 +174,7 @@ def test_calibration_module_never_imports_tensorflow():
 
 def test_weighted_combination_is_standardised_weighted_sum():
     val = validation_matrix()
-    weights = [1.0, 0.5, 0.0, 2.0, 0.25, 1.0, 0.0, 0.5]
+    weights = [1.0, 0.5, 0.0, 2.0, 0.25, 1.0, 0.0, 0.5, 0.75]
     fitted = fit(val, weights=weights)
     mean, std = val.mean(axis=0), val.std(axis=0, ddof=1)
     np.testing.assert_allclose(fitted.mean, mean)
@@ -178,7 +185,7 @@ def test_weighted_combination_is_standardised_weighted_sum():
 
 def test_weights_dict_fills_missing_terms_with_zero():
     fitted = fit(validation_matrix(), weights={"reconstruction": 2.0})
-    assert fitted.weights == [0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert fitted.weights == [2.0 if term == "reconstruction" else 0.0 for term in registry.TERMS]
     assert fit(validation_matrix()).weights == [registry.DEFAULT_WEIGHTS[t] for t in registry.TERMS]
     assert {t for t, w in registry.DEFAULT_WEIGHTS.items() if w} == {"normalized_map_max"}
 
@@ -198,7 +205,7 @@ def test_mahalanobis_score_is_the_distance_under_the_shrunk_covariance():
     u = fitted.standardize(point)
     expected = np.sqrt(np.einsum("ni,ij,nj->n", u, inverse, u))
     np.testing.assert_allclose(fitted.combine(point), expected, rtol=1e-6)
-    assert np.asarray(fitted.whitening).shape == (8, 8)
+    assert np.asarray(fitted.whitening).shape == (len(registry.TERMS),) * 2
 
 
 def test_constant_term_gets_a_floored_std():
@@ -249,12 +256,12 @@ def test_calibration_round_trips_through_json():
         (lambda d: d.update(extra=1), "unknown keys"),
         (lambda d: d.update(threshold="high"), "'threshold' has type str"),
         (lambda d: d.update(n_validation=True), "'n_validation' has type bool"),
-        (lambda d: d.update(mean=d["mean"][:2]), "'mean' must hold 8"),
-        (lambda d: d.update(std=[0.0] * 8), "'std' must be positive"),
-        (lambda d: d.update(weights=[float("nan")] * 8), "'weights' must hold 8 finite"),
+        (lambda d: d.update(mean=d["mean"][:2]), "'mean' must hold 9"),
+        (lambda d: d.update(std=[0.0] * 9), "'std' must be positive"),
+        (lambda d: d.update(weights=[float("nan")] * 9), "'weights' must hold 9 finite"),
         (lambda d: d.update(method="median"), "'method'"),
-        (lambda d: d.update(method="mahalanobis"), "'whitening' must be a 8x8"),
-        (lambda d: d.update(terms=["latent"] * 8), "distinct"),
+        (lambda d: d.update(method="mahalanobis"), "'whitening' must be a 9x9"),
+        (lambda d: d.update(terms=["latent"] * 9), "distinct"),
         (lambda d: d.update(terms=[*registry.TERMS[:-1], "bogus"]), "unknown terms"),
         (lambda d: d.pop("code_mean"), "'code_mean'"),
         (lambda d: d.update(code_whitening=d["code_whitening"][:3]), "'code_whitening' must be a 8x8"),
@@ -262,6 +269,8 @@ def test_calibration_round_trips_through_json():
         (lambda d: d.pop("map_std"), "'map_std' must be a square matrix"),
         (lambda d: d.update(map_mean=d["map_mean"][:3]), "'map_mean' must be a square matrix"),
         (lambda d: d.update(map_std=[[0.0] * 8] * 8), "'map_std' must be positive"),
+        (lambda d: d.pop("patch_bank"), "'patch_bank'"),
+        (lambda d: d.update(patch_bank=[[1.0, 2.0], [3.0]]), "'patch_bank' must be a non-empty matrix"),
     ],
 )
 def test_corrupt_calibration_dicts_are_refused_naming_the_source(change, message):
@@ -279,12 +288,12 @@ def test_fit_refuses_a_single_validation_image():
 
 def test_fit_refuses_latent_mahalanobis_without_the_code_gaussian():
     with pytest.raises(GanspectionError, match="code Gaussian"):
-        cal.fit_calibration(validation_matrix(), **map_gaussian())
+        cal.fit_calibration(validation_matrix(), **map_gaussian(), **patch_bank())
 
 
 def test_fit_refuses_normalized_map_max_without_the_map_gaussian():
     with pytest.raises(GanspectionError, match="per-pixel Gaussian"):
-        cal.fit_calibration(validation_matrix(), **code_gaussian())
+        cal.fit_calibration(validation_matrix(), **code_gaussian(), **patch_bank())
 
 
 def model_outputs(n, seed, shift=0.0):
@@ -293,6 +302,7 @@ def model_outputs(n, seed, shift=0.0):
     outputs = {term: rng.normal(1.0, 0.2, n) for term in registry.TERMS if term in registry.MODEL_TERMS}
     outputs["code"] = rng.normal(size=(n, 8)) * np.linspace(0.5, 2.0, 8) + shift
     outputs["error_map"] = np.abs(rng.normal(0.1, 0.02, size=(n, 16, 16))).astype(np.float32)
+    outputs["critic_patches"] = rng.normal(size=(n, 4, 4, 6)).astype(np.float32) + shift
     return outputs
 
 
@@ -509,3 +519,44 @@ def test_ensure_calibration_refuses_a_run_without_validation_images(run_copy):
     (run_copy / "splits.json").write_text(json.dumps(splits | {"validation": []}))
     with pytest.raises(GanspectionError, match="--val-fraction"):
         scoring.ensure_calibration(run_copy, log=lambda *a: None)
+
+
+# --------------------------------------------------------------------------------------------- patch_distance
+
+
+def test_patch_distance_is_the_largest_nearest_neighbour_distance_at_any_place():
+    bank = np.array([[0.0, 0.0], [10.0, 0.0]])
+    features = np.zeros((2, 2, 2, 2))
+    features[0, 1, 1] = [10.0, 0.0]  # a good patch at another place than in the bank's image: distance 0
+    features[1, 0, 1] = [5.0, 3.0]  # a new patch: nearest bank row at distance √34
+    np.testing.assert_allclose(registry.patch_distance(features, bank), [0.0, np.sqrt(34.0)], atol=1e-5)
+
+
+def test_patch_bank_covers_rare_good_patches_that_a_random_sample_drops():
+    rng = np.random.default_rng(0)
+    common = rng.normal(0, 0.1, size=(5000, 4))
+    rare = np.full((3, 4), 8.0)  # 3 patches in 5003, e.g. a screw's tip
+    features = np.concatenate([common, rare]).reshape(1, -1, 1, 4)
+    bank = registry.patch_bank(features, size=64)
+    assert bank.shape == (64, 4)
+    assert registry.patch_distance(rare.reshape(1, 3, 1, 4), bank)[0] < 1e-6  # a good rare patch is familiar
+
+
+def test_patch_distance_fits_its_bank_on_training_images_else_leave_one_out():
+    validation, reference = model_outputs(6, 0), model_outputs(20, 1)
+    term = registry.term("patch_distance")
+    fitted, column = term.fit_on(validation, reference)
+    np.testing.assert_allclose(column, registry.patch_distance(validation["critic_patches"], fitted["patch_bank"]))
+    _, honest = term.fit_on(validation, None)
+    in_sample = registry.patch_distance(validation["critic_patches"],
+                                        registry.patch_bank(validation["critic_patches"]))
+    assert np.all(in_sample < 1e-2) and np.all(honest > 0.1)  # in sample every patch is in the bank: 0 (float32)
+
+
+def test_patch_distance_finds_a_patch_no_good_image_has():
+    validation, reference = model_outputs(8, 0), model_outputs(20, 1)
+    defective = {name: values.copy() for name, values in model_outputs(8, 2).items()}
+    defective["critic_patches"][:, 2, 1] += 6.0  # one unfamiliar patch per image
+    term = registry.term("patch_distance")
+    fitted, good = term.fit_on(validation, reference)
+    assert term.column(defective, fitted).min() > good.max()

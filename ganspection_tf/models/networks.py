@@ -18,6 +18,7 @@ from ganspection_tf.config import SUPPORTED_SIZES
 
 LEAK = 0.2
 MAX_WIDTH_MULTIPLIER = 8
+PATCH_STAGE = 1  # the critic stage whose activations are its patch features: stride 4, a receptive field of 10 px
 
 
 def pyramid_depth(image_size: int) -> int:
@@ -127,3 +128,13 @@ def build_critic(
     features = layers.LeakyReLU(LEAK, name="crit_features", dtype="float32")(joint)
     value = layers.Dense(1, name="crit_value", dtype="float32")(features)
     return keras.Model([image, z], [value, features], name=name)
+
+
+def with_patch_features(critic):
+    """The critic with a third output, its image path at stage PATCH_STAGE: (B, S/4, S/4, F) patch features.
+
+    The same layers (and weights) as `critic`, seen as a new functional model, so a scorer that uses this view
+    instead of the critic holds every layer once (Keras saves shared layers once). Each position describes a
+    small neighbourhood of the image as the critic sees it, independent of z and of where it is."""
+    patches = critic.get_layer(f"crit_act{PATCH_STAGE}").output
+    return keras.Model(critic.inputs, [*critic.outputs, patches], name=critic.name)
