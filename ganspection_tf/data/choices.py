@@ -38,8 +38,8 @@ from ganspection_tf.config import (
     SUPPORTED_SIZES,
     data_chosen_fields,
 )
-from ganspection_tf.tiles import tile_grid
 from ganspection_tf.images import UnreadableImage, convert_channels, image_header, read_image, resize_image
+from ganspection_tf.tiles import tile_grid
 
 USER = "set by the user"
 NOT_ENABLED = "not enabled until measured (benchmarks/RESULTS.md)"
