@@ -51,7 +51,8 @@ def main(argv=None):
     calibration = export.score_calibration(run, model, term_model, COMBINED_SCORE, log=note)  # what bundles ship
     paths, labels = test_split(run.category_root)
     frames = [read_image(path) for path in paths]
-    note(f"{len(paths)} test images of {run.category_root}, model {model.image_size} px")
+    note(f"{len(paths)} test images of {run.category_root}, model {model.image_size} px, inspected at "
+         f"{model.inspected_size} px")
 
     shipped = scoring.term_model_for(term_model, calibration.terms, with_error_map=True)
     keras = scoring.KerasScorer(shipped, calibration, run.resize, batch_size=1)

@@ -42,7 +42,7 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
 
     representative = None
     if quantize in CALIBRATED:
-        representative = representative_images(run, model.image_size, model.channels, calibration_dir, log,
+        representative = representative_images(run, model.inspected_size, model.channels, calibration_dir, log,
                                                resize=run.resize)
     log(f"converting the {score} scorer ({scorer.count_params():,} weights) to TFLite ({quantize}) …")
     tflite_model, float_layers = convert(scorer, quantize, representative)

@@ -67,6 +67,11 @@ class WassersteinBiGAN(keras.Model):
         return self.config.image_size
 
     @property
+    def inspected_size(self):
+        """The side the whole image is inspected at, by tiles of image_size (``tiles.py``)."""
+        return self.config.inspected_size
+
+    @property
     def channels(self):
         return self.config.channels
 
