@@ -24,6 +24,7 @@ AUGMENTATIONS = ("hflip", "vflip", "rot90")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 MAX_CRITIC_STEPS = 15  # the model draws 2 noise tensors per critic update and 1 per generator update, 32 per step
+MAX_GP_EVERY = 64  # the penalty at least once per 64 critic updates
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which keras.utils.set_random_seed uses, takes 32 bits
 MAX_STEPS = 10**9
 # What `train` chooses for the `from_data` fields until a measured rule replaces it (benchmarks/RESULTS.md):
@@ -146,6 +147,9 @@ class ModelConfig:
     minibatch_stats: bool = setting(False, bool, "Minibatch-stddev feature in the critic (Salimans et al. 2016).")
     critic_steps: int = setting(5, int, "Critic updates per step.", low=1, high=MAX_CRITIC_STEPS)
     gp_weight: float = _weight(10.0, "λ_gp of the WGAN-GP gradient penalty.", positive=True)
+    gp_every: int = setting(1, int, "Lazy regularisation: the gradient penalty on every k-th critic update only "
+                            "(counted over the run), weighted k·λ_gp; 1 = on every update.", low=1,
+                            high=MAX_GP_EVERY)
     latent_weight: float = _weight(1.0, "λ_latent of the latent L2 loss ‖z − E(G(z))‖²/d (0 turns it off).")
     rec_weight: float = _weight(300.0, "λ_rec of ‖x − G(E(x))‖₁ (mean over pixels, so it needs to be large).")
     fm_weight: float = _weight(0.0, "Critic feature matching weight.")
