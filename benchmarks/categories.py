@@ -1,7 +1,8 @@
 """Accuracy over categories with the defaults, against a learning-free template baseline: one Markdown table.
 
     python benchmarks/categories.py [--root ../shared/data/mvtec_ad] [--categories bottle,screw,...]
-                                    [--minutes 30] [--image-size N] [--out FOLDER] [--template-only]
+                                    [--minutes 30] [--image-size N] [--inspect-size N] [--out FOLDER]
+                                    [--template-only]
 
 Categories: every category folder under --root (default ``../shared/data/mvtec_ad`` next to the repository:
 bottle and screw), plus two written by the package's synthetic generator into OUT/synthetic:
@@ -68,10 +69,10 @@ def main(argv=None):
     rows = []
     for name, folder in categories.items():
         print(f"--- {name}: {folder}", file=sys.stderr, flush=True)
-        template = template_row(folder, args.image_size)
+        template = template_row(folder, args.image_size, args.inspect_size)
         rows.append({"category": name, "score": "template", **template})
         if not args.template_only:
-            model = model_row(folder, out / "runs" / name, args.minutes, args.image_size)
+            model = model_row(folder, out / "runs" / name, args.minutes, args.image_size, args.inspect_size)
             rows.append({"category": name, "score": "model", **model,
                          "gain": model["image_auroc"] - template["image_auroc"]})
     table = markdown_table(rows)
@@ -92,6 +93,9 @@ def parse_args(argv):
     parser.add_argument("--minutes", type=float, default=30.0, help="Training wall-clock budget per category.")
     parser.add_argument("--image-size", type=int, default=None,
                         help="Passed to train (and the template); default: train's own default.")
+    parser.add_argument("--inspect-size", type=int, default=None,
+                        help="Passed to train (and the template: compared at that size); default: train's own "
+                             "default. To measure a candidate default, not a recipe of its own.")
     parser.add_argument("--out", type=Path, default=None,
                         help="Folder for the synthetic data, the runs and the table (default: a new temporary one).")
     parser.add_argument("--template-only", action="store_true", help="Only the template rows: no training.")
@@ -129,15 +133,15 @@ def synthetic_category(folder, name) -> Path:
 # --- the template baseline ----------------------------------------------------------------------------------
 
 
-def template_row(folder, image_size=None) -> dict:
+def template_row(folder, image_size=None, inspect_size=None) -> dict:
     """Template-baseline metrics of one category (module docstring), like `evaluate` reports them: the split,
-    channels, image size (unless given) and resize mode that `train` without options would use."""
+    channels, inspected size (unless given) and resize mode that `train` without options would use."""
     started = time.monotonic()
     category = mvtec.scan_category(folder)
-    config = TrainConfig.from_flat(data=str(folder), image_size=image_size)
+    config = TrainConfig.from_flat(data=str(folder), image_size=image_size, inspect_size=inspect_size)
     train_paths, validation_paths = mvtec.split_validation(category.train, config.val_fraction, config.model.seed)
     config, _ = choices.choose(config, train_paths)
-    size, channels, resize = config.model.image_size, config.model.channels, config.resize
+    size, channels, resize = config.model.inspected_size, config.model.channels, config.resize
     training, _ = pipeline.load_images(train_paths, size, channels, resize=resize)
     template = mean_good_image(training)
     validation, _ = pipeline.load_images(validation_paths, size, channels, resize=resize)
@@ -164,14 +168,15 @@ def template_row(folder, image_size=None) -> dict:
         "steps": None,  # no training
         "minutes": None,
         "seconds_to_compute": round(time.monotonic() - started, 1),
-        "image_size": size,
+        "image_size": config.model.image_size,
+        "inspect_size": size,
     }
 
 
 # --- the model --------------------------------------------------------------------------------------------
 
 
-def model_row(folder, run_dir, minutes, image_size) -> dict:
+def model_row(folder, run_dir, minutes, image_size, inspect_size=None) -> dict:
     """Train with the defaults under the wall-clock budget (unless already evaluated), evaluate, read the files."""
     metrics_path = run_dir / "eval" / "metrics.json"
     if metrics_path.is_file():
@@ -180,6 +185,8 @@ def model_row(folder, run_dir, minutes, image_size) -> dict:
         train = ["train", "--data", str(folder), "--out", str(run_dir), "--max-minutes", f"{minutes:g}"]
         if image_size:
             train += ["--image-size", str(image_size)]
+        if inspect_size:
+            train += ["--inspect-size", str(inspect_size)]
         if RunFolder(run_dir).read_status() is None:
             ganspection_tf(*train)
         ganspection_tf("evaluate", str(run_dir))
@@ -194,6 +201,7 @@ def model_row(folder, run_dir, minutes, image_size) -> dict:
         "steps": metrics["model_step"],
         "minutes": status.get("seconds", float("nan")) / 60,
         "image_size": RunFolder(run_dir).read_train_config().model.image_size,
+        "inspect_size": RunFolder(run_dir).read_train_config().model.inspected_size,
         "run": str(run_dir),
     }
 

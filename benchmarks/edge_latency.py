@@ -10,14 +10,18 @@ preprocessed uint8 image) and of a whole frame (the decoded full-size image thro
 camera pays), the model size (Keras: the scorer's fp32 weights), and the image AUROC of the score on the test
 split of --data (default: the run's own category). Prints a markdown table, then the targets of each quantised
 bundle against the float32 bundle on one thread (≥ 2× faster, ≤ ½ its size) and against Keras (AUROC within
-0.005). Bundles are exported with --force into a temporary folder (their parity figures are printed), so a failed
-gate does not stop the benchmark; a mode that cannot be exported here is skipped with its reason.
+0.005). Last, the model's multiply-accumulates per frame, counted from the int8 bundle's TFLite graph
+(``macs.count_macs``: convolutions, transposed convolutions and fully-connected layers), and how far each int8
+row is from this CPU's int8 peak (its assumption printed beside it: ``int8_peak``). Bundles are exported with
+--force into a temporary folder (their parity figures are printed), so a failed gate does not stop the benchmark;
+a mode that cannot be exported here is skipped with its reason.
 
 Timings are wall-clock on a shared machine: compare variants from the same run of this script only.
 """
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -27,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from ganspection_tf import edge, export, scoring  # noqa: E402
+from ganspection_tf import edge, export, macs, scoring  # noqa: E402
 from ganspection_tf.data import mvtec  # noqa: E402
 from ganspection_tf.errors import GanspectionError  # noqa: E402
 from ganspection_tf.images import read_image  # noqa: E402
@@ -47,11 +51,13 @@ def main(argv=None):
     calibration = export.score_calibration(run, model, term_model, COMBINED_SCORE, log=note)  # what bundles ship
     paths, labels = test_split(run.category_root)
     frames = [read_image(path) for path in paths]
-    note(f"{len(paths)} test images of {run.category_root}, model {model.image_size} px")
+    note(f"{len(paths)} test images of {run.category_root}, model {model.image_size} px, inspected at "
+         f"{model.inspected_size} px")
 
     shipped = scoring.term_model_for(term_model, calibration.terms, with_error_map=True)
     keras = scoring.KerasScorer(shipped, calibration, run.resize, batch_size=1)
     rows = [scorer_row("Keras fp32 (batch 1)", None, "all", keras, 4 * shipped.count_params(), frames, labels)]
+    counted = {}  # quantisation → MACs per frame by op type, from its bundle's graph
     with tempfile.TemporaryDirectory(prefix="edge-latency-") as folder:
         for quantize in args.quantize:
             bundle = Path(folder) / quantize
@@ -62,11 +68,13 @@ def main(argv=None):
                 note(f"skipped {quantize}: {error}")
                 continue
             size = (bundle / edge.MODEL_FILE).stat().st_size
+            counted[quantize] = macs.count_macs((bundle / edge.MODEL_FILE).read_bytes())
             for threads in args.threads:
                 scorer = edge.EdgeScorer(bundle, threads=threads)
                 rows.append(scorer_row(label(quantize), quantize, threads, scorer, size, frames, labels))
     print(markdown_table(rows))
     print(targets(rows))
+    print(compute_report(rows, counted, *int8_peak()))
 
 
 def parse_args(argv):
@@ -166,6 +174,61 @@ def targets(rows):
 
 def met(condition):
     return "met" if condition else "NOT met"
+
+
+# ------------------------------------------------------------------------------------------------ compute
+
+VNNI_MACS = {"avx512_vnni": (64, "AVX-512 VNNI (VPDPBUSD on 512-bit registers)"),
+             "avx_vnni": (32, "AVX-VNNI (VPDPBUSD on 256-bit registers)")}  # u8×s8 MACs per instruction
+VNNI_PORTS = 2  # assumed: two VNNI instructions issued per cycle (the two 512-bit FMA ports of Xeon server cores)
+AMX_MACS_PER_CYCLE = 1024  # AMX-INT8 TDPBSSD: 16×16×64 MACs per 16 cycles
+
+
+def int8_peak(cpuinfo=Path("/proc/cpuinfo")):
+    """(int8 MACs per second of one core, how that figure is derived), or (None, why not), from /proc/cpuinfo."""
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    flags = re.search(r"^flags\s*:(.*)$", text, re.M)
+    clock = re.search(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)
+    flags = set(flags.group(1).split()) if flags else set()
+    isa = next((flag for flag in VNNI_MACS if flag in flags), None)
+    if isa is None or clock is None:
+        return None, "no int8 peak: /proc/cpuinfo shows no VNNI flag or no clock"
+    per_instruction, name = VNNI_MACS[isa]
+    hertz = float(clock.group(1)) * 1e6
+    peak = per_instruction * VNNI_PORTS * hertz
+    how = (f"{name}: {per_instruction} int8 MACs per instruction × {VNNI_PORTS} per cycle (assumed: two FMA ports) × "
+           f"{hertz / 1e9:.2f} GHz ('cpu MHz' of /proc/cpuinfo; no turbo assumed) = {peak / 1e9:.0f} GMAC/s per core")
+    if "amx_int8" in flags:
+        how += (f"; not counted: the AMX-INT8 tiles of this CPU ({AMX_MACS_PER_CYCLE} MACs per cycle, "
+                f"{AMX_MACS_PER_CYCLE * hertz / 1e12:.1f} TMAC/s per core) in case LiteRT's kernels use them")
+    return peak, how
+
+
+def compute_report(rows, counted, peak, how):
+    """MACs per frame (from the int8 bundle's graph, else the first counted) and each int8 row against the peak
+    of as many cores as it has threads."""
+    source = "int8" if "int8" in counted else next(iter(counted), None)
+    if source is None:
+        return "\nno bundle exported: no MAC count"
+    per_op = counted[source]
+    total = sum(per_op.values())
+    parts = ", ".join(f"{name} {value / 1e6:.1f} M" for name, value in sorted(per_op.items(), key=lambda kv: -kv[1]))
+    lines = ["", f"MACs per frame, counted from the TFLite {'float32' if source == FLOAT32 else source} graph "
+                 f"(convolutions, transposed convolutions, fully-connected; elementwise ops not counted): "
+                 f"{total / 1e6:.1f} M ({parts})", f"int8 peak assumed: {how}"]
+    if peak is None:
+        return "\n".join(lines)
+    for row in rows:
+        if row["quantize"] != "int8":
+            continue
+        at_peak_ms = 1000 * total / (peak * row["threads"])
+        lines.append(
+            f"{row['variant']}, {row['threads']} thread(s): frame p50 {row['frame_ms']:.2f} ms = "
+            f"{row['frame_ms'] / at_peak_ms:.1f}× the {at_peak_ms:.3f} ms its MACs take at the peak of "
+            f"{row['threads']} core(s) ({100 * at_peak_ms / row['frame_ms']:.1f} % of peak); model alone "
+            f"{row['model_ms']:.2f} ms = {row['model_ms'] / at_peak_ms:.1f}× "
+            f"({100 * at_peak_ms / row['model_ms']:.1f} %)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def main(argv=None):
     category = mvtec.scan_category(run.category_root)
     paths = {"train": run.training_images(), "validation": run.validation_images(),
              "test": [t.path for t in category.test]}
-    maps = {name: error_maps(term_model, found, model.image_size, model.channels, run.resize)
+    maps = {name: error_maps(term_model, found, model.inspected_size, model.channels, run.resize)
             for name, found in paths.items()}
     labels = np.array([t.label for t in category.test])
     defects = [t.defect for t in category.test]

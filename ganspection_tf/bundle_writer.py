@@ -31,7 +31,7 @@ def bundle_metadata(
     run = as_run(run)
     outputs = list(scorer.output)
     return BundleMetadata(
-        preprocessing=Preprocessing(image_size=int(model.image_size), channels=int(model.channels),
+        preprocessing=Preprocessing(image_size=int(model.inspected_size), channels=int(model.channels),
                                     aspect=run.resize),
         score=score,
         terms=list(calibration.terms),
@@ -52,6 +52,7 @@ def bundle_metadata(
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             model_bytes=len(tflite_model),
             scorer_weights=weights_needed(scorer),
+            tile_size=int(model.image_size),  # the TFLite model cuts image_size into these itself
             **details,
         ),
     )

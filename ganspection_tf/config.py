@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ganspection_tf.errors import GanspectionError
+from ganspection_tf.tiles import tile_grid
 
 SUPPORTED_SIZES = (32, 64, 128, 256)
 NORMS = ("none", "layer", "instance", "spectral")
@@ -23,6 +24,7 @@ AUGMENTATIONS = ("hflip", "vflip", "rot90")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 MAX_CRITIC_STEPS = 15  # the model draws 2 noise tensors per critic update and 1 per generator update, 32 per step
+MAX_GP_EVERY = 64  # the penalty at least once per 64 critic updates
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which keras.utils.set_random_seed uses, takes 32 bits
 MAX_STEPS = 10**9
 # What `train` chooses for the `from_data` fields until a measured rule replaces it (benchmarks/RESULTS.md):
@@ -130,6 +132,11 @@ class ModelConfig:
     image_size: int | None = setting(None, int, f"Side of the square images the model sees (pixels); {_FROM_DATA} "
                                      f"({RECIPE_IMAGE_SIZE} so far).", choices=SUPPORTED_SIZES, optional=True,
                                      from_data=True)
+    inspect_size: int | None = setting(None, int, "Side of the square the whole image is inspected at (pixels): "
+                                       "a multiple of --image-size, scored as a grid of image-size tiles and "
+                                       "trained on random image-size crops of it; "
+                                       f"{_FROM_DATA} (the image size so far: no tiles).", choices=SUPPORTED_SIZES,
+                                       optional=True, from_data=True)
     channels: int | None = setting(None, int, f"Gray (1) or RGB (3); {_FROM_DATA} (1 when every training image is "
                                    "gray).", choices=(1, 3), optional=True, from_data=True)
     latent_dim: int = setting(64, int, "Size of the latent code z.", low=2, high=1024)
@@ -140,6 +147,9 @@ class ModelConfig:
     minibatch_stats: bool = setting(False, bool, "Minibatch-stddev feature in the critic (Salimans et al. 2016).")
     critic_steps: int = setting(5, int, "Critic updates per step.", low=1, high=MAX_CRITIC_STEPS)
     gp_weight: float = _weight(10.0, "λ_gp of the WGAN-GP gradient penalty.", positive=True)
+    gp_every: int = setting(1, int, "Lazy regularisation: the gradient penalty on every k-th critic update only "
+                            "(counted over the run), weighted k·λ_gp; 1 = on every update.", low=1,
+                            high=MAX_GP_EVERY)
     latent_weight: float = _weight(1.0, "λ_latent of the latent L2 loss ‖z − E(G(z))‖²/d (0 turns it off).")
     rec_weight: float = _weight(300.0, "λ_rec of ‖x − G(E(x))‖₁ (mean over pixels, so it needs to be large).")
     fm_weight: float = _weight(0.0, "Critic feature matching weight.")
@@ -148,12 +158,21 @@ class ModelConfig:
                                high_open=True)
     seed: int = setting(0, int, "Seeds the split, the weights and the noise.", low=0, high=MAX_SEED)
 
+    @property
+    def inspected_size(self) -> int | None:
+        """The side the whole image is inspected at: inspect_size, or image_size where it is unset (runs from
+        before the setting)."""
+        return self.image_size if self.inspect_size is None else self.inspect_size
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values, source="model config", prefix=""):
-        return build_checked(cls, values, source, prefix)
+        config = build_checked(cls, values, source, prefix)
+        if config.image_size is not None and config.inspect_size is not None:
+            tile_grid(config.image_size, config.inspect_size, f"{source}: '{prefix}inspect_size'")
+        return config
 
 
 @dataclasses.dataclass

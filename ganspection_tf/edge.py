@@ -11,7 +11,9 @@ base install (a test checks that ``tensorflow`` never appears in ``sys.modules``
 2. ``images.resize_image`` (the bundle's numeric preprocessing: cv2.INTER_AREA to the model size with the run's
    ``aspect`` — stretch, pad or crop — the training resize rule),
 3. the TFLite model (uint8 in; it scales to [-1, 1] itself) computes the raw outputs (score terms, the code,
-   the error map),
+   the error map); a run inspected by tiles (``tiles.py``) has the tiling in this model, so the camera resizes
+   to the inspected size (the preprocessing's ``image_size``; ``tile_size`` in the metadata's details) and gets
+   per-image outputs like the workstation,
 4. ``Scorer.postprocess``: ``Calibration.term_matrix`` makes the terms from them (normalized_map_max from the
    error map, latent_mahalanobis from the code) and ``Calibration.combine`` the score, in numpy;
    ``score > threshold`` decides.

@@ -93,7 +93,7 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
         "image": image_metrics(scored["labels"], scored["defects"], all_scores),
         "threshold": threshold_metrics(scored["labels"], scored["combined"], calibration.threshold),
         "oracle": oracle_f1(scored["labels"], scored["combined"]),
-        "pixel": pixel_metrics(scored["masks"], scored["maps"], sigma=map_sigma(model.image_size)),
+        "pixel": pixel_metrics(scored["masks"], scored["maps"], sigma=map_sigma(model.inspected_size)),
         "score_choice": score_choice_summary(run, calibration),
     }
     metrics["image_auroc"] = metrics["image"][COMBINED]["auroc"]
@@ -482,7 +482,7 @@ def _write_model_vs_template(target, scored, category, model, run) -> dict:
     """Writes the picture of what the model adds over the learning-free template (one batch through E and G)
     and returns its layout for metrics.json: the columns and, per row, the test image and its class."""
     rows = comparison_rows(scored["defects"])
-    size, channels, resize = model.image_size, model.channels, scored["resize"]
+    size, channels, resize = model.inspected_size, model.channels, scored["resize"]
     inputs, _ = pipeline.load_images([scored["paths"][i] for i in rows], size, channels, skip_unreadable=False,
                                      resize=resize)
     reconstructions = [resize_image(r, DISPLAY_SIZE) for r in scoring.reconstruct(model, inputs)]

@@ -42,7 +42,7 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
 
     representative = None
     if quantize in CALIBRATED:
-        representative = representative_images(run, model.image_size, model.channels, calibration_dir, log,
+        representative = representative_images(run, model.inspected_size, model.channels, calibration_dir, log,
                                                resize=run.resize)
     weight_count = weights_needed(scorer)
     log(f"converting the {score} scorer ({weight_count:,} weights) to TFLite ({quantize}) …")

@@ -4,7 +4,9 @@ numpy, OpenCV and the TF-free package modules only: the camera imports it. A sco
 
 1. :meth:`Scorer.preprocess`: uint8 frames of any size → the uint8 ``(N, S, S, C)`` batch the model sees
    (``images.frame_to_rgb`` to the model's channels, ``images.resize_image`` with the run's resize mode: the
-   training pipeline's pixels);
+   training pipeline's pixels), S the run's inspected size (``inspect_size``; the model cuts an image larger
+   than its networks' input into tiles itself and merges their outputs, ``tiles.py``, so both implementations
+   and every caller of the term model see per-image outputs);
 2. :meth:`Scorer.forward`: that batch → the raw model outputs ``{name: (N, ...) array}`` (``terms.MODEL_OUTPUTS``
    or the bundle's subset); the only step the implementations write themselves
    (``scoring.KerasScorer``, ``edge.EdgeScorer``);
@@ -41,7 +43,7 @@ class ScoreResult:
     score: float | None = None
     anomalous: bool | None = None
     terms: dict[str, float] | None = None  # in the calibration's term order
-    error_map: np.ndarray | None = None  # (S, S) at model resolution (None: a bundle without heatmaps)
+    error_map: np.ndarray | None = None  # (S, S) at the inspected size (None: a bundle without heatmaps)
     resize: str = images.DEFAULT_RESIZE  # the run's resize mode, to map the error map back onto the image
     heatmap: np.ndarray | None = None  # float32 anomaly map at the image's size, when asked for
     latency_ms: float | None = None  # preprocess → postprocess of this image (the camera's single frames)

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from ganspection_tf import tiles
 from ganspection_tf.calibration import (
     DEFAULT_MAX_FPR,
     MAX_REFERENCE_IMAGES,
@@ -141,31 +142,69 @@ class SpatialMax(layers.Layer):
         return ops.max(maps, axis=(1, 2))
 
 
+@keras.saving.register_keras_serializable(package="ganspection_tf")
+class Tiles(layers.Layer):
+    """(B, I, I, C) images → (B·T, S, S, C): each image cut into its grid of network-sized tiles (``tiles.cut``)."""
+
+    def __init__(self, per_side=1, **kwargs):
+        super().__init__(**kwargs)
+        self.per_side = int(per_side)
+
+    def call(self, images):
+        return tiles.cut(images, self.per_side, ops)
+
+    def get_config(self):
+        return {**super().get_config(), "per_side": self.per_side}
+
+
+@keras.saving.register_keras_serializable(package="ganspection_tf")
+class FromTiles(Tiles):
+    """Per-tile outputs → per-image outputs (``tiles.merge``: maps stitched, scalars their maximum, codes side by
+    side)."""
+
+    def call(self, values):
+        return tiles.merge(values, self.per_side, ops)
+
+
+# Term-model tensors of the whole image when it is inspected by tiles (the others are per tile, merged at the end).
+PER_IMAGE_TENSORS = frozenset({ERROR_MAP_OUTPUT, "smoothed_error_map"})
+
+
 def build_term_model(model) -> keras.Model:
-    """Functional model: image (B, S, S, C) float32 in [-1, 1] → {MODEL_TERMS: (B,), "code": (B, d), "error_map"}
-    (``terms.MODEL_OUTPUTS``). Each model-output term is its registry :class:`~ganspection_tf.terms.Graph`
-    applied to the named tensors of :func:`term_model_tensors`; any other output is one of those tensors."""
-    image = keras.Input((model.image_size, model.image_size, model.channels), name="image", dtype="float32")
-    tensors = term_model_tensors(model, image)
+    """Functional model: image (B, I, I, C) float32 in [-1, 1] → {MODEL_TERMS: (B,), "code": (B, T·d),
+    "error_map": (B, I, I)} (``terms.MODEL_OUTPUTS``), I the model's inspected size, cut into T tiles of its
+    image size (``tiles.py``; one tile, the image itself, by default). Each model-output term is its registry
+    :class:`~ganspection_tf.terms.Graph` applied to the named tensors of :func:`term_model_tensors`; any other
+    output is one of those tensors; what was computed per tile is merged per image (``tiles.merge``)."""
+    grid = tiles.tile_grid(model.image_size, model.inspected_size)
+    image = keras.Input((grid.image, grid.image, model.channels), name="image", dtype="float32")
+    tensors = term_model_tensors(model, image, grid)
     outputs = {}
     for name in MODEL_OUTPUTS:
         graph = BY_NAME[name].graph if name in BY_NAME else None
         outputs[name] = _tensor(tensors, name, name) if graph is None else _apply(graph, tensors, name)
+        per_tile = not PER_IMAGE_TENSORS.issuperset(graph.inputs if graph is not None else (name,))
+        if grid.count > 1 and per_tile:
+            outputs[name] = FromTiles(grid.per_side, name=f"{name}_of_image")(outputs[name])
     return keras.Model(image, outputs, name="score_terms")
 
 
-def term_model_tensors(model, image) -> dict:
-    """The named tensors a term's graph (``terms.Graph``) can be computed from, for the Keras input `image`."""
+def term_model_tensors(model, image, grid) -> dict:
+    """The named tensors a term's graph (``terms.Graph``) can be computed from, for the Keras input `image` cut
+    into the tiles of `grid` (``tiles.TileGrid``): per tile, except the error maps (stitched per image)."""
     encoder, generator, critic = model.scoring_networks()
     critic = with_patch_features(critic)
-    code = encoder(image)
+    tile = image if grid.count == 1 else Tiles(grid.per_side, name="tiles")(image)
+    code = encoder(tile)
     reconstruction = generator(code)
     cycled_code = encoder(reconstruction)
-    critic_value, critic_features, patches = critic([image, code])
+    critic_value, critic_features, patches = critic([tile, code])
     _, reconstruction_critic_features, _ = critic([reconstruction, code])
-    error_map = MeanGap(last_axis_only=True, name="error_map_term")([image, reconstruction])
-    smoothed = GaussianSmoothing(map_sigma(model.image_size), name="smoothed_error_map")(error_map)
-    return {"image": image, CODE_OUTPUT: code, "reconstruction": reconstruction, "cycled_code": cycled_code,
+    error_map = MeanGap(last_axis_only=True, name="error_map_term")([tile, reconstruction])
+    if grid.count > 1:
+        error_map = FromTiles(grid.per_side, name="error_map_of_image")(error_map)
+    smoothed = GaussianSmoothing(map_sigma(grid.image), name="smoothed_error_map")(error_map)
+    return {"image": tile, CODE_OUTPUT: code, "reconstruction": reconstruction, "cycled_code": cycled_code,
             "critic_value": critic_value, "critic_features": critic_features,
             "reconstruction_critic_features": reconstruction_critic_features, ERROR_MAP_OUTPUT: error_map,
             "smoothed_error_map": smoothed, PATCH_OUTPUT: patches}
@@ -271,10 +310,14 @@ def _score_batch(batch, decoded, scorer, keep_originals):
 
 
 def reconstruct(model, images_uint8) -> np.ndarray:
-    """G(E(x)) with the scoring (EMA) networks, as uint8 images: for pictures, not for scores."""
+    """G(E(x)) with the scoring (EMA) networks, as uint8 images: for pictures, not for scores. Images larger
+    than the model's (inspected by tiles) are reconstructed tile by tile and stitched."""
+    images = np.asarray(images_uint8)
+    per_side = tiles.tile_grid(model.image_size, images.shape[1], "image size").per_side
     encoder, generator, _ = model.scoring_networks()
-    reconstruction = generator(encoder(to_unit_range(images_uint8), training=False), training=False)
-    return from_unit_range(ops.convert_to_numpy(reconstruction))
+    tile_inputs = to_unit_range(tiles.cut(images, per_side))
+    reconstruction = generator(encoder(tile_inputs, training=False), training=False)
+    return tiles.stitch(from_unit_range(ops.convert_to_numpy(reconstruction)), per_side)
 
 
 def ensure_calibration(run, model=None, log=print, *, term_model=None, method=None, max_fpr=None, weights=None,

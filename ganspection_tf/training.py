@@ -146,7 +146,8 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         _write_status(run_dir, "running", start_step)
 
     dataset = pipeline.make_train_dataset(
-        images, global_batch, augment=pipeline.Augment.from_flags(config.augment), seed=config.model.seed
+        images, global_batch, augment=pipeline.Augment.from_flags(config.augment), seed=config.model.seed,
+        crop_size=config.model.image_size,
     )
     guard = DivergenceGuard()
     budget = _wall_clock_budget(config, strategy_name)
@@ -321,7 +322,7 @@ def _load_training_images(config, run_dir, resume, log):
     config, data_choices = _data_choices(config, train_paths, run_dir, resume)
     for line in choices.describe(data_choices):
         log(line)
-    channels, size = config.model.channels, config.model.image_size
+    channels, size = config.model.channels, config.model.inspected_size  # inspected whole; trained on crops
     log(f"decoding {len(train_paths)} training images from {category.root} at {size} px …")
     images, skipped = pipeline.load_images(train_paths, size, channels, skip_unreadable=True, resize=config.resize)
     if skipped:
@@ -510,9 +511,12 @@ def _stored_images_checksum(run_dir):
 
 
 def _sample_inputs(images, config):
-    """Fixed inputs for the sample grids: 8 training images and 16 latent codes, the same at every step."""
+    """Fixed inputs for the sample grids: 8 training images (their central crop of the model's size, when they
+    are inspected at a larger one) and 16 latent codes, the same at every step."""
     rng = np.random.default_rng(config.model.seed)
     picks = rng.choice(len(images), size=min(8, len(images)), replace=False)
-    real = images[np.sort(picks)].astype(np.float32) / 127.5 - 1.0
+    size = config.model.image_size
+    corner = (images.shape[1] - size) // 2
+    real = images[np.sort(picks), corner : corner + size, corner : corner + size].astype(np.float32) / 127.5 - 1.0
     z = rng.standard_normal((SAMPLE_COUNT, config.model.latent_dim)).astype(np.float32)
     return real, z

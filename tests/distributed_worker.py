@@ -4,7 +4,7 @@ The tests in test_distribute.py and test_multiworker.py start this script as a s
 CPU into logical devices and joining a multi-worker cluster must both happen before TensorFlow initialises,
 which the pytest process has long done. Usage::
 
-    python tests/distributed_worker.py equivalence
+    python tests/distributed_worker.py equivalence [GP_EVERY]
     python tests/distributed_worker.py mirrored-train DATA OUT
     python tests/distributed_worker.py shard-probe          (with TF_CONFIG set, once per worker)
 """
@@ -18,8 +18,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 TINY = dict(image_size=32, width=8, latent_dim=8, critic_steps=2, jit_compile=False)
 
 
-def equivalence():
-    """One MirroredStrategy step on 2 logical CPUs against one single-device step at the same global batch."""
+def equivalence(gp_every="1"):
+    """One MirroredStrategy step on 2 logical CPUs against one single-device step at the same global batch
+    (with gp_every not dividing critic_steps, the penalty sits in a tf.cond)."""
     from ganspection_tf import distribute
 
     distribute.split_cpu_into_logical_devices(2)
@@ -29,7 +30,7 @@ def equivalence():
 
     from ganspection_tf.training import TrainConfig, build_model
 
-    config = TrainConfig.from_flat(data="unused", channels=3, batch_size=8, seed=3, **TINY)
+    config = TrainConfig.from_flat(data="unused", channels=3, batch_size=8, seed=3, gp_every=int(gp_every), **TINY)
     batch = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype("float32")
 
     def one_step(strategy):

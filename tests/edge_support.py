@@ -1,5 +1,5 @@
 """One tiny trained run and its edge bundles, shared by test_export, test_edge, test_camera, test_thresholds,
-test_scorer and test_run.
+test_scorer and test_run; and a tiny run inspected by tiles with its float32 bundle (test_scorer).
 
 Session-wide caches (not fixtures): each of those modules asks for the same run and bundles, and they are
 trained / exported once per pytest run whatever the order the modules run in, and whichever pytest-xdist worker
@@ -66,6 +66,43 @@ def _shared_run(tmp_path_factory):
         scoring.ensure_calibration(folder / "run", weights={"normalized_map_max": 1.0}, log=quiet)
 
     return built_once(tmp_path_factory, "edge_run", train) / "run"
+
+
+TILED_STEPS = 8  # the tiled run is for the camera's arithmetic (parity), not for accuracy
+
+
+def tiled_run(tmp_path_factory):
+    """A tiny run on :func:`edge_category` inspecting its 64 px images by 32 px tiles, trained once per session
+    (read-only), calibrated on the two terms that merge tiles in the camera's numpy: the stitched error map
+    (normalized_map_max) and the tiles' codes side by side (latent_mahalanobis)."""
+    from ganspection_tf import scoring, training
+
+    data = str(edge_category(tmp_path_factory))
+
+    def train(folder):
+        settings = tiny_settings(steps=TILED_STEPS, log_every=TILED_STEPS, checkpoint_every=TILED_STEPS,
+                                 sample_every=TILED_STEPS, inspect_size=64, rec_weight=0.0)
+        training.train(training.TrainConfig.from_flat(data=data, **settings), folder / "run", verbose=0, log=quiet)
+        scoring.ensure_calibration(folder / "run", weights={"normalized_map_max": 1.0, "latent_mahalanobis": 1.0},
+                                   log=quiet)
+
+    return built_once(tmp_path_factory, "tiled_run", train) / "run"
+
+
+def exported_tiled_bundle(tmp_path_factory):
+    """(float32 bundle folder, parity report) of :func:`tiled_run`, exported once per session (read-only)."""
+    if "tiled_bundle" not in _CACHE:
+        from ganspection_tf.export import export_bundle
+
+        run_dir = tiled_run(tmp_path_factory)
+
+        def export(folder):
+            report = export_bundle(run_dir, folder / "bundle", quantize="none", force=True, log=quiet)
+            (folder / "report.pickle").write_bytes(pickle.dumps(report))
+
+        shared = built_once(tmp_path_factory, "tiled_bundle", export)
+        _CACHE["tiled_bundle"] = shared / "bundle", pickle.loads((shared / "report.pickle").read_bytes())
+    return _CACHE["tiled_bundle"]
 
 
 def exported_bundle(tmp_path_factory, quantize="int8", score="combined"):

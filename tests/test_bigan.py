@@ -1,4 +1,5 @@
-"""The train_step: every weight group moves, losses are finite, the latent loss falls, save/load round-trips."""
+"""The train_step: every weight group moves, losses are finite, the latent loss falls, the lazy gradient penalty
+comes on the right critic updates with the right weight, save/load round-trips."""
 
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras import ops
 
 from ganspection_tf.config import ModelConfig
 from ganspection_tf.models.bigan import WassersteinBiGAN
@@ -80,10 +82,53 @@ def test_gradient_penalty_is_finite_when_the_gradient_vanishes():
     assert all(np.isfinite(np.asarray(g)).all() for g in grads if g is not None)
 
 
+def penalty_recording_model(total_updates, **overrides):
+    """A tiny model that counts, per critic update of the run (its index: the critic optimizer's iterations
+    before it applies), how often the gradient penalty was computed."""
+    computed = tf.Variable(tf.zeros([total_updates], tf.int32))
+
+    class PenaltyRecorder(WassersteinBiGAN):
+        def _gradient_penalty(self, *args):
+            update = ops.cast(self.d_optimizer.iterations, "int64")
+            computed.scatter_nd_add(tf.reshape(update, [1, 1]), [1])
+            return super()._gradient_penalty(*args)
+
+    settings = dict(image_size=32, channels=3, latent_dim=8, width=8, seed=3, **overrides)
+    model = PenaltyRecorder(ModelConfig(**settings))
+    model.compile(keras.optimizers.Adam(2e-4, 0.5, 0.9), keras.optimizers.Adam(2e-4, 0.5, 0.9))
+    return model, computed
+
+
+@pytest.mark.parametrize("critic_steps, gp_every", [(3, 2), (5, 4), (4, 2), (2, 1)],
+                         ids=["3-updates-every-2nd", "5-updates-every-4th", "4-updates-every-2nd", "every-update"])
+def test_gradient_penalty_is_computed_once_on_every_kth_critic_update_of_the_run(critic_steps, gp_every):
+    steps = 4
+    model, computed = penalty_recording_model(steps * critic_steps, critic_steps=critic_steps, gp_every=gp_every)
+    model.fit(batches(), steps_per_epoch=steps, epochs=1, verbose=0)
+    expected = [int(update % gp_every == 0) for update in range(steps * critic_steps)]
+    assert computed.numpy().tolist() == expected
+    assert int(model.d_optimizer.iterations) == steps * critic_steps  # every update still updates the critic
+
+
+@pytest.mark.parametrize("gp_every", [1, 3])
+def test_lazy_gradient_penalty_weighs_k_times_and_is_logged_only_where_computed(gp_every):
+    # One critic update per step, one step per epoch: epoch i's logs are critic update i's.
+    model = tiny_model(critic_steps=1, gp_every=gp_every, drift_weight=0.0)
+    history = model.fit(batches(), steps_per_epoch=1, epochs=2 * gp_every, verbose=0).history
+    for update, (loss, wasserstein, penalty) in enumerate(
+            zip(history["critic_loss"], history["wasserstein"], history["gradient_penalty"])):
+        if update % gp_every == 0:
+            assert penalty > 0
+            assert loss + wasserstein == pytest.approx(10.0 * gp_every * penalty, rel=1e-4)  # λ_gp 10, k times
+        else:
+            assert penalty == 0 and loss + wasserstein == pytest.approx(0.0, abs=1e-6)
+
+
 def test_config_records_the_values_not_the_defaults():
-    model = tiny_model(latent_weight=2.5, critic_steps=3)
+    model = tiny_model(latent_weight=2.5, critic_steps=3, gp_every=2)
     config = model.get_config()
     assert config["latent_weight"] == 2.5 and config["critic_steps"] == 3 and config["width"] == 8
+    assert config["gp_every"] == 2
     assert WassersteinBiGAN.from_config(config).get_config() == config
 
 

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from cli_support import run_cli
+from cli_support import assert_one_line_error, run_cli
 from conftest import tiny_settings
 
 from ganspection_tf.config import TrainConfig
@@ -46,7 +46,8 @@ def test_unset_settings_get_the_recipe_with_the_finding_in_the_reason(modes):
         paths = list_images(modes[mode] / "train" / "good")
         config, chosen = choices.choose(TrainConfig.from_flat(data=str(modes[mode])), paths)
         assert (config.model.image_size, config.model.channels, config.steps, config.augment) == (64, 3, 2000, "none")
-        assert set(chosen) == {"image_size", "channels", "steps", "augment"}
+        assert set(chosen) == {"image_size", "inspect_size", "channels", "steps", "augment"}
+        assert config.model.inspect_size == 64 and "no tiles" in chosen["inspect_size"].reason
         assert "all 12 training images are in colour" in chosen["channels"].reason
         assert finding in chosen["augment"].reason and "pose spread" in chosen["augment"].reason
         assert (choices.NOT_ENABLED in chosen["augment"].reason) == (mode == "unaligned")  # a finding, not applied
@@ -62,10 +63,31 @@ def test_gray_training_images_are_chosen_gray_with_their_count(tmp_path):
 
 def test_a_value_the_user_gives_wins_and_is_recorded_as_theirs(modes):
     paths = list_images(modes["unaligned"] / "train" / "good")
-    given = TrainConfig.from_flat(data="x", image_size=32, channels=1, steps=7, augment="rot90")
+    given = TrainConfig.from_flat(data="x", image_size=32, inspect_size=64, channels=1, steps=7, augment="rot90")
     config, chosen = choices.choose(given, paths)
-    assert (config.model.image_size, config.model.channels, config.steps, config.augment) == (32, 1, 7, "rot90")
+    assert (config.model.image_size, config.model.inspect_size, config.model.channels, config.steps,
+            config.augment) == (32, 64, 1, 7, "rot90")
     assert {choice.reason for choice in chosen.values()} == {choices.USER}
+
+
+def test_inspection_is_at_the_image_size_unless_given_and_larger_sizes_are_a_finding(tmp_path):
+    category = synthetic.write_synthetic_category(tmp_path, image_size=256, n_train=3, n_test_good=0,
+                                                  n_test_per_defect=0)
+    paths = list_images(category / "train" / "good")
+    config, chosen = choices.choose(TrainConfig.from_flat(data=str(category), image_size=64), paths)
+    assert config.model.inspect_size == 64
+    assert "128 or 256 px by 64 px tiles would keep finer defects" in chosen["inspect_size"].reason
+    assert choices.NOT_ENABLED in chosen["inspect_size"].reason
+    config, chosen = choices.choose(TrainConfig.from_flat(data=str(category), inspect_size=256), paths)
+    assert (config.model.image_size, config.model.inspect_size) == (64, 256)  # tiles of the chosen image size
+    assert chosen["inspect_size"].reason == choices.USER
+
+
+def test_an_inspect_size_that_is_not_whole_tiles_stops_train_in_one_line(synthetic_category, tmp_path, capfd):
+    code, _, err = run_cli(capfd, "train", "--data", synthetic_category, "--out", tmp_path / "run", "--image-size",
+                           "64", "--inspect-size", "32", *TINY_FLAGS)
+    assert_one_line_error(code, err, "--inspect-size 32", "--image-size")
+    assert not (tmp_path / "run" / "config.json").exists()
 
 
 def test_none_is_an_augmentation_and_auto_leaves_it_to_the_data(tmp_path, capfd, monkeypatch):
@@ -103,7 +125,7 @@ def test_train_records_and_prints_the_choices_and_a_resume_keeps_them(synthetic_
 
 def test_a_run_without_recorded_choices_still_reads_and_resumes(tiny_run_copy, capfd):
     record = json.loads((tiny_run_copy / "config.json").read_text())
-    assert set(record["data_choices"]) == {"image_size", "channels", "steps", "augment"}
+    assert set(record["data_choices"]) == {"image_size", "inspect_size", "channels", "steps", "augment"}
     del record["data_choices"]  # a config.json of a release before the choices were recorded
     (tiny_run_copy / "config.json").write_text(json.dumps(record))
     run = RunFolder(tiny_run_copy)

@@ -61,6 +61,7 @@ def test_every_config_field_is_an_option_and_nothing_else():
     ("--batch-size", "100000", "≤ 4096"),
     ("--val-fraction", "0.9", "≤ 0.5"),
     ("--image-size", "100", "32, 64, 128, 256"),
+    ("--inspect-size", "96", "32, 64, 128, 256"),
     ("--width", "banana", "whole number"),
     ("--critic-steps", "16", "≤ 15"),
     ("--augment", "hflip,sideways", "sideways"),

@@ -119,8 +119,9 @@ def test_single_process_logs_stay_scalars():
 
 
 @pytest.mark.slow
-def test_a_mirrored_step_equals_a_single_device_step_at_the_same_global_batch():
-    result = run_helper("equivalence")
+@pytest.mark.parametrize("gp_every", [1, 3], ids=["penalty-every-update", "lazy-penalty-in-tf-cond"])
+def test_a_mirrored_step_equals_a_single_device_step_at_the_same_global_batch(gp_every):
+    result = run_helper("equivalence", gp_every)
 
     assert result["replicas"] == 2 and result["steps"] == [1, 1]
     assert result["same_names"] and result["variables"] > 100  # E, G, D, EMA weights and both Adam states

@@ -298,3 +298,18 @@ def test_without_its_training_images_the_picture_has_no_template_columns(tiny_ru
     height, width = read_image(tiny_run_copy / "eval" / layout["picture"]).shape[:2]
     assert width / height == pytest.approx(3 / 5, rel=0.1)
     assert "no template" in (tiny_run_copy / "eval" / "report.html").read_text()
+
+
+def test_a_run_inspected_by_tiles_is_evaluated_at_its_inspected_size(tmp_path_factory, tmp_path):
+    """2 × 2 tiles of 32 px: the pixel metrics come from the stitched 64 px maps smoothed at that size, and the
+    pictures from reconstructions stitched from the tiles and a template at 64 px."""
+    from edge_support import tiled_run
+
+    from ganspection_tf.heatmaps import map_sigma
+
+    run = Path(shutil.copytree(tiled_run(tmp_path_factory), tmp_path / "run"))
+    metrics = evaluate.evaluate_run(run, log=lambda *a: None)
+    assert metrics["pixel"]["map_sigma_model_pixels"] == map_sigma(64) != map_sigma(32)
+    assert metrics["model_vs_template"]["columns"][2] == "template"
+    for name in REPORT_FILES:
+        assert (run / "eval" / name).is_file(), name

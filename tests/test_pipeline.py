@@ -190,6 +190,42 @@ def test_rot90_refuses_non_square_images():
         make_train_dataset(np.zeros((4, 8, 6, 1), np.uint8), 2, augment=Augment(rot90=True))
 
 
+def crop_positions(crop, image):
+    """Every (top, left) at which `crop` lies in `image` (all of them, so a crop must be found exactly once)."""
+    side, size = image.shape[0], crop.shape[0]
+    return [(top, left) for top in range(side - size + 1) for left in range(side - size + 1)
+            if np.array_equal(image[top : top + size, left : left + size], crop)]
+
+
+def test_crops_are_tile_sized_squares_of_their_image_at_random_places_and_seeded():
+    """Training on an image inspected at 2× the model's size: each sample is a model-sized square of its source
+    image, anywhere in it (not only on the scoring grid), a different place per sample, the same under a seed."""
+    images = distinct_images(n=4, size=2 * SIZE)
+    dataset = make_train_dataset(images, 4, shuffle=False, seed=3, crop_size=SIZE)
+    batches = np.concatenate(first_batches(dataset, 8))
+    assert batches.shape == (32, SIZE, SIZE, 3)
+    sources = as_unit(images)
+    places = []
+    for i, crop in enumerate(batches):
+        found = crop_positions(crop, sources[i % 4])  # unshuffled: the i-th crop comes from source i % 4
+        assert len(found) == 1, i
+        places.append(found[0])
+    assert len(set(places)) > 16 and any(top % SIZE or left % SIZE for top, left in places)
+    again = np.concatenate(first_batches(make_train_dataset(images, 4, shuffle=False, seed=3, crop_size=SIZE), 8))
+    np.testing.assert_array_equal(again, batches)
+    other = np.concatenate(first_batches(make_train_dataset(images, 4, shuffle=False, seed=4, crop_size=SIZE), 8))
+    assert not np.array_equal(other, batches)
+
+
+def test_a_crop_of_the_whole_image_leaves_the_batches_as_they_were():
+    """The default (inspected at the model's size): the same batches, augmentations included, as without crops."""
+    images = distinct_images(n=8)
+    augment = Augment.from_flags("hflip,rot90")
+    plain = first_batches(make_train_dataset(images, 4, augment=augment, seed=5), 4)
+    cropped = first_batches(make_train_dataset(images, 4, augment=augment, seed=5, crop_size=SIZE), 4)
+    np.testing.assert_array_equal(np.stack(cropped), np.stack(plain))
+
+
 def test_eval_dataset_keeps_order_and_the_short_last_batch():
     images = distinct_images(n=5)
     batches = first_batches(make_eval_dataset(images, batch_size=2), 10)

@@ -7,7 +7,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from edge_support import edge_category, exported_bundle, trained_run  # noqa: E402
+from edge_support import (  # noqa: E402
+    edge_category,
+    exported_bundle,
+    exported_tiled_bundle,
+    tiled_run,
+    trained_run,
+)
 
 from ganspection_tf import edge, scoring  # noqa: E402
 from ganspection_tf.images import list_images  # noqa: E402
@@ -68,3 +74,25 @@ def read_shape(path):
     from ganspection_tf.images import read_image
 
     return read_image(path).shape[:2]
+
+
+def test_a_run_inspected_by_tiles_scores_the_same_on_the_camera(tmp_path_factory, test_images):
+    """Inspected at 64 px by 32 px tiles: the camera's bundle holds the same tiling, so its terms (from the stitched
+    error map and the tiles' codes), scores and 64 × 64 error maps are the workstation's within float32 rounding,
+    and its export passed the parity gate."""
+    run = RunFolder(tiled_run(tmp_path_factory))
+    bundle, report = exported_tiled_bundle(tmp_path_factory)
+    camera = edge.EdgeScorer(bundle)
+    workstation = scoring.KerasScorer(scoring.build_term_model(run.load_model()), camera.calibration, run.resize)
+    assert camera.image_size == workstation.image_size == 64 and camera.metadata.details["tile_size"] == 32
+    assert camera.calibration.terms == ["latent_mahalanobis", "normalized_map_max"]
+    assert np.shape(camera.calibration.parameters["map_mean"]) == (64, 64)
+    assert np.shape(camera.calibration.parameters["code_mean"]) == (4 * 8,)  # 4 tiles × latent_dim 8
+    assert report["passed"] and report["images"] == 50
+    for path in test_images:
+        on_workstation, on_camera = workstation.score_file(path, heatmap=True), camera.score_file(path, heatmap=True)
+        np.testing.assert_allclose(list(on_camera.terms.values()), list(on_workstation.terms.values()),
+                                   rtol=SCORE_TOLERANCE, atol=SCORE_TOLERANCE, err_msg=str(path))
+        assert on_camera.score == pytest.approx(on_workstation.score, rel=SCORE_TOLERANCE, abs=SCORE_TOLERANCE)
+        assert on_camera.error_map.shape == (64, 64) and on_camera.heatmap.shape == read_shape(path)
+        np.testing.assert_allclose(on_camera.error_map, on_workstation.error_map, atol=SCORE_TOLERANCE)

@@ -126,6 +126,51 @@ def test_map_max_is_the_maximum_of_the_smoothed_error_map(term_model, images):
             np.testing.assert_allclose(result, heatmaps.anomaly_map(spike, (32, 32), sigma=sigma), atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def tiled_model(tiny_model):
+    """`tiny_model`'s networks inspecting 64 px images by 2 × 2 tiles of its 32 px."""
+    model = build_model(TrainConfig.from_flat(data="unused", channels=3, inspect_size=64, **TINY))
+    model.set_weights(tiny_model.get_weights())
+    return model
+
+
+def test_a_tiled_term_model_gives_per_image_outputs_merged_from_its_tiles(tiled_model, term_model):
+    """Inspected at 64 px by 32 px tiles: the error map is the tiles' maps stitched (then map_max smooths the whole
+    map, across the seams), each other term is its largest value over the tiles, the code is the tiles' codes in
+    row-major order, and the reconstruction for pictures is stitched the same way."""
+    images = np.random.default_rng(2).integers(0, 256, size=(3, 64, 64, 3), dtype=np.uint8)
+    tiled = scoring.compute_terms(scoring.build_term_model(tiled_model), images)
+    quarters = [images[:, top : top + 32, left : left + 32] for top in (0, 32) for left in (0, 32)]
+    per_tile = [scoring.compute_terms(term_model, quarter) for quarter in quarters]
+    stitched = np.concatenate([np.concatenate([per_tile[0]["error_map"], per_tile[1]["error_map"]], axis=2),
+                               np.concatenate([per_tile[2]["error_map"], per_tile[3]["error_map"]], axis=2)], axis=1)
+    np.testing.assert_allclose(tiled["error_map"], stitched, atol=1e-6)
+    for name in ("latent", "cycle", "reconstruction", "critic_feature", "critic"):
+        np.testing.assert_allclose(tiled[name], np.max([t[name] for t in per_tile], axis=0), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+    np.testing.assert_allclose(tiled["code"], np.concatenate([t["code"] for t in per_tile], axis=1), atol=1e-6)
+    expected_max = [heatmaps.anomaly_map(error, (64, 64)).max() for error in stitched]
+    np.testing.assert_allclose(tiled["map_max"], expected_max, rtol=1e-5, atol=1e-6)
+    whole = scoring.reconstruct(tiled_model, images)
+    assert whole.shape == images.shape
+    alone = scoring.reconstruct(tiled_model, quarters[2])  # uint8: a batch of another size may round 1 level apart
+    np.testing.assert_allclose(whole[:, 32:, :32].astype(int), alone.astype(int), atol=1)
+
+
+def test_inspecting_at_the_image_size_builds_the_term_model_of_runs_from_before_the_setting(tiny_model, images):
+    """inspect_size = image_size (the default's choice) and a model.keras without the setting give one and the same
+    graph, layer for layer, so their scores, calibrations and bundles are the ones of the untiled release."""
+    explicit = build_model(TrainConfig.from_flat(data="unused", channels=3, inspect_size=32, **TINY))
+    explicit.set_weights(tiny_model.get_weights())
+    assert tiny_model.config.inspect_size is None and tiny_model.inspected_size == 32
+    before, now = scoring.build_term_model(tiny_model), scoring.build_term_model(explicit)
+    assert [layer.name for layer in now.layers] == [layer.name for layer in before.layers]
+    assert not any(isinstance(layer, scoring.Tiles) for layer in now.layers)
+    old, new = scoring.compute_terms(before, images), scoring.compute_terms(now, images)
+    for name in old:
+        np.testing.assert_array_equal(new[name], old[name], err_msg=name)
+
+
 def test_ema_weights_are_used_for_scoring(tiny_model, term_model, images):
     """The term model reads the EMA copies, not the raw (trained) encoder weights."""
     ema_encoder = tiny_model.scoring_networks()[0]

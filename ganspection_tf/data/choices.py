@@ -13,6 +13,8 @@ NOT_ENABLED where they would suggest another value:
   Finding: colour files whose three channels are equal in the decoded sample hold gray content;
 * image_size: the images' own size and how much smaller the model sees them; larger model sizes would keep
   finer defects when the images are that large;
+* inspect_size: the image size (the whole image in one tile); larger sizes, inspected by tiles of the image
+  size, would keep finer defects when the images are that large;
 * augment: the pose spread of the training images (:func:`pose_spread`). Aligned parts (below ALIGNED_BELOW)
   would look unlike every good image after a flip or a quarter turn; parts at any pose, or a texture, would
   stay good, which would make such augmentation useful;
@@ -37,6 +39,7 @@ from ganspection_tf.config import (
     data_chosen_fields,
 )
 from ganspection_tf.images import UnreadableImage, convert_channels, image_header, read_image, resize_image
+from ganspection_tf.tiles import tile_grid
 
 USER = "set by the user"
 NOT_ENABLED = "not enabled until measured (benchmarks/RESULTS.md)"
@@ -71,11 +74,15 @@ class Choice:
 def choose(config, paths) -> tuple[Any, dict[str, Choice]]:
     """(`config` with every from_data field set, {field: Choice}) for a new run training on `paths`."""
     evidence = TrainingImages(paths, config.resize)
-    given = config.flat()
-    rules = {"channels": _channels, "image_size": _image_size, "augment": _augment, "steps": _steps}
-    choices = {name: Choice(given[name], USER) if given[name] is not None else rules[name](evidence, config)
-               for name in data_chosen_fields()}
-    return config.replace(**{name: choice.value for name, choice in choices.items()}), choices
+    rules = {"channels": _channels, "image_size": _image_size, "inspect_size": _inspect_size, "augment": _augment,
+             "steps": _steps}
+    choices = {}
+    for name in data_chosen_fields():  # in order: a rule sees the values chosen before it (inspect_size: image_size)
+        given = config.flat()[name]
+        choices[name] = Choice(given, USER) if given is not None else rules[name](evidence, config)
+        config = config.replace(**{name: choices[name].value})
+    tile_grid(config.model.image_size, config.model.inspect_size)  # a given size that is no multiple: one line
+    return config, choices
 
 
 def kept_on_resume(stored: dict, previous, config) -> dict[str, Choice]:
@@ -189,6 +196,17 @@ def _image_size(images, config):
     larger = [side for side in SUPPORTED_SIZES if size < side <= min(shorter)]
     if larger:
         reason += f"; {' or '.join(map(str, larger))} px would keep finer defects, {NOT_ENABLED}"
+    return Choice(size, reason)
+
+
+def _inspect_size(images, config):
+    size = config.model.image_size
+    reason = f"the image size: each image is inspected whole at {size} px, no tiles"
+    shorter = [min(width, height) for width, height, _ in images.headers]
+    larger = [side for side in SUPPORTED_SIZES if shorter and size < side <= min(shorter)]
+    if larger:
+        reason += (f"; {' or '.join(map(str, larger))} px by {size} px tiles would keep finer defects, "
+                   f"{NOT_ENABLED}")
     return Choice(size, reason)
 
 

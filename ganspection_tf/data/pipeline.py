@@ -93,12 +93,15 @@ class Augment:
 
 
 def make_train_dataset(
-    images_uint8: np.ndarray, batch_size: int, augment: Augment = Augment(), seed: int = 0, shuffle: bool = True
+    images_uint8: np.ndarray, batch_size: int, augment: Augment = Augment(), seed: int = 0, shuffle: bool = True,
+    crop_size: int | None = None,
 ) -> tf.data.Dataset:
     """Endless batches of ``float32 (batch_size, H, W, C)`` in [-1, 1] from an in-memory uint8 array.
 
     Shuffled with a buffer as large as the data (a full shuffle, new order each epoch, reproducible via
-    ``seed``); batches never come out short, because the data repeats before it is batched.
+    ``seed``); batches never come out short, because the data repeats before it is batched. With `crop_size`
+    smaller than the images, each image of a batch is a random `crop_size` square of its image (the network's
+    tile of an image inspected at a larger size, ``tiles.py``), before the augmentation.
     """
     images = _check_images(images_uint8, batch_size)
     if augment.rot90 and images.shape[1] != images.shape[2]:
@@ -107,13 +110,33 @@ def make_train_dataset(
     if shuffle:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat().batch(batch_size, drop_remainder=True)
-    # Augment whole batches (one vectorised op per batch instead of per image); the batch index feeds the
-    # stateless random ops, so the same seed gives the same augmentations on every run.
-    dataset = dataset.enumerate().map(
-        lambda index, batch: _to_unit_range(augment_batch(batch, augment, tf.stack([tf.cast(seed, tf.int64), index]))),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    # Crop and augment whole batches (one vectorised op per batch instead of per image); the batch index feeds
+    # the stateless random ops, so the same seed gives the same crops and augmentations on every run.
+    crop = crop_size is not None and crop_size < max(images.shape[1:3])
+
+    def prepare(index, batch):
+        batch_seed = tf.stack([tf.cast(seed, tf.int64), index])
+        if crop:
+            batch = random_crops(batch, crop_size, tf.random.experimental.stateless_fold_in(batch_seed, CROP_STREAM))
+        return _to_unit_range(augment_batch(batch, augment, batch_seed))
+
+    dataset = dataset.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_sharding_options())
+
+
+CROP_STREAM = 1  # folded into a batch's seed for its crops: the augmentation keeps the stream it always had
+
+
+def random_crops(batch: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
+    """A random `size` × `size` square of each image of a ``(B, H, W, C)`` batch, at any position inside it (a
+    different one per image; ``seed`` a shape-[2] integer tensor for the stateless random ops)."""
+    shape = tf.shape(batch)
+    corner_seeds = tf.random.experimental.stateless_split(seed, 2)
+    top = tf.random.stateless_uniform([shape[0]], corner_seeds[0], maxval=shape[1] - size + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([shape[0]], corner_seeds[1], maxval=shape[2] - size + 1, dtype=tf.int32)
+    offsets = tf.range(size)
+    rows = tf.gather(batch, top[:, tf.newaxis] + offsets, axis=1, batch_dims=1)  # (B, size, W, C)
+    return tf.gather(rows, left[:, tf.newaxis] + offsets, axis=2, batch_dims=1)  # (B, size, size, C)
 
 
 def make_eval_dataset(images_uint8: np.ndarray, batch_size: int) -> tf.data.Dataset:

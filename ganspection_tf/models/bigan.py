@@ -3,7 +3,8 @@
 Per step (read top to bottom in ``train_step``):
 
 1. ``critic_steps`` critic updates: the critic D(x, z) learns to tell real pairs (x, E(x)) from fake pairs
-   (G(z), z), z ~ N(0, I), with the WGAN-GP gradient penalty on interpolated joint pairs.
+   (G(z), z), z ~ N(0, I), with the WGAN-GP gradient penalty on interpolated joint pairs (on every
+   ``gp_every``-th critic update only, k times weighted: lazy regularisation, Karras et al. 2020).
 2. one encoder + generator update: the Wasserstein loss, plus λ_latent·(1/d)‖z − E(G(z))‖² (our latent L2
    loss), plus optional λ_rec·‖x − G(E(x))‖₁ and critic feature matching (Salimans et al. 2016).
 3. the exponential moving average of E and G weights (Salimans et al. 2016) used for scoring and sampling.
@@ -24,6 +25,11 @@ from ganspection_tf.models import networks
 NOISE_DRAWS_PER_STEP = 2 * MAX_CRITIC_STEPS + 2  # two draws per critic update, one for E/G, one spare
 EMA_ENCODER, EMA_GENERATOR = "ema_encoder", "ema_generator"  # the averaged networks' layer names
 GRADIENT_NORM_EPSILON = 1e-12  # keeps sqrt differentiable at 0 (NaN otherwise)
+
+
+def _critic_draw(update):
+    """The first noise draw of critic update `update` (its z; the next draw is its penalty's ε)."""
+    return 2 * update
 
 
 def _mean_feature_abs_gap(a, b):
@@ -59,6 +65,11 @@ class WassersteinBiGAN(keras.Model):
     @property
     def image_size(self):
         return self.config.image_size
+
+    @property
+    def inspected_size(self):
+        """The side the whole image is inspected at, by tiles of image_size (``tiles.py``)."""
+        return self.config.inspected_size
 
     @property
     def channels(self):
@@ -148,35 +159,65 @@ class WassersteinBiGAN(keras.Model):
 
         # E and G are fixed during the critic updates: encode once, generate every update's fakes in one call.
         real_z = self.encoder(real, training=True)
-        draws = [2 * i for i in range(self.config.critic_steps)]
-        zs = [self._replica_noise(step, draw, batch, [self.latent_dim]) for draw in draws]
-        fakes = ops.split(self.generator(ops.concatenate(zs, axis=0), training=True), len(draws), axis=0)
-        for draw, z, fake in zip(draws, zs, fakes):
-            critic_logs = self._critic_update(real, real_z, z, fake, step, draw, batch, replicas)
+        updates = range(self.config.critic_steps)
+        zs = [self._replica_noise(step, _critic_draw(update), batch, [self.latent_dim]) for update in updates]
+        fakes = ops.split(self.generator(ops.concatenate(zs, axis=0), training=True), len(zs), axis=0)
+        # The logged penalty is that of the step's last penalised update; a step without one adds nothing to its
+        # mean (the 0 of an unpenalised update is no measurement).
+        penalty, penalised_in_step = 0.0, False
+        for update, z, fake in zip(updates, zs, fakes):
+            critic_logs, penalised = self._critic_update(real, real_z, z, fake, step, update, batch, replicas)
+            penalty = ops.where(penalised, critic_logs["gradient_penalty"], penalty)
+            penalised_in_step = ops.logical_or(penalised_in_step, penalised)
+        critic_logs["gradient_penalty"] = penalty
         generator_logs = self._encoder_generator_update(real, batch, step, 2 * self.config.critic_steps, replicas)
         self._update_moving_averages(step)
         self.step_counter.assign_add(1)
 
+        weights = {"gradient_penalty": ops.cast(penalised_in_step, "float32")}
         for name, value in {**critic_logs, **generator_logs}.items():
-            self.loss_trackers[name].update_state(value)
+            self.loss_trackers[name].update_state(value, sample_weight=weights.get(name))
         logs = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
         return distribute.reducible_logs(logs)  # a workaround for multi-worker fit, see there
 
-    def _critic_update(self, real, real_z, z, fake, step, draw, batch, replicas):
+    def _critic_update(self, real, real_z, z, fake, step, update, batch, replicas):
+        """Critic update number `update` of this step: (its logs, whether it carried the gradient penalty)."""
+        penalised = self._penalised(step, update)
         with tf.GradientTape() as tape:
             real_value, _ = self.critic([real, real_z], training=True)
             fake_value, _ = self.critic([fake, z], training=True)
             wasserstein = ops.mean(real_value) - ops.mean(fake_value)
-            penalty = self._gradient_penalty(real, real_z, fake, z, step, draw + 1, batch)
+            penalty = self._lazy_gradient_penalty(penalised, real, real_z, fake, z, step, _critic_draw(update) + 1,
+                                                  batch)
             # The drift term (Karras et al. 2018) keeps the critic's values near 0 so they cannot run away.
             drift = ops.mean(ops.square(real_value))
-            loss = -wasserstein + self.config.gp_weight * penalty + self.config.drift_weight * drift
+            # On 1 update in gp_every, gp_every times the weight: the same penalty on average.
+            gp_weight = self.config.gp_weight * self.config.gp_every
+            loss = -wasserstein + gp_weight * penalty + self.config.drift_weight * drift
             # Gradients of the replicas are summed: scale so the sum is the gradient of the global mean; under
             # mixed_float16 also multiply by the loss scale that the LossScaleOptimizer divides out.
             scaled = self.d_optimizer.scale_loss(loss / replicas)
         grads = tape.gradient(scaled, self.critic.trainable_variables)
         self.d_optimizer.apply_gradients(zip(grads, self.critic.trainable_variables))
-        return {"critic_loss": loss, "wasserstein": wasserstein, "gradient_penalty": penalty}
+        return {"critic_loss": loss, "wasserstein": wasserstein, "gradient_penalty": penalty}, penalised
+
+    def _penalised(self, step, update):
+        """Whether critic update `update` of `step` carries the gradient penalty: every gp_every-th critic update
+        counted over the run, the first one included. A Python bool when it is the same in every step (gp_every
+        divides critic_steps, 1 included): that graph has no condition."""
+        every, updates = self.config.gp_every, self.config.critic_steps
+        if updates % every == 0:
+            return update % every == 0
+        return ops.equal((ops.cast(step, "int64") * updates + update) % every, 0)
+
+    def _lazy_gradient_penalty(self, penalised, *args):
+        """The gradient penalty when `penalised`, else 0 without computing it (a tf.cond when it is a tensor: one
+        graph for every step)."""
+        if penalised is True:
+            return self._gradient_penalty(*args)
+        if penalised is False:
+            return tf.constant(0.0)
+        return tf.cond(penalised, lambda: self._gradient_penalty(*args), lambda: tf.constant(0.0))
 
     def _gradient_penalty(self, real, real_z, fake, z, step, draw, batch):
         """(‖∇D(x̂, ẑ)‖ − 1)² on joint pairs interpolated between (x, E(x)) and (G(z), z), ε ~ U[0, 1]."""
