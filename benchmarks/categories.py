@@ -2,7 +2,7 @@
 
     python benchmarks/categories.py [--root ../shared/data/mvtec_ad] [--categories bottle,screw,...]
                                     [--minutes 30] [--image-size N] [--inspect-size N] [--out FOLDER]
-                                    [--template-only]
+                                    [--template-only] [--train-options "--gp-every 4 --critic-steps 2"]
 
 Categories: every category folder under --root (default ``../shared/data/mvtec_ad`` next to the repository:
 bottle and screw), plus two written by the package's synthetic generator into OUT/synthetic:
@@ -28,6 +28,7 @@ rows alone (seconds per category, no training). The table also goes to OUT/categ
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -72,7 +73,8 @@ def main(argv=None):
         template = template_row(folder, args.image_size, args.inspect_size)
         rows.append({"category": name, "score": "template", **template})
         if not args.template_only:
-            model = model_row(folder, out / "runs" / name, args.minutes, args.image_size, args.inspect_size)
+            model = model_row(folder, out / "runs" / name, args.minutes, args.image_size, args.inspect_size,
+                              shlex.split(args.train_options))
             rows.append({"category": name, "score": "model", **model,
                          "gain": model["image_auroc"] - template["image_auroc"]})
     table = markdown_table(rows)
@@ -99,6 +101,9 @@ def parse_args(argv):
     parser.add_argument("--out", type=Path, default=None,
                         help="Folder for the synthetic data, the runs and the table (default: a new temporary one).")
     parser.add_argument("--template-only", action="store_true", help="Only the template rows: no training.")
+    parser.add_argument("--train-options", default="",
+                        help="More train options for the model rows, e.g. '--gp-every 4': to measure a candidate "
+                             "default (use a new --out per setting: evaluated runs are reused).")
     return parser.parse_args(argv)
 
 
@@ -176,7 +181,7 @@ def template_row(folder, image_size=None, inspect_size=None) -> dict:
 # --- the model --------------------------------------------------------------------------------------------
 
 
-def model_row(folder, run_dir, minutes, image_size, inspect_size=None) -> dict:
+def model_row(folder, run_dir, minutes, image_size, inspect_size=None, train_options=()) -> dict:
     """Train with the defaults under the wall-clock budget (unless already evaluated), evaluate, read the files."""
     metrics_path = run_dir / "eval" / "metrics.json"
     if metrics_path.is_file():
@@ -187,6 +192,7 @@ def model_row(folder, run_dir, minutes, image_size, inspect_size=None) -> dict:
             train += ["--image-size", str(image_size)]
         if inspect_size:
             train += ["--inspect-size", str(inspect_size)]
+        train += list(train_options)
         if RunFolder(run_dir).read_status() is None:
             ganspection_tf(*train)
         ganspection_tf("evaluate", str(run_dir))

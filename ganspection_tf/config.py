@@ -190,6 +190,9 @@ class TrainConfig:
                                         "save) after the first log interval after which one more would pass it; "
                                         "--steps still bounds the run.", low=0.0, low_open=True, optional=True)
     learning_rate: float = setting(1e-4, float, "Adam's learning rate.", low=0.0, low_open=True)
+    critic_learning_rate: float | None = setting(None, float, "The critic's own learning rate (two time-scale "
+                                                 "update rule, Heusel et al. 2017; with fewer --critic-steps); "
+                                                 "default: --learning-rate.", low=0.0, low_open=True, optional=True)
     beta_1: float = setting(0.5, float, "Adam's β1.", low=0.0, high=1.0, high_open=True)
     beta_2: float = setting(0.9, float, "Adam's β2.", low=0.0, high=1.0, high_open=True)
     weight_decay: float = setting(0.0, float, "> 0 uses AdamW.", low=0.0, high=1.0)
@@ -214,6 +217,11 @@ class TrainConfig:
     precision: str = setting("float32", str, "Compute precision.", choices=PRECISIONS)
     strategy: str = setting("auto", str, "tf.distribute strategy.", choices=STRATEGIES)
     devices: list[str] | None = setting(None, list, "Comma-separated devices for --strategy mirrored.", optional=True)
+
+    @property
+    def critic_rate(self) -> float:
+        """The critic's learning rate: critic_learning_rate, or learning_rate where it is unset."""
+        return self.learning_rate if self.critic_learning_rate is None else self.critic_learning_rate
 
     def flat(self) -> dict:
         """Every setting by its (unique) name, the model's included: what the command line shows."""

@@ -56,8 +56,8 @@ def config_hash(config_dict) -> str:
 
 
 # What --resume may change; everything else belongs to the run and must match what it was trained with.
-RESUMABLE_FIELDS = ("steps", "learning_rate", "strategy", "devices", "keep_checkpoints", "log_every",
-                    "checkpoint_every", "sample_every", "jit_compile", "max_minutes", "validate_every")
+RESUMABLE_FIELDS = ("steps", "learning_rate", "critic_learning_rate", "strategy", "devices", "keep_checkpoints",
+                    "log_every", "checkpoint_every", "sample_every", "jit_compile", "max_minutes", "validate_every")
 
 
 def train(config: TrainConfig, out, resume=False, verbose=1, log=print, overrides=None, extra_callbacks=None,
@@ -118,8 +118,8 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
         model = build_model(config.replace(jit_compile=jit_compile))
     checkpoints = _checkpoint_manager(model, folder, config.keep_checkpoints)
     start_step = _restore(checkpoints, run_dir, resume, log)
-    for optimizer in (model.d_optimizer, model.g_optimizer):
-        optimizer.learning_rate = config.learning_rate  # a checkpoint restores the old rate; --resume may change it
+    # A checkpoint restores the old rates; --resume may change them.
+    model.d_optimizer.learning_rate, model.g_optimizer.learning_rate = config.critic_rate, config.learning_rate
     distribute.check_workers_agree(
         strategy, restored_step=start_step, training_images=distribute.images_checksum(images)
     )
@@ -217,13 +217,14 @@ def build_model(config: TrainConfig) -> WassersteinBiGAN:
     """The model, compiled with its two optimizers (call inside the strategy scope)."""
     model = WassersteinBiGAN(config.model)
     model.compile(
-        d_optimizer=_optimizer(config), g_optimizer=_optimizer(config), jit_compile=bool(config.jit_compile)
+        d_optimizer=_optimizer(config, config.critic_rate), g_optimizer=_optimizer(config, config.learning_rate),
+        jit_compile=bool(config.jit_compile),
     )
     return model
 
 
-def _optimizer(config):
-    kwargs = dict(learning_rate=config.learning_rate, beta_1=config.beta_1, beta_2=config.beta_2)
+def _optimizer(config, learning_rate):
+    kwargs = dict(learning_rate=learning_rate, beta_1=config.beta_1, beta_2=config.beta_2)
     if config.weight_decay:
         optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **kwargs)
     else:

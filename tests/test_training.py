@@ -62,14 +62,27 @@ def test_resume_continues_step_count_and_optimizer_state(synthetic_category, tin
 
     messages = []
     longer = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=8))
-    training.train(longer, run_dir, resume=True, verbose=0, log=messages.append)
+    training.train(longer, run_dir, resume=True, verbose=0, log=messages.append,
+                   overrides={"steps": 8, "critic_learning_rate": 3e-4})  # a two time-scale resume
     resumed = RunFolder(run_dir).load_model()
 
     assert any("resumed from" in message and "step 4" in message for message in messages)
     assert int(resumed.step) == 8
+    assert float(resumed.d_optimizer.learning_rate) == pytest.approx(3e-4)
+    assert float(resumed.g_optimizer.learning_rate) == pytest.approx(1e-4)  # --learning-rate's default, kept
+    assert RunFolder(run_dir).read_train_config().critic_learning_rate == pytest.approx(3e-4)
     assert int(resumed.d_optimizer.iterations) == 8  # 1 critic step per step, counted across both runs
     assert len(list(csv.DictReader((run_dir / "history.csv").open()))) == 4  # appended, not restarted
     assert any(not np.array_equal(a, b.numpy()) for a, b in zip(moments_at_4, resumed.g_optimizer.variables))
+
+
+@pytest.mark.parametrize("critic_rate, expected", [(None, 2e-4), (8e-4, 8e-4)], ids=["same", "critic-own"])
+def test_the_critic_learns_at_its_own_rate_or_at_the_learning_rate(critic_rate, expected):
+    config = training.TrainConfig.from_flat(learning_rate=2e-4, critic_learning_rate=critic_rate, channels=3,
+                                            **tiny_settings())
+    model = training.build_model(config)
+    assert float(model.d_optimizer.learning_rate) == pytest.approx(expected)
+    assert float(model.g_optimizer.learning_rate) == pytest.approx(2e-4)
 
 
 def test_a_used_run_folder_is_refused_without_resume(tiny_run, synthetic_category):
