@@ -50,7 +50,7 @@ def test_unset_settings_get_the_recipe_with_the_finding_in_the_reason(modes):
         assert config.model.inspect_size == 64 and "no tiles" in chosen["inspect_size"].reason
         assert "all 12 training images are in colour" in chosen["channels"].reason
         assert finding in chosen["augment"].reason and "pose spread" in chosen["augment"].reason
-        assert (choices.NOT_ENABLED in chosen["augment"].reason) == (mode == "unaligned")  # a finding, not applied
+        assert (choices.NOT_BETTER in chosen["augment"].reason) == (mode == "unaligned")  # a finding, not applied
         assert "12 training images" in chosen["steps"].reason
 
 
@@ -77,7 +77,7 @@ def test_inspection_is_at_the_image_size_unless_given_and_larger_sizes_are_a_fin
     config, chosen = choices.choose(TrainConfig.from_flat(data=str(category), image_size=64), paths)
     assert config.model.inspect_size == 64
     assert "128 or 256 px by 64 px tiles would keep finer defects" in chosen["inspect_size"].reason
-    assert choices.NOT_ENABLED in chosen["inspect_size"].reason
+    assert choices.NOT_BETTER in chosen["inspect_size"].reason
     config, chosen = choices.choose(TrainConfig.from_flat(data=str(category), inspect_size=256), paths)
     assert (config.model.image_size, config.model.inspect_size) == (64, 256)  # tiles of the chosen image size
     assert chosen["inspect_size"].reason == choices.USER

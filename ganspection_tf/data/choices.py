@@ -7,17 +7,18 @@ value the user gave wins and its reason says so; a resumed run keeps what it was
 
 Until another rule is measured the values are the recipe the accuracy benchmark measures (``config.RECIPE_*``,
 benchmarks/RESULTS.md). The tests are computed anyway and their findings go into the reasons, marked
-NOT_ENABLED where they would suggest another value:
+NOT_ENABLED where they would suggest another value, or NOT_BETTER where a run measured that value without gain:
 
 * channels: 1 when every training image is gray in its file, else 3 (the rule since the first release).
   Finding: colour files whose three channels are equal in the decoded sample hold gray content;
 * image_size: the images' own size and how much smaller the model sees them; larger model sizes would keep
   finer defects when the images are that large;
 * inspect_size: the image size (the whole image in one tile); larger sizes, inspected by tiles of the image
-  size, would keep finer defects when the images are that large;
+  size, would keep finer defects when the images are that large (128 px on screw: finer maps, not a better
+  image score: NOT_BETTER);
 * augment: the pose spread of the training images (:func:`pose_spread`). Aligned parts (below ALIGNED_BELOW)
   would look unlike every good image after a flip or a quarter turn; parts at any pose, or a texture, would
-  stay good, which would make such augmentation useful;
+  stay good, which would make such augmentation useful (on screw it did not help the image AUROC: NOT_BETTER);
 * steps: how many passes over the training images the recipe's length is.
 
 No TensorFlow: headers and a small sample of images are read with ``images.py``.
@@ -43,6 +44,7 @@ from ganspection_tf.tiles import tile_grid
 
 USER = "set by the user"
 NOT_ENABLED = "not enabled until measured (benchmarks/RESULTS.md)"
+NOT_BETTER = "not enabled: measured on screw, no better image AUROC (benchmarks/RESULTS.md)"
 # Written for runs resumed from a config.json of a release that did not record choices.
 UNRECORDED = "as the run was started (its release did not record why)"
 SAMPLE_SIZE = 64  # training images decoded for the tests, evenly spaced over the sorted split
@@ -206,7 +208,7 @@ def _inspect_size(images, config):
     larger = [side for side in SUPPORTED_SIZES if shorter and size < side <= min(shorter)]
     if larger:
         reason += (f"; {' or '.join(map(str, larger))} px by {size} px tiles would keep finer defects, "
-                   f"{NOT_ENABLED}")
+                   f"{NOT_BETTER}")
     return Choice(size, reason)
 
 
@@ -218,7 +220,7 @@ def _augment(images, config):
         return Choice(RECIPE_AUGMENT, f"pose spread {spread:.2f} < {ALIGNED_BELOW} over {count} training images: "
                       "aligned parts, which a flip or a quarter turn would show in a pose no good image has")
     return Choice(RECIPE_AUGMENT, f"pose spread {spread:.2f} ≥ {ALIGNED_BELOW} over {count} training images: "
-                  f"parts at any pose (or a texture), which flips and quarter turns would keep good; {NOT_ENABLED}")
+                  f"parts at any pose (or a texture), which flips and quarter turns would keep good; {NOT_BETTER}")
 
 
 def _steps(images, config):
