@@ -13,6 +13,10 @@ fixture), then the higher AUROC. So the per-pixel ``normalized_map_max`` is chos
 it is clearly better or tied only with combinations, and a pose-independent term where it is not better. (Fewer
 terms before pose-independence was set after looking at the demo's test split: benchmarks/RESULTS.md.)
 
+Where the good images show their parts in one place (the caller passes `aligned`, from the pose spread of the
+training images), a candidate with a term that compares patches at any place (``patch_distance``) is measured
+but not chosen: a good patch in the wrong place (a part fitted in the wrong spot) is invisible to it.
+
 No test image is involved: the caller passes values computed on good validation images and their copies.
 numpy and the term registry only: no TensorFlow, no scikit-learn.
 """
@@ -24,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.terms import POSE_DEPENDENT_TERMS  # compare each pixel with the good images' at that place
+from ganspection_tf.terms import AT_ANY_PLACE_TERMS, POSE_DEPENDENT_TERMS
 
 TIE_TOLERANCE = 0.01
 # Fixed combinations tried besides every single term (equal weights on the standardised terms).
@@ -46,6 +50,10 @@ class Candidate:
     @property
     def pose_independent(self) -> bool:
         return not any(term in POSE_DEPENDENT_TERMS for term, weight in self.weights.items() if weight)
+
+    @property
+    def at_any_place(self) -> bool:
+        return any(term in AT_ANY_PLACE_TERMS for term, weight in self.weights.items() if weight)
 
     @property
     def size(self) -> int:
@@ -78,9 +86,11 @@ def default_candidates(terms) -> list[Candidate]:
 
 
 def choose_score(good_terms, defective_terms, candidates=None, defect_kinds=None,
-                 tolerance=TIE_TOLERANCE) -> ScoreChoice:
+                 tolerance=TIE_TOLERANCE, aligned=False) -> ScoreChoice:
     """The best candidate (module docstring) from term values {term: (N,)} on good images and {term: (M,)} on
-    their defective copies. `defect_kinds` (M names, optional) adds every candidate's AUROC per kind."""
+    their defective copies. `defect_kinds` (M names, optional) adds every candidate's AUROC per kind. With
+    `aligned` parts, candidates with a term that compares patches at any place (``Term.at_any_place``) are
+    measured but not chosen: they cannot see a good patch in the wrong place."""
     good = {name: np.asarray(values, np.float64).reshape(-1) for name, values in good_terms.items()}
     defective = {name: np.asarray(values, np.float64).reshape(-1) for name, values in defective_terms.items()}
     n_good, n_defective = _check_inputs(good, defective)
@@ -98,13 +108,15 @@ def choose_score(good_terms, defective_terms, candidates=None, defect_kinds=None
                                        for kind in sorted(set(kinds.tolist()))}
     if not auroc:
         raise GanspectionError("no score candidate has finite values on the validation images; the run has diverged")
-    usable = [c for c in candidates if c.name in auroc]
-    best = max(auroc.values())
+    usable = [c for c in candidates if c.name in auroc and not (aligned and c.at_any_place)]
+    best = max(auroc[c.name] for c in usable)
     tied = [c for c in usable if auroc[c.name] >= best - tolerance]
     chosen = min(tied, key=lambda c: (c.size, not c.pose_independent, -auroc[c.name]))
+    reason = _reason(chosen, usable, auroc, tolerance, n_defective, n_good)
+    if aligned and len(usable) < len(auroc):
+        reason += "; aligned parts: candidates that compare patches at any place were measured, not offered"
     return ScoreChoice(
-        name=chosen.name, weights=dict(chosen.weights), reason=_reason(chosen, usable, auroc, tolerance, n_defective,
-                                                                        n_good),
+        name=chosen.name, weights=dict(chosen.weights), reason=reason,
         auroc=auroc, n_good=n_good, n_defective=n_defective, auroc_by_kind=by_kind,
     )
 

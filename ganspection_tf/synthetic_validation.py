@@ -18,7 +18,7 @@ import numpy as np
 
 from ganspection_tf import artifacts
 from ganspection_tf.calibration import fit_calibration, fitted_columns
-from ganspection_tf.data import pipeline
+from ganspection_tf.data import choices, pipeline
 from ganspection_tf.defects import defective_copies
 from ganspection_tf.images import resize_image
 from ganspection_tf.run import as_run
@@ -41,7 +41,8 @@ def choose_run_score(run, term_model, validation_outputs, reference_outputs, log
     model_inputs, copies = defective_inputs(run.validation_images(), size, channels, run.resize)
     defect_outputs = compute_terms(term_model, model_inputs)
     good_terms, defect_terms = term_values(validation_outputs, reference_outputs, defect_outputs, copies.sources)
-    choice = choose_score(good_terms, defect_terms, defect_kinds=copies.kinds)
+    aligned = choices.parts_aligned(run.training_images(), run.resize)
+    choice = choose_score(good_terms, defect_terms, defect_kinds=copies.kinds, aligned=bool(aligned))
     artifacts.write_json(run.score_choice_path, choice.to_dict())
     log(f"score chosen on {choice.n_good} good validation images and {choice.n_defective} synthetic-defect copies: "
         f"{choice.reason}")

@@ -101,6 +101,9 @@ class Term:
     float_encoder: bool = False  # int8 noise of the encoder would be amplified: the camera keeps it float
     export_score: str | None = None  # the `export --score` choice that ships this term alone
     pose_dependent: bool = False  # compares each pixel with the good images at the same place: assumes aligned parts
+    # Compares the image's patches with good patches from any place: blind to a good patch in the wrong place (a
+    # part fitted in the wrong spot), so the score choice offers it only where parts move (not aligned).
+    at_any_place: bool = False
     # (fitted parameter, model output) pairs: the parameter has the output's per-image shape (bundle checks).
     shaped_like: tuple[tuple[str, str], ...] = ()
     # (fitted parameter, model output) pairs: the parameter's rows have the output's last dimension (a feature bank).
@@ -348,7 +351,7 @@ REGISTRY: tuple[Term, ...] = (
          "the good training images' patches at any place",
          inputs=(PATCH_OUTPUT,), compute=lambda outputs, p: patch_distance(outputs[PATCH_OUTPUT], p["patch_bank"]),
          fit=_fit_patch_distance, parameters=("patch_bank",), fitted="the bank of good patches",
-         check=_check_patch_bank, rows_like=(("patch_bank", PATCH_OUTPUT),)),
+         check=_check_patch_bank, rows_like=(("patch_bank", PATCH_OUTPUT),), at_any_place=True),
 )
 # `export --score`: one term alone (its export_score name), or "combined" (the calibrated combination).
 COMBINED_SCORE = "combined"
@@ -384,6 +387,7 @@ def tables(registry) -> dict:
         # per-pixel spread); the error map of heatmaps is one of them.
         FLOAT_ENCODER_OUTPUTS=frozenset(o for t in registry if t.float_encoder for o in t.model_outputs),
         POSE_DEPENDENT_TERMS=frozenset(term.name for term in registry if term.pose_dependent),
+        AT_ANY_PLACE_TERMS=frozenset(term.name for term in registry if term.at_any_place),
     )
 
 
@@ -392,6 +396,7 @@ BY_NAME, TERMS, DEFAULT_WEIGHTS = _TABLES["BY_NAME"], _TABLES["TERMS"], _TABLES[
 PARAMETERS, SCORES = _TABLES["PARAMETERS"], _TABLES["SCORES"]
 MODEL_TERMS, MODEL_OUTPUTS = _TABLES["MODEL_TERMS"], _TABLES["MODEL_OUTPUTS"]
 FLOAT_ENCODER_OUTPUTS, POSE_DEPENDENT_TERMS = _TABLES["FLOAT_ENCODER_OUTPUTS"], _TABLES["POSE_DEPENDENT_TERMS"]
+AT_ANY_PLACE_TERMS = _TABLES["AT_ANY_PLACE_TERMS"]
 
 
 def term(name) -> Term:

@@ -25,6 +25,7 @@ from corpus import (
 
 from ganspection_tf import training
 from ganspection_tf.errors import GanspectionError
+from ganspection_tf.ownership import LOCK_FILE
 from ganspection_tf.run import RunFolder
 
 TINY_FLAGS = [
@@ -34,7 +35,10 @@ TINY_FLAGS = [
 
 
 def snapshot(folder):
-    return {path.relative_to(folder): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    """Every file's bytes, except the writer lock: a verb that takes it writes its own pid there by design (which
+    pid was there before depends on the test worker that built the run)."""
+    return {path.relative_to(folder): path.read_bytes() for path in folder.rglob("*")
+            if path.is_file() and path.name != LOCK_FILE}
 
 
 @pytest.fixture

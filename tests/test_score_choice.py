@@ -77,3 +77,13 @@ def test_candidates_and_bad_input():
         choose_score({"map_max": [1.0]}, {"map_max": [2.0]})
     with pytest.raises(GanspectionError, match="differ in length"):
         choose_score({"map_max": [1.0, 2.0], "latent": [1.0]}, {"map_max": [2.0], "latent": [1.0]})
+
+
+def test_aligned_parts_are_never_given_a_score_that_compares_patches_at_any_place():
+    rng = np.random.default_rng(0)
+    good = {"patch_distance": rng.normal(0, 1, 30), "normalized_map_max": rng.normal(0, 1, 30)}
+    defective = {"patch_distance": rng.normal(3, 1, 60), "normalized_map_max": rng.normal(1, 1, 60)}
+    assert choose_score(good, defective).name == "patch_distance"  # clearly better where parts move
+    aligned = choose_score(good, defective, aligned=True)
+    assert aligned.name == "normalized_map_max" and "patch_distance" in aligned.auroc  # measured, not offered
+    assert "aligned parts" in aligned.reason

@@ -128,6 +128,13 @@ def pose_spread(gray_images) -> float:
     return float(flat.var(axis=0).mean())
 
 
+def parts_aligned(paths, resize) -> bool | None:
+    """Whether the good images show their parts in one place (pose spread below ALIGNED_BELOW); None when fewer
+    than 2 of them can be read. The score choice offers place-free terms only where parts move."""
+    spread = TrainingImages(paths, resize).pose_spread
+    return None if spread is None else spread < ALIGNED_BELOW
+
+
 class TrainingImages:
     """What the rules look at, read once and only when a rule needs it: file headers, and a sample of images."""
 
