@@ -225,9 +225,10 @@ class SyntheticDefectValidation(keras.callbacks.Callback):
 
     REFERENCE_IMAGES = 100
 
-    def __init__(self, every, final_step, validation_paths, training_images, resize, stream=None):
+    def __init__(self, every, final_step, validation_paths, training_images, resize, stream=None, aligned=False):
         super().__init__()
         self.every, self.final_step, self.stream = every, final_step, stream
+        self.aligned = aligned  # parts in one place: the choice leaves out place-free terms, as the calibration's
         self.validation_paths, self.resize = validation_paths, resize
         spacing = max(1, len(training_images) // self.REFERENCE_IMAGES)
         self.reference_images = training_images[::spacing][: self.REFERENCE_IMAGES]
@@ -264,7 +265,7 @@ class SyntheticDefectValidation(keras.callbacks.Callback):
         good, reference, copies = (compute_terms(self.term_model, images)
                                    for images in (self.good, self.reference_images, self.copy_inputs))
         good_terms, copy_terms = synthetic_validation.term_values(good, reference, copies, self.copies.sources)
-        return choose_score(good_terms, copy_terms)
+        return choose_score(good_terms, copy_terms, aligned=self.aligned)
 
 
     def refresh_averaged_networks(self):

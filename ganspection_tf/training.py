@@ -201,8 +201,9 @@ def _validation(config, splits, images):
         raise GanspectionError(f"--validate-every {config.validate_every}: needs at least 2 good validation images "
                                f"held out of training, and there are {len(splits['validation'])}; raise "
                                "--val-fraction")
+    aligned = bool(choices.parts_aligned(splits["train"], config.resize))  # as the calibration's choice sees it
     return [SyntheticDefectValidation(config.validate_every, config.steps, splits["validation"], images,
-                                      config.resize)]
+                                      config.resize, aligned=aligned)]
 
 
 def _wall_clock_budget(config, strategy_name):
