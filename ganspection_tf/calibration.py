@@ -38,10 +38,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ganspection_tf.errors import GanspectionError
+from ganspection_tf.heatmaps import HEATMAP_FULL_SCALE
 from ganspection_tf.stats import MIN_SAMPLES, whitening_matrix
 from ganspection_tf.terms import (
     BY_NAME,
     DEFAULT_WEIGHTS,
+    ERROR_MAP_OUTPUT,
     PARAMETERS,
     STD_FLOOR_ABSOLUTE,
     TERMS,
@@ -139,6 +141,26 @@ class Calibration:
             whitened = standardized @ np.asarray(self.whitening).T
             return np.sqrt(np.sum(np.square(whitened), axis=1))
         return standardized @ np.asarray(self.weights)
+
+    def map_term(self) -> str | None:
+        """The term whose own pixel map (``Term.pixel_map``) the heatmaps show: the weighted sum's heaviest term,
+        when it has one; None (the error map) otherwise, and for the Mahalanobis fusion."""
+        if self.method != "weighted":
+            return None
+        heaviest = self.terms[int(np.argmax(self.weights))]
+        return heaviest if BY_NAME[heaviest].pixel_map is not None else None
+
+    def pixel_maps(self, outputs: dict, side: int) -> np.ndarray | None:
+        """(N, side, side) maps of where an image is unusual, for heatmaps and pixel metrics: the error map, or
+        the map of :meth:`map_term` scaled so that its validation mean (a good image's least familiar place)
+        sits at half the heatmap's colour scale, like a clearly visible but not saturated error. None when the
+        outputs hold neither (a bundle without heatmaps)."""
+        name = self.map_term()
+        if name is None:
+            return outputs.get(ERROR_MAP_OUTPUT)
+        maps = BY_NAME[name].pixel_map(outputs, self.parameters, side)
+        typical = self.mean[self.terms.index(name)]
+        return maps * np.float32(0.5 * HEATMAP_FULL_SCALE / max(typical, STD_FLOOR_ABSOLUTE))
 
     def threshold_for(self, max_fpr) -> float:
         """The threshold this calibration's rule gives for another `max_fpr`, from its validation scores."""

@@ -96,6 +96,8 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
         "pixel": pixel_metrics(scored["masks"], scored["maps"], sigma=map_sigma(model.inspected_size)),
         "score_choice": score_choice_summary(run, calibration),
     }
+    if metrics["pixel"] is not None:  # the map the heatmaps show: the error map or the chosen score's own
+        metrics["pixel"]["map"] = scored["map_term"] or "error"
     metrics["image_auroc"] = metrics["image"][COMBINED]["auroc"]
     metrics["model_vs_template"] = _write_model_vs_template(out / MODEL_VS_TEMPLATE, scored, category_found, model,
                                                             run)
@@ -253,6 +255,7 @@ def _score_test_split(test, term_model, calibration, batch_size, resize):
     maps = np.empty((count, side, side), dtype=np.float32)
     masks = np.zeros((count, side, side), dtype=bool)
     outputs = {name: [] for name in MODEL_OUTPUTS}  # error maps too: normalized_map_max needs them
+    model_maps = []  # what the heatmaps show, at the inspected size (Calibration.pixel_maps)
     for start in range(0, count, batch_size):
         batch = test[start : start + batch_size]
         images, _ = pipeline.load_images([t.path for t in batch], scorer.image_size, scorer.channels,
@@ -260,9 +263,10 @@ def _score_test_split(test, term_model, calibration, batch_size, resize):
         values = scorer.forward(images)
         for name, kept in outputs.items():
             kept.append(values[name])
+        model_maps.append(calibration.pixel_maps(values, scorer.image_size))
         for offset, item in enumerate(batch):
             index = start + offset
-            maps[index] = anomaly_map(values["error_map"][offset], (side, side))
+            maps[index] = anomaly_map(model_maps[-1][offset], (side, side))
             if item.mask is not None:
                 masks[index] = read_mask(item.mask, side, resize, image=item.path)
     outputs = {name: np.concatenate(chunks) for name, chunks in outputs.items()}
@@ -277,6 +281,8 @@ def _score_test_split(test, term_model, calibration, batch_size, resize):
         "anomalous": scored.anomalous,
         "outputs": outputs,
         "maps": maps,
+        "model_maps": np.concatenate(model_maps),
+        "map_term": calibration.map_term(),
         "masks": masks,
         "threshold": calibration.threshold,
         "resize": resize,
@@ -433,8 +439,7 @@ def _heatmap_figure(scored, category, model, term_model):
     paths = [scored["paths"][index] for _, index in cases]
     model_images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=False, resize=scored["resize"])
     reconstructions = scoring.reconstruct(model, model_images)
-    error_maps = scoring.compute_terms(term_model, model_images)["error_map"]
-    shown_maps = [anomaly_map(e, (DISPLAY_SIZE, DISPLAY_SIZE)) for e in error_maps]
+    shown_maps = [anomaly_map(scored["model_maps"][index], (DISPLAY_SIZE, DISPLAY_SIZE)) for _, index in cases]
     top = max(float(np.max(shown_maps)), 1e-6)  # one colour scale for the whole grid: rows stay comparable
 
     figure = _new_figure(8.4, 2.2 * len(cases))
@@ -487,13 +492,17 @@ def _write_model_vs_template(target, scored, category, model, run) -> dict:
                                      resize=resize)
     reconstructions = [resize_image(r, DISPLAY_SIZE) for r in scoring.reconstruct(model, inputs)]
     display = (DISPLAY_SIZE, DISPLAY_SIZE)
-    model_maps = [anomaly_map(scored["outputs"]["error_map"][i], display) for i in rows]
+    model_maps = [anomaly_map(scored["model_maps"][i], display) for i in rows]
     template, averaged = run_template(run, size, channels)
     columns = MODEL_COLUMNS if template is None else TEMPLATE_COLUMNS
     if template is not None:
         template_picture = resize_image(from_unit_range(template), DISPLAY_SIZE)
         template_maps = [anomaly_map(m, display) for m in template_error_maps(inputs, template)]
-    top = max(float(np.max(model_maps + (template_maps if template is not None else []))), 1e-6)  # one scale
+    # One colour scale for both maps where both are error maps (rows and columns comparable); the map of another
+    # term (Calibration.map_term) has its own units, so each kind of map then gets its own scale.
+    own_units = scored["map_term"] is not None
+    top_model = max(float(np.max(model_maps + ([] if template is None or own_units else template_maps))), 1e-6)
+    top_template = top_model if template is None or not own_units else max(float(np.max(template_maps)), 1e-6)
 
     figure = _new_figure(1.9 * len(columns), 1.9 * len(rows))
     grid = np.atleast_2d(figure.subplots(len(rows), len(columns)))
@@ -510,7 +519,8 @@ def _write_model_vs_template(target, scored, category, model, run) -> dict:
         }
         for column, name in enumerate(columns):
             image, colour_map, outline = panels[name]
-            _show(grid[row, column], image, colour_map, top, outline)
+            _show(grid[row, column], image, colour_map, top_template if name == "template error map" else top_model,
+                  outline)
         grid[row, 0].set_ylabel(f"{item.defect}/{item.path.name}\nscore {scored['combined'][index]:.3g}",
                                 fontsize=8)
     for column, name in enumerate(columns):
@@ -532,7 +542,7 @@ def _report_html(metrics):
                     f"<td>{values['aupr']:.3f}</td>{cells}</tr>")
     threshold, oracle, pixel = metrics["threshold"], metrics["oracle"], metrics["pixel"]
     pixel_text = (f"pixel AUROC {pixel['auroc']:.3f}, AU-PRO (FPR ≤ {pixel['pro_fpr_limit']}) {pixel['au_pro']:.3f}"
-                  if pixel else "no ground-truth masks with defect pixels: pixel metrics not computed")
+                  f" of the {html.escape(pixel['map'])} map" if pixel else "no ground-truth masks with defect pixels: pixel metrics not computed")
     calibration = metrics["calibration"]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>GANspection-TF evaluation</title>

@@ -31,7 +31,6 @@ from ganspection_tf import images
 from ganspection_tf.calibration import Calibration
 from ganspection_tf.heatmaps import anomaly_map
 from ganspection_tf.images import UnreadableImage
-from ganspection_tf.terms import ERROR_MAP_OUTPUT
 
 __all__ = ["ScoreResult", "Scorer", "Scores"]
 
@@ -43,7 +42,8 @@ class ScoreResult:
     score: float | None = None
     anomalous: bool | None = None
     terms: dict[str, float] | None = None  # in the calibration's term order
-    error_map: np.ndarray | None = None  # (S, S) at the inspected size (None: a bundle without heatmaps)
+    error_map: np.ndarray | None = None  # (S, S) at the inspected size: the map the heatmaps show, the error map or the
+    # map of the term that carries the score (Calibration.pixel_maps); None: a bundle without heatmaps
     resize: str = images.DEFAULT_RESIZE  # the run's resize mode, to map the error map back onto the image
     heatmap: np.ndarray | None = None  # float32 anomaly map at the image's size, when asked for
     latency_ms: float | None = None  # preprocess → postprocess of this image (the camera's single frames)
@@ -98,7 +98,7 @@ class Scorer(ABC):
     def postprocess(self, outputs: dict[str, np.ndarray]) -> list[ScoreResult]:
         """Raw outputs of N images → N :class:`ScoreResult` (terms, score, decision, error map)."""
         scored = self.scores(outputs)
-        error_maps = outputs.get(ERROR_MAP_OUTPUT) if self.keeps_error_map else None
+        error_maps = self.calibration.pixel_maps(outputs, self.image_size) if self.keeps_error_map else None
         return [
             ScoreResult(
                 score=float(scored.combined[k]),

@@ -39,7 +39,8 @@ good images:
   the good training images (``patch_bank``), in the critic's stage-2 features (stride 4 in the image). A local
   reference at any place: no reconstruction has to be sharp and no part has to sit where the others did, so it
   is a candidate for parts that move and for textures, whose good surface is many similar patches. Without
-  training images the bank comes from the validation images, each validation value leave-one-out.
+  training images the bank comes from the validation images, each validation value leave-one-out. When it
+  carries the chosen score, the heatmaps show its map (every patch's distance) instead of the error map.
 
 Measurements behind these choices: benchmarks/RESULTS.md ("Score terms" and "Score variants").
 """
@@ -50,6 +51,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from ganspection_tf.errors import GanspectionError
@@ -112,6 +114,9 @@ class Term:
     # fitted WITHOUT the copy's source image: (validation outputs, copies' outputs, source index per copy) → (M,).
     # None: the parameters fitted on all of them.
     leave_source_out: Callable[[Outputs, Outputs, np.ndarray], np.ndarray] | None = None
+    # Its own pixel map, where it is not the error map: (outputs, parameters, side) → (N, side, side), in the
+    # term's units, at the inspected size. The heatmaps show it when the term carries the score (Calibration).
+    pixel_map: Callable[[Outputs, Parameters, int], np.ndarray] | None = None
 
     def __post_init__(self):
         if (self.graph is None) == (self.compute is None):
@@ -292,6 +297,16 @@ def nearest_patch_distances(features, bank) -> np.ndarray:
     return distances
 
 
+def patch_distance_map(features, bank, side) -> np.ndarray:
+    """(N, side, side) float32: how much farther each patch lies from the bank than the image's median patch
+    (:func:`nearest_patch_distances`, clipped at 0), bilinearly enlarged from the patch grid to the inspected
+    size, every patch's value at its centre. Every patch of a good surface sits at some distance from the bank;
+    measured from the image's own ordinary level, only what stands out of the image shows on its heatmap."""
+    distances = nearest_patch_distances(features, bank)
+    above = np.maximum(distances - np.median(distances, axis=(1, 2), keepdims=True), 0.0)
+    return np.stack([cv2.resize(grid, (side, side), interpolation=cv2.INTER_LINEAR) for grid in above])
+
+
 def patch_distance(features, bank) -> np.ndarray:
     """(N,) float64: the largest nearest-neighbour distance over an image's patches (its least familiar patch)."""
     return nearest_patch_distances(features, bank).max(axis=(1, 2)).astype(np.float64)
@@ -351,7 +366,8 @@ REGISTRY: tuple[Term, ...] = (
          "the good training images' patches at any place",
          inputs=(PATCH_OUTPUT,), compute=lambda outputs, p: patch_distance(outputs[PATCH_OUTPUT], p["patch_bank"]),
          fit=_fit_patch_distance, parameters=("patch_bank",), fitted="the bank of good patches",
-         check=_check_patch_bank, rows_like=(("patch_bank", PATCH_OUTPUT),), at_any_place=True),
+         check=_check_patch_bank, rows_like=(("patch_bank", PATCH_OUTPUT),), at_any_place=True,
+         pixel_map=lambda outputs, p, side: patch_distance_map(outputs[PATCH_OUTPUT], p["patch_bank"], side)),
 )
 # `export --score`: one term alone (its export_score name), or "combined" (the calibrated combination).
 COMBINED_SCORE = "combined"

@@ -605,3 +605,19 @@ def test_patch_distance_finds_a_patch_no_good_image_has():
     term = registry.term("patch_distance")
     fitted, good = term.fit_on(validation, reference)
     assert term.column(defective, fitted).min() > good.max()
+
+
+def test_heatmaps_show_the_patch_map_where_patch_distance_carries_the_score():
+    validation, reference = model_outputs(12, 0), model_outputs(20, 1)
+    defective = model_outputs(2, 2)
+    defective["critic_patches"][:, 3, 1] += 6.0  # one unfamiliar patch per image: row 3, column 1 of the 4×4 grid
+    by_patches = cal.fit_calibration_from_outputs(validation, reference_outputs=reference,
+                                                  weights={"patch_distance": 1.0})
+    by_error = cal.fit_calibration_from_outputs(validation, reference_outputs=reference,
+                                                weights={"normalized_map_max": 1.0})
+    maps = by_patches.pixel_maps(defective, side=16)
+    assert maps.shape == (2, 16, 16)
+    for image_map in maps:  # the peak lies in that patch's cell of the image (stride 4)
+        row, column = np.unravel_index(np.argmax(image_map), image_map.shape)
+        assert 12 <= row < 16 and 4 <= column < 8
+    np.testing.assert_array_equal(by_error.pixel_maps(defective, side=16), defective["error_map"])
