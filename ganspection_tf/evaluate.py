@@ -55,6 +55,9 @@ MODEL_VS_TEMPLATE = "model_vs_template.png"
 GOOD_ROWS, MAX_DEFECT_ROWS = 2, 8
 MODEL_COLUMNS = ("input", "model G(E(x))", "model anomaly map")
 TEMPLATE_COLUMNS = ("input", "model G(E(x))", "template", "model anomaly map", "template error map")
+# A term whose median over the good test images lies this many validation standard deviations above its validation
+# mean says the good test photos differ from the training ones (benchmarks/RESULTS.md, "Exposure": MVTec screw).
+GOOD_SHIFT_WARNING = 2.0
 # The fusion the default weights replaced, reported for comparison.
 PREVIOUS_DEFAULT_WEIGHTS = {"map_max": 1.0, "latent_mahalanobis": 1.0}
 
@@ -96,6 +99,10 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
         "pixel": pixel_metrics(scored["masks"], scored["maps"], sigma=map_sigma(model.inspected_size)),
         "score_choice": score_choice_summary(run, calibration),
     }
+    metrics["good_shift"] = good_image_shift(scored["labels"], scored["terms"], calibration)
+    shifted = shifted_terms(metrics["good_shift"])
+    if shifted:
+        log(f"warning: {shift_warning(shifted)}")
     if metrics["pixel"] is not None:  # the map the heatmaps show: the error map or the chosen score's own
         metrics["pixel"]["map"] = scored["map_term"] or "error"
     metrics["image_auroc"] = metrics["image"][COMBINED]["auroc"]
@@ -126,6 +133,28 @@ def image_metrics(labels, defects, scores_by_name) -> dict:
             "per_defect_auroc": per_defect,
         }
     return result
+
+
+def good_image_shift(labels, terms, calibration) -> dict:
+    """{term: how many validation standard deviations the good test images' median lies above the validation
+    mean}; {} without good test images. Far above on some term: the good test photos are not like the training
+    photos (lighting, camera, fixture), so the test figures measure that change as much as the defects."""
+    good = np.asarray(labels) == 0
+    if not good.any():
+        return {}
+    return {name: float((np.median(np.asarray(terms[name])[good]) - mean) / std)
+            for name, mean, std in zip(calibration.terms, calibration.mean, calibration.std)}
+
+
+def shifted_terms(shift) -> dict:
+    return {name: z for name, z in shift.items() if z > GOOD_SHIFT_WARNING}
+
+
+def shift_warning(shifted) -> str:
+    listed = ", ".join(f"{name} (+{z:.1f} σ)" for name, z in sorted(shifted.items(), key=lambda item: -item[1]))
+    return (f"the good test images look unlike the good validation images on {listed}: the test photos differ from "
+            "the training photos (lighting, camera, fixture?), so these figures measure that change too; train on "
+            "photos taken like the test ones")
 
 
 def threshold_metrics(labels, scores, threshold) -> dict:
@@ -556,6 +585,7 @@ tr.main{{font-weight:bold;background:#eef}}</style></head><body>
 images held out of training (never on test images); threshold {threshold['value']:.4g} for a target false-positive
 rate of {calibration['max_fpr']:g}.</p>
 {_choice_html(metrics.get("score_choice"))}
+{_shift_html(metrics.get("good_shift") or {})}
 <h2>Image level</h2>
 <p><b>Image AUROC (combined): {metrics['image_auroc']:.3f}</b>. At the calibrated threshold: F1 {threshold['f1']:.3f},
 precision {threshold['precision']:.3f}, recall {threshold['recall']:.3f}, false-positive rate on good test images
@@ -610,6 +640,11 @@ def _choice_html(choice):
 <p>Chosen on the good validation images and {choice['n_defective']} copies of them with synthetic defects (never a
 test image): <b>{html.escape(choice['reason'])}</b> ({status}).</p>
 <table><tr><th>candidate</th><th>validation AUROC, synthetic defects</th></tr>{rows}</table>"""
+
+
+def _shift_html(shift):
+    shifted = shifted_terms(shift)
+    return f"<p><b>Warning:</b> {html.escape(shift_warning(shifted))}.</p>" if shifted else ""
 
 
 def _maybe(value):

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -313,3 +314,17 @@ def test_a_run_inspected_by_tiles_is_evaluated_at_its_inspected_size(tmp_path_fa
     assert metrics["model_vs_template"]["columns"][2] == "template"
     for name in REPORT_FILES:
         assert (run / "eval" / name).is_file(), name
+
+
+def test_good_test_photos_unlike_the_validation_photos_are_named():
+    """MVTec screw: good test photos lit darker than the training photos sit far above the validation images on
+    several terms; evaluate warns instead of reporting the figures as the model's alone."""
+    calibration = SimpleNamespace(terms=["latent", "map_max"], mean=[20.0, 0.2], std=[4.0, 0.05])
+    labels = np.array([0, 0, 0, 1, 1])
+    terms = {"latent": np.array([33.0, 35.0, 40.0, 20.0, 21.0]),  # good ones: median 35, +3.75 σ
+             "map_max": np.array([0.21, 0.19, 0.2, 0.9, 0.8])}  # only the defective ones are high: no shift
+    shift = evaluate.good_image_shift(labels, terms, calibration)
+    assert shift["latent"] == pytest.approx(3.75) and shift["map_max"] == pytest.approx(0.0)
+    assert set(evaluate.shifted_terms(shift)) == {"latent"}
+    assert "latent (+3.8 σ)" in evaluate.shift_warning(evaluate.shifted_terms(shift))
+    assert evaluate.good_image_shift(np.ones(2), terms, calibration) == {}
