@@ -54,8 +54,10 @@ def main(argv=None):
     matched = evaluate_run(copy, args.data, log=lambda message: None)
     before = json.loads((Path(args.run) / "eval" / "metrics.json").read_text())
     print(f"{'':32s} {'as trained':>10s} {'exposure':>10s}")
-    for name in ["combined", *sorted(k for k in matched["image"] if k != "combined" and not k.startswith("fusion"))]:
-        print(f"{'image AUROC ' + name:32s} {before['image'][name]['auroc']:10.3f} {matched['image'][name]['auroc']:10.3f}")
+    terms = sorted(k for k in matched["image"] if k != "combined" and not k.startswith("fusion"))
+    for name in ["combined", *terms]:
+        was, now = before["image"][name]["auroc"], matched["image"][name]["auroc"]
+        print(f"{'image AUROC ' + name:32s} {was:10.3f} {now:10.3f}")
     for name in ("auroc", "au_pro"):
         print(f"{'pixel ' + name:32s} {before['pixel'][name]:10.3f} {matched['pixel'][name]:10.3f}")
     print(f"{'validation AUROC (best)':32s} {_best_validation(args.run):10.3f} {_best_validation(copy):10.3f}")
@@ -65,7 +67,8 @@ def _training_reference(run, data, statistic) -> float:
     config = RunFolder(run).read_config()
     model = config["train"]["model"]
     category = mvtec.scan_category(data, None)
-    images, _ = pipeline.load_images(category.train, model["image_size"], model["channels"], resize=config["train"]["resize"])
+    images, _ = pipeline.load_images(category.train, model["image_size"], model["channels"],
+                                     resize=config["train"]["resize"])
     return float(np.mean([statistic(image) for image in images.astype(np.float32)]))
 
 

@@ -31,6 +31,7 @@ Threshold (image is anomalous when score > threshold), chosen on the validation 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
 from dataclasses import dataclass
@@ -123,7 +124,7 @@ class Calibration:
 
     def term_matrix(self, outputs: dict) -> np.ndarray:
         """Raw model outputs {name: (N, ...)} → (N, T) float64 terms in ``terms`` order (workstation and camera)."""
-        return np.stack([BY_NAME[name].column(outputs, self.parameters) for name in self.terms], axis=1)
+        return np.stack([BY_NAME[name].column(outputs, self._fitted) for name in self.terms], axis=1)
 
     def standardize(self, term_matrix) -> np.ndarray:
         """(N, T) terms in ``terms`` order → (N, T) validation z-scores."""
@@ -142,6 +143,12 @@ class Calibration:
             return np.sqrt(np.sum(np.square(whitened), axis=1))
         return standardized @ np.asarray(self.weights)
 
+    @functools.cached_property
+    def _fitted(self) -> dict:
+        """`parameters` as float arrays, converted once: they are stored as JSON lists, and the terms would
+        otherwise convert them again for every scored batch (twice where the heatmap is a term's own map)."""
+        return {name: np.asarray(value, np.float64) for name, value in self.parameters.items()}
+
     def map_term(self) -> str | None:
         """The term whose own pixel map (``Term.pixel_map``) the heatmaps show: the weighted sum's heaviest term,
         when it has one; None (the error map) otherwise, and for the Mahalanobis fusion."""
@@ -158,7 +165,7 @@ class Calibration:
         name = self.map_term()
         if name is None:
             return outputs.get(ERROR_MAP_OUTPUT)
-        maps = BY_NAME[name].pixel_map(outputs, self.parameters, side)
+        maps = BY_NAME[name].pixel_map(outputs, self._fitted, side)
         typical = self.mean[self.terms.index(name)]
         return maps * np.float32(0.5 * HEATMAP_FULL_SCALE / max(typical, STD_FLOOR_ABSOLUTE))
 

@@ -571,7 +571,8 @@ def _report_html(metrics):
                     f"<td>{values['aupr']:.3f}</td>{cells}</tr>")
     threshold, oracle, pixel = metrics["threshold"], metrics["oracle"], metrics["pixel"]
     pixel_text = (f"pixel AUROC {pixel['auroc']:.3f}, AU-PRO (FPR ≤ {pixel['pro_fpr_limit']}) {pixel['au_pro']:.3f}"
-                  f" of the {html.escape(pixel['map'])} map" if pixel else "no ground-truth masks with defect pixels: pixel metrics not computed")
+                  f" of the {html.escape(pixel['map'])} map" if pixel
+                  else "no ground-truth masks with defect pixels: pixel metrics not computed")
     calibration = metrics["calibration"]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>GANspection-TF evaluation</title>
