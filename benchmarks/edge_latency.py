@@ -54,7 +54,8 @@ def main(argv=None):
     note(f"{len(paths)} test images of {run.category_root}, model {model.image_size} px, inspected at "
          f"{model.inspected_size} px")
 
-    shipped = scoring.term_model_for(term_model, calibration.terms, with_error_map=True)
+    shipped = scoring.term_model_for(term_model, calibration.terms,
+                                     with_error_map=calibration.heatmap_needs_error_map())
     keras = scoring.KerasScorer(shipped, calibration, run.resize, batch_size=1)
     rows = [scorer_row("Keras fp32 (batch 1)", None, "all", keras, 4 * shipped.count_params(), frames, labels)]
     counted = {}  # quantisation → MACs per frame by op type, from its bundle's graph

@@ -157,6 +157,11 @@ class Calibration:
         heaviest = self.terms[int(np.argmax(self.weights))]
         return heaviest if BY_NAME[heaviest].pixel_map is not None else None
 
+    def heatmap_needs_error_map(self) -> bool:
+        """Whether heatmaps are drawn from the error map (no term's own map): only then does an edge bundle ship
+        it, and the encoder and generator behind it (a `patch_distance` scorer is the critic's first layers)."""
+        return self.map_term() is None
+
     def pixel_maps(self, outputs: dict, side: int) -> np.ndarray | None:
         """(N, side, side) maps of where an image is unusual, for heatmaps and pixel metrics: the error map, or
         the map of :meth:`map_term` scaled so that its validation mean (a good image's least familiar place)

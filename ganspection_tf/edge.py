@@ -166,9 +166,15 @@ def _terms_problem(metadata) -> str | None:
         return "'terms' differs from the calibration's terms"
     if metadata.calibration.get("threshold") != metadata.threshold:
         return "'threshold' differs from the calibration's threshold"
-    required_outputs = outputs_needed(terms, with_error_map=metadata.heatmap)
-    if sorted(metadata.outputs) != sorted(required_outputs):
-        return f"'outputs' {metadata.outputs} must be {required_outputs}"
+    try:
+        calibration = Calibration.from_dict(metadata.calibration)
+    except GanspectionError as error:
+        return str(error)
+    # The error map is shipped only when the heatmap is drawn from it; earlier bundles shipped it always.
+    required = outputs_needed(terms, with_error_map=metadata.heatmap and calibration.heatmap_needs_error_map())
+    allowed = outputs_needed(terms, with_error_map=metadata.heatmap)
+    if not set(required) <= set(metadata.outputs) <= set(allowed):
+        return f"'outputs' {metadata.outputs} must be {required}"
     return None
 
 

@@ -38,7 +38,8 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
     model = run.load_model()
     term_model = scoring.build_term_model(model)
     calibration = score_calibration(run, model, term_model, score, log)
-    scorer = build_scorer(term_model, calibration.terms, with_error_map=score == COMBINED_SCORE)
+    heatmaps = score == COMBINED_SCORE and calibration.heatmap_needs_error_map()
+    scorer = build_scorer(term_model, calibration.terms, with_error_map=heatmaps)
 
     representative = None
     if quantize in CALIBRATED:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -176,6 +177,26 @@ def test_a_patch_distance_scorer_needs_only_the_critics_first_stages(run_dir):
     stages = ("crit_conv0", "crit_conv1", "crit_norm1")  # up to the patch features (stride 4); no z path, no head
     assert convert.weights_needed(scorer) == sum(critic.get_layer(name).count_params() for name in stages)
     assert convert.weights_needed(scorer) < 0.2 * scorer.count_params()  # count_params: the whole critic
+
+
+def test_a_run_scored_by_patch_distance_ships_no_reconstruction_and_still_draws_heatmaps(run_dir, tmp_path):
+    """Its heatmap is the patch map (Calibration.map_term): the bundle holds the critic's first stages only, no
+    encoder, no generator, no error map, and the camera's heatmaps are the workstation's."""
+    run = RunFolder(shutil.copytree(run_dir, tmp_path / "run"))
+    calibration = scoring.ensure_calibration(run, weights={"patch_distance": 1.0}, log=quiet)
+    out = tmp_path / "bundle"
+    export.export_bundle(run.path, out, quantize="none", log=quiet)
+    metadata = edge.read_metadata(out)
+    assert metadata.outputs == ["critic_patches"] and metadata.heatmap
+    critic = run.load_model().scoring_networks()[2]
+    stages = ("crit_conv0", "crit_conv1", "crit_norm1")
+    assert metadata.details["scorer_weights"] == sum(critic.get_layer(name).count_params() for name in stages)
+    camera = edge.EdgeScorer(out)
+    workstation = scoring.KerasScorer(scoring.build_term_model(run.load_model()), calibration, run.resize)
+    image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    on_camera, on_workstation = camera.score(image, heatmap=True), workstation.score(image, heatmap=True)
+    assert on_camera.heatmap.shape == (40, 48) and on_camera.heatmap.max() > 0
+    np.testing.assert_allclose(on_camera.heatmap, on_workstation.heatmap, atol=1e-3)
 
 
 def test_combined_bundle_scores_like_the_runs_calibration(run_dir, tmp_path_factory):

@@ -233,7 +233,19 @@ def test_train_data_given_a_file_says_so(tmp_path, capfd):
 def start_training(data, out, steps=100000):
     command = [sys.executable, "-m", "ganspection_tf.cli", "train", "--data", str(data), "--out", str(out),
                "--steps", str(steps), *TINY]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # faulthandler: SIGABRT makes a hung child print every thread's stack (see wait_or_dump)
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+
+
+def wait_or_dump(worker, timeout):
+    """Wait for the worker; if it hangs, fail with the stacks of its threads (what it was stuck in)."""
+    try:
+        worker.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        worker.send_signal(signal.SIGABRT)
+        worker.wait(timeout=30)
+        pytest.fail(f"no exit {timeout} s after the signal; its stacks:\n{worker.stderr.read()[-6000:]}")
 
 
 def wait_for_checkpoint(worker, run, step=2, timeout=240):
@@ -265,7 +277,7 @@ def test_a_signal_stops_training_quickly_and_status_says_so(signum, state, statu
         one_line_error(code, err, "another ganspection-tf process", str(worker.pid))
         sent = time.time()
         worker.send_signal(signum)
-        worker.wait(timeout=20)
+        wait_or_dump(worker, 20)
         assert time.time() - sent < 20  # typically 2-5 s; generous for a CI machine shared with other jobs
     finally:
         stop(worker)
