@@ -433,7 +433,7 @@ def main(argv=None):
     debug = "--debug" in args
     console.set_debug(debug)  # before anything imports TensorFlow
     try:
-        with interrupts.routed_to_exceptions():
+        with interrupts.routed_to_exceptions(exit_if_stuck=argv is None):  # None: the console command
             cli.main(args=args, prog_name="ganspection-tf", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
         return _interrupted(interrupts, debug)

@@ -5,15 +5,23 @@ that the status of a run can tell "interrupted" (Ctrl-C) from "killed" (SIGTERM)
 for Ctrl-C also runs for SIGTERM. Some libraries wrap an exception raised inside their callbacks in another type
 (the TFLite converter turns it into a TypeError): :func:`received` says whether a signal came, so the CLI still
 reports an interruption, not a bug.
+
+A signal always ends the process: clean-up that is still running :data:`CLEANUP_SECONDS` after it (a deadlock
+in a library the exception unwound through) prints every thread's stack and exits, so a stopped run is never a
+process that lives on (its status then reads "killed" at the next start: ``training._correct_stale_status``).
 """
 
 import contextlib
+import faulthandler
 import signal
+import sys
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+CLEANUP_SECONDS = 30  # a stopped training run writes its status and releases its lock in well under 10 s
 
 _received = []
+_exit_if_stuck = [False]
 
 
 class Terminated(KeyboardInterrupt):
@@ -21,25 +29,38 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigint(signum, frame):
-    _received.append(signum)
+    _note(signum)
     raise KeyboardInterrupt
 
 
 def _on_sigterm(signum, frame):
-    _received.append(signum)
+    _note(signum)
     raise Terminated
 
 
+def _note(signum):
+    _received.append(signum)
+    if _exit_if_stuck[0]:
+        faulthandler.dump_traceback_later(CLEANUP_SECONDS, exit=True, file=sys.stderr)
+
+
 @contextlib.contextmanager
-def routed_to_exceptions():
-    """Within the block SIGINT and SIGTERM raise (main thread only); the previous handlers come back after."""
+def routed_to_exceptions(exit_if_stuck=False):
+    """Within the block SIGINT and SIGTERM raise (main thread only); the previous handlers come back after.
+
+    `exit_if_stuck`: the block is the whole process (the console command), so a signal also arms the exit
+    :data:`CLEANUP_SECONDS` later, which stays armed through the interpreter's own shutdown; otherwise (a caller
+    in the same process, such as a notebook) it is never armed.
+    """
     _received.clear()
+    _exit_if_stuck[0] = exit_if_stuck
     previous = signal.signal(signal.SIGINT, _on_sigint), signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
+        _exit_if_stuck[0] = False
 
 
 def received():

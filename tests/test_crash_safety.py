@@ -119,3 +119,40 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+STUCK_CLEAN_UP = """
+import sys, time
+from ganspection_tf import interrupts
+interrupts.CLEANUP_SECONDS = 2
+with interrupts.routed_to_exceptions(exit_if_stuck=sys.argv[1] == "console"):
+    try:
+        print("ready", flush=True)
+        time.sleep(60)
+    finally:
+        def deadlocked_clean_up():
+            time.sleep(60)
+        deadlocked_clean_up()
+"""
+
+
+@pytest.mark.parametrize("caller", ["console", "in-process"])
+def test_a_signal_ends_the_console_command_even_when_its_clean_up_hangs(caller):
+    """The console command exits CLEANUP_SECONDS after a signal, printing where it hung; a caller in the same
+    process (a notebook) is never ended from under it."""
+    worker = subprocess.Popen([sys.executable, "-c", STUCK_CLEAN_UP, caller], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline() == "ready\n"
+        worker.send_signal(signal.SIGINT)
+        if caller == "console":
+            worker.wait(timeout=30)
+            stderr = worker.stderr.read()
+            assert worker.returncode != 0 and "deadlocked_clean_up" in stderr, stderr
+        else:
+            with pytest.raises(subprocess.TimeoutExpired):
+                worker.wait(timeout=6)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=30)
