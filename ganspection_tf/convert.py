@@ -10,24 +10,29 @@ with the run's :class:`~ganspection_tf.calibration.Calibration` in numpy on the 
 
 **Conversion** with ``tf.lite.TFLiteConverter.from_keras_model`` (never a bare ``tf.Module``: it converts Keras 3
 models weightless; :func:`check_weights_present` refuses such a file). ``int8`` is calibrated on good images
-(``representative.py``) and keeps a few small "float islands" (see :func:`float_island_layers`).
+(``representative.py``) and keeps a few "float islands": layers left in float32 (see
+:func:`float_island_layers` and :func:`_int8_with_float_islands`).
 
 Why float islands in int8: full-integer quantisation clips every tensor at the range it saw on the
 representative (good) images. For the score terms — scalars per image — that means every anomaly beyond the
 good range gets the same capped value. The score arithmetic, the layers that produce the networks' outputs
-(code, image, critic value and features) and the layer norms therefore stay float; every other convolution and
-dense layer is int8. When the scorer outputs the code (the term latent_mahalanobis) or the error map
-(normalized_map_max, the default, and heatmaps) the WHOLE encoder stays float: the whitening divides by the
-code's smallest validation spreads, and normalized_map_max divides the error map by its smallest per-pixel
-spreads, so both amplify int8 noise of the code. The measurements behind these choices are in
-benchmarks/RESULTS.md, "Edge latency, size and accuracy" ("Float islands in int8").
+(code, image, critic value and features) and the layer norms therefore always stay float. Which other layers
+stay float is chosen per export (``int8_acceptance.py``): first none, then one, two, three more in the order of
+the QuantizationDebugger's per-layer error (rmse / scale), until the int8 model scores the run's validation
+images and their synthetic-defect copies like the float scorer. When no candidate does and the scorer outputs
+the code (latent_mahalanobis) or the error map (normalized_map_max, heatmaps), the WHOLE encoder stays float
+(the earlier rule: the whitening and the per-pixel spreads amplify int8 noise of the code). The measurements
+behind these choices are in benchmarks/RESULTS.md, "Edge latency, size and accuracy".
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import re
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -65,48 +70,50 @@ def networks(model: keras.Model) -> list[keras.Model]:
     return found
 
 
-def float_island_layers(model: keras.Model) -> tuple[set[str], set[str]]:
-    """(names of all network layers, names of those int8 keeps in float).
+def float_island_layers(model: keras.Model) -> tuple[set[str], set[str], set[str]]:
+    """(names of all network layers, those int8 always keeps in float, the fallback float set).
 
-    Float: normalisations, and the layers whose output leaves their network (the encoder's code, the
+    Always float: normalisations, and the layers whose output leaves their network (the encoder's code, the
     generator's image, the critic's value and features). Those outputs are what the score terms are computed
     from, so int8 would cap them at the representative range (the critic value is a scalar per image) and
     round the reconstruction to 256 levels; the layers are small. Normalisations would need an int8 RSQRT.
-    When the model outputs what a term with ``Term.float_encoder`` is computed from (the code of
-    latent_mahalanobis, the error map of normalized_map_max and of heatmaps), the whole encoder is float (this
-    module's docstring).
+    The fallback adds the whole encoder when the model outputs what a term with ``Term.float_encoder`` is
+    computed from (the code of latent_mahalanobis, the error map of normalized_map_max and of heatmaps).
     """
     norms = (keras.layers.LayerNormalization, keras.layers.GroupNormalization)
     outputs = model.output if isinstance(model.output, dict) else {}
     float_encoder = any(name in FLOAT_ENCODER_OUTPUTS for name in outputs)
-    names, islands = set(), set()
+    names, always, fallback = set(), set(), set()
     for network in networks(model):
         float_network = float_encoder and network.name.endswith("encoder")
         for layer in network.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
             names.add(layer.name)
-            is_output = any(layer.output is output for output in network.outputs)
-            if (isinstance(layer, norms) or is_output or float_network) and not isinstance(
-                layer, keras.layers.InputLayer
-            ):
-                islands.add(layer.name)
-    return names, islands
+            if isinstance(layer, norms) or any(layer.output is output for output in network.outputs):
+                always.add(layer.name)
+            if float_network:
+                fallback.add(layer.name)
+    return names, always, always | fallback
 
 
-def convert(scorer: keras.Model, quantize: str, representative=None) -> tuple[bytes, list[str]]:
-    """TFLite flatbuffer of `scorer`, and (int8 only) the layers kept in float. The CALIBRATED quantisations
-    need `representative` (uint8 images, ``representative.py``)."""
+def convert(scorer: keras.Model, quantize: str, representative=None, acceptance=None,
+            log=print) -> tuple[bytes, list[str], list[dict]]:
+    """TFLite flatbuffer of `scorer`, and (int8 only) the layers kept in float and the candidates tried. The
+    CALIBRATED quantisations need `representative` (uint8 images, ``representative.py``); int8 chooses its float
+    layers with `acceptance` (``int8_acceptance.Int8Acceptance``; None: the fallback set at once)."""
     converter = tf.lite.TFLiteConverter.from_keras_model(scorer)
     if quantize == "none":
-        return _quietly(converter.convert), []
+        return _quietly(converter.convert), [], []
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantize not in CALIBRATED:
-        return _quietly(converter.convert), []
+        return _quietly(converter.convert), [], []
     converter.representative_dataset = lambda: ([image[np.newaxis]] for image in representative)
     if quantize == "int16x8":
-        return _quietly(lambda: _int16x8(converter)), []
-    return _quietly(lambda: _int8_with_float_islands(converter, scorer))
+        return _quietly(lambda: _int16x8(converter)), [], []
+    return _int8_with_float_islands(converter, scorer, acceptance, log)
 
 
 def _int16x8(converter):
@@ -121,17 +128,66 @@ def _int16x8(converter):
     return converter.convert()
 
 
-def _int8_with_float_islands(converter, scorer):
-    """Calibrate once, then quantise everything to int8 except the float islands (public debugger API)."""
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=converter.representative_dataset
-    )
-    layers, islands = float_island_layers(scorer)
-    denylisted = [name for name in _op_output_names(debugger.calibrated_model)
-                  if _keep_in_float(name, layers, islands)]
-    debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylisted,
-                                                                     fully_quantize=False)
-    return debugger.get_nondebug_quantized_model(), sorted(islands)
+MAX_EXTRA_FLOAT_LAYERS = 3  # beyond these the fallback (the whole encoder float) is tried
+
+
+def _int8_with_float_islands(converter, scorer, acceptance, log):
+    """Calibrate once, then quantise everything to int8 but the float islands: the fewest layers (module
+    docstring) that `acceptance` accepts, else the fallback set. Returns (model, float layers, candidates tried
+    with `acceptance`'s figures)."""
+    debugger = _quietly(lambda: tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=converter.representative_dataset))
+    layers, always, fallback = float_island_layers(scorer)
+    op_outputs = _op_output_names(debugger.calibrated_model)
+
+    def quantized(float_layers):
+        denylisted = [name for name in op_outputs if _keep_in_float(name, layers, float_layers)]
+        _set_options(debugger, denylisted_nodes=denylisted, fully_quantize=False)
+        return _quietly(debugger.get_nondebug_quantized_model)
+
+    tried = []
+    if acceptance is not None:
+        ranked = _by_quantization_error(debugger, op_outputs, layers, always)
+        candidates = [always | set(ranked[:count]) for count in range(min(MAX_EXTRA_FLOAT_LAYERS, len(ranked)) + 1)]
+        for float_layers in candidates:
+            model = quantized(float_layers)
+            verdict = acceptance(model)
+            tried.append({"float_layers": sorted(float_layers - always), **verdict})
+            log(f"int8 with {_described(float_layers - always)} in float: {acceptance.describe(verdict)}")
+            if verdict["accepted"]:
+                return model, sorted(float_layers), tried
+        log("int8: no candidate scored like float; " + ("the whole encoder stays float, as before choosing"
+                                                          if fallback != always else "the first is kept"))
+    return quantized(fallback), sorted(fallback), tried
+
+
+def _by_quantization_error(debugger, op_outputs, layers, always) -> list[str]:
+    """The int8 layers, worst first by the debugger's per-layer error: rmse of the quantised op's output
+    against float on the same input, in units of its quantisation step (≈ 0.29 is plain rounding)."""
+    _set_options(debugger, fully_quantize=False,
+                 layer_debug_metrics={"rmse": lambda differences: float(np.sqrt(np.mean(np.square(differences))))},
+                 denylisted_nodes=[name for name in op_outputs if _keep_in_float(name, layers, always)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the debugger runs the deprecated tf.lite.Interpreter itself
+        _quietly(debugger.run)
+    dump = io.StringIO()
+    debugger.layer_statistics_dump(dump)
+    dump.seek(0)
+    errors = {}
+    for row in csv.DictReader(dump):
+        layer = _owning_layer(row["tensor_name"], layers)
+        if layer is not None and layer not in always and row["rmse"] and float(row["scale"] or 0) > 0:
+            errors[layer] = max(errors.get(layer, 0.0), float(row["rmse"]) / float(row["scale"]))
+    return sorted(errors, key=errors.get, reverse=True)
+
+
+def _set_options(debugger, **options):
+    """Setting the debugger's options quantises the model again (and prints its settings): quietly."""
+    _quietly(lambda: setattr(debugger, "options", tf.lite.experimental.QuantizationDebugOptions(**options)))
+
+
+def _described(layers) -> str:
+    return ", ".join(sorted(layers)) if layers else "only the normalisations and outputs"
 
 
 def _op_output_names(tflite_model: bytes) -> list[str]:

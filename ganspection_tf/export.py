@@ -15,6 +15,7 @@ from ganspection_tf.bundle_writer import bundle_metadata, publish, staging_folde
 from ganspection_tf.calibration import Calibration, fit_calibration_from_outputs
 from ganspection_tf.convert import CALIBRATED, build_scorer, check_runs, check_weights_present, convert, weights_needed
 from ganspection_tf.errors import GanspectionError
+from ganspection_tf.int8_acceptance import Int8Acceptance
 from ganspection_tf.latency import model_latency_ms
 from ganspection_tf.parity import apply_gate, describe_parity, parity_check
 from ganspection_tf.representative import representative_images
@@ -47,12 +48,13 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
                                                resize=run.resize)
     weight_count = weights_needed(scorer)
     log(f"converting the {score} scorer ({weight_count:,} weights) to TFLite ({quantize}) …")
-    tflite_model, float_layers = convert(scorer, quantize, representative)
+    acceptance = Int8Acceptance.for_run(run, scorer, calibration) if quantize == "int8" else None
+    tflite_model, float_layers, tried = convert(scorer, quantize, representative, acceptance, log)
     check_weights_present(tflite_model, weight_count, quantize)
     check_runs(tflite_model, quantize)
 
     metadata = bundle_metadata(run, model, scorer, calibration, score, quantize, tflite_model,
-                               int8_float_layers=float_layers,
+                               int8_float_layers=float_layers, int8_candidates=tried,
                                representative_images=0 if representative is None else len(representative))
     with staging_folder(out) as staging:
         artifacts.write_bytes(staging / edge.MODEL_FILE, tflite_model)

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from edge_support import edge_category, exported_bundle, quiet, trained_run  # noqa: E402
 
-from ganspection_tf import convert, edge, export, parity, representative, scoring  # noqa: E402
+from ganspection_tf import convert, edge, export, int8_acceptance, parity, representative, scoring  # noqa: E402
 from ganspection_tf.calibration import Calibration, fit_calibration, fit_calibration_from_outputs  # noqa: E402
 from ganspection_tf.run import RunFolder  # noqa: E402
 from ganspection_tf.terms import MODEL_TERMS, outputs_needed  # noqa: E402
@@ -126,6 +126,25 @@ def test_int8_keeps_the_score_arithmetic_in_float(tmp_path_factory):
         assert producer["op_name"] != "DEQUANTIZE", names[output["index"]]  # computed in float, not clipped int8
         assert not any(dtypes.get(i) == np.int8 for i in producer["inputs"])  # float (or int32 axes) in
     assert {"enc_latent", "gen_image"} <= set(edge.read_metadata(out).details["int8_float_layers"])
+
+
+def test_int8_keeps_in_float_only_the_layers_its_check_needs(run_dir, tmp_path, tmp_path_factory, monkeypatch):
+    """The candidates go from fewest float layers up; the first that scores the validation images and their
+    synthetic-defect copies like float is kept, else the whole encoder stays float (the tiny run: none passes)."""
+    fallback, _ = bundle(tmp_path_factory, "int8")
+    tried = edge.read_metadata(fallback).details["int8_candidates"]
+    assert tried[0]["float_layers"] == [] and len(tried) == convert.MAX_EXTRA_FLOAT_LAYERS + 1
+    assert [len(t["float_layers"]) for t in tried] == list(range(len(tried)))  # one more layer each time
+    assert not any(t["accepted"] for t in tried) and all(t["spearman"] < int8_acceptance.MIN_SPEARMAN for t in tried)
+    assert {"enc_conv0", "enc_conv1"} <= set(edge.read_metadata(fallback).details["int8_float_layers"])
+    monkeypatch.setattr(int8_acceptance, "MIN_SPEARMAN", 0.5)
+    monkeypatch.setattr(int8_acceptance, "MAX_AUROC_DROP", 1.0)
+    out = tmp_path / "looser"
+    export.export_bundle(run_dir, out, quantize="int8", force=True, log=quiet)
+    details = edge.read_metadata(out).details
+    assert len(details["int8_candidates"]) == 1 and details["int8_candidates"][0]["accepted"]
+    assert not {"enc_conv0", "enc_conv1"} & set(details["int8_float_layers"])  # the encoder is int8 now
+    assert details["model_bytes"] < edge.read_metadata(fallback).details["model_bytes"]  # int8 weights are smaller
 
 
 def test_int8_representative_set_is_augmented_to_one_hundred(run_dir, tmp_path, tmp_path_factory):
