@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from ganspection_tf import edge, export, macs, scoring  # noqa: E402
+from ganspection_tf import convert, edge, export, macs, scoring  # noqa: E402
 from ganspection_tf.data import mvtec  # noqa: E402
 from ganspection_tf.errors import GanspectionError  # noqa: E402
 from ganspection_tf.images import read_image  # noqa: E402
@@ -57,7 +57,8 @@ def main(argv=None):
     shipped = scoring.term_model_for(term_model, calibration.terms,
                                      with_error_map=calibration.heatmap_needs_error_map())
     keras = scoring.KerasScorer(shipped, calibration, run.resize, batch_size=1)
-    rows = [scorer_row("Keras fp32 (batch 1)", None, "all", keras, 4 * shipped.count_params(), frames, labels)]
+    keras_bytes = 4 * convert.weights_needed(shipped)  # not count_params: patch_distance uses the critic's start
+    rows = [scorer_row("Keras fp32 (batch 1)", None, "all", keras, keras_bytes, frames, labels)]
     counted = {}  # quantisation → MACs per frame by op type, from its bundle's graph
     with tempfile.TemporaryDirectory(prefix="edge-latency-") as folder:
         for quantize in args.quantize:
