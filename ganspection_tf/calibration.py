@@ -124,7 +124,15 @@ class Calibration:
 
     def term_matrix(self, outputs: dict) -> np.ndarray:
         """Raw model outputs {name: (N, ...)} → (N, T) float64 terms in ``terms`` order (workstation and camera)."""
+        outputs = self.with_derived(outputs)
         return np.stack([BY_NAME[name].column(outputs, self._fitted) for name in self.terms], axis=1)
+
+    def with_derived(self, outputs: dict) -> dict:
+        """The outputs plus what the terms derive from them (``Term.derive``): pass the result to both
+        :meth:`term_matrix` and :meth:`pixel_maps` and the nearest-patch search runs once, not twice."""
+        for name in self.terms:
+            outputs = BY_NAME[name].with_derived(outputs, self._fitted)
+        return outputs
 
     def standardize(self, term_matrix) -> np.ndarray:
         """(N, T) terms in ``terms`` order → (N, T) validation z-scores."""
@@ -170,7 +178,7 @@ class Calibration:
         name = self.map_term()
         if name is None:
             return outputs.get(ERROR_MAP_OUTPUT)
-        maps = BY_NAME[name].pixel_map(outputs, self._fitted, side)
+        maps = BY_NAME[name].pixel_map(BY_NAME[name].with_derived(outputs, self._fitted), self._fitted, side)
         typical = self.mean[self.terms.index(name)]
         return maps * np.float32(0.5 * HEATMAP_FULL_SCALE / max(typical, STD_FLOOR_ABSOLUTE))
 

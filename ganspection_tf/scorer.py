@@ -97,6 +97,7 @@ class Scorer(ABC):
 
     def postprocess(self, outputs: dict[str, np.ndarray]) -> list[ScoreResult]:
         """Raw outputs of N images → N :class:`ScoreResult` (terms, score, decision, error map)."""
+        outputs = self.calibration.with_derived(outputs)  # what score and map share is computed once
         scored = self.scores(outputs)
         error_maps = self.calibration.pixel_maps(outputs, self.image_size) if self.keeps_error_map else None
         return [

@@ -59,6 +59,7 @@ from ganspection_tf.heatmaps import smooth_error_maps
 from ganspection_tf.stats import MIN_SAMPLES, whitening_matrix
 
 CODE_OUTPUT, ERROR_MAP_OUTPUT, PATCH_OUTPUT = "code", "error_map", "critic_patches"
+NEAREST_PATCHES = "nearest_patch_distances"  # derived (Term.derive): every patch's distance from the bank
 PATCH_BANK_SIZE = 1024  # patch features kept from the good training images (calibration.json, edge metadata)
 PATCH_BANK_CANDIDATES = 50_000  # the k-centre selection runs on at most this many of their patches (time)
 MAP_STD_FLOOR = 0.5  # × the mean per-pixel spread: no pixel counts as more than twice as steady as the average one
@@ -117,6 +118,9 @@ class Term:
     # Its own pixel map, where it is not the error map: (outputs, parameters, side) → (N, side, side), in the
     # term's units, at the inspected size. The heatmaps show it when the term carries the score (Calibration).
     pixel_map: Callable[[Outputs, Parameters, int], np.ndarray] | None = None
+    # (name, (outputs, parameters) → array): computed once per batch and shared by `compute` and `pixel_map`
+    # (the nearest-patch search of patch_distance), added to the outputs under that name (with_derived).
+    derive: tuple[str, Callable[[Outputs, Parameters], np.ndarray]] | None = None
 
     def __post_init__(self):
         if (self.graph is None) == (self.compute is None):
@@ -130,7 +134,14 @@ class Term:
         """(N,) float64 values of the term from raw model outputs and its fitted parameters."""
         if self.compute is None:
             return np.asarray(outputs[self.name], dtype=np.float64).reshape(-1)
-        return self.compute(outputs, parameters)
+        return self.compute(self.with_derived(outputs, parameters), parameters)
+
+    def with_derived(self, outputs: Outputs, parameters: Parameters) -> Outputs:
+        """`outputs` plus what the term derives from them (`derive`), unless they hold it already."""
+        if self.derive is None or self.derive[0] in outputs:
+            return outputs
+        name, function = self.derive
+        return {**outputs, name: function(outputs, parameters)}
 
     def fit_on(self, validation: Outputs, reference: Outputs | None) -> tuple[Parameters, np.ndarray]:
         """(fitted parameters, honest validation column) from the raw outputs of good validation images and,
@@ -297,19 +308,23 @@ def nearest_patch_distances(features, bank) -> np.ndarray:
     return distances
 
 
-def patch_distance_map(features, bank, side) -> np.ndarray:
+def patch_distance_map(distances, side) -> np.ndarray:
     """(N, side, side) float32: how much farther each patch lies from the bank than the image's median patch
-    (:func:`nearest_patch_distances`, clipped at 0), bilinearly enlarged from the patch grid to the inspected
-    size, every patch's value at its centre. Every patch of a good surface sits at some distance from the bank;
-    measured from the image's own ordinary level, only what stands out of the image shows on its heatmap."""
-    distances = nearest_patch_distances(features, bank)
+    (`distances`: :func:`nearest_patch_distances`, (N, h, w)), clipped at 0, bilinearly enlarged from the patch
+    grid to the inspected size, every patch's value at its centre. Every patch of a good surface sits at some
+    distance from the bank; measured from the image's own ordinary level, only what stands out of the image
+    shows on its heatmap."""
     above = np.maximum(distances - np.median(distances, axis=(1, 2), keepdims=True), 0.0)
     return np.stack([cv2.resize(grid, (side, side), interpolation=cv2.INTER_LINEAR) for grid in above])
 
 
 def patch_distance(features, bank) -> np.ndarray:
     """(N,) float64: the largest nearest-neighbour distance over an image's patches (its least familiar patch)."""
-    return nearest_patch_distances(features, bank).max(axis=(1, 2)).astype(np.float64)
+    return largest_patch_distance(nearest_patch_distances(features, bank))
+
+
+def largest_patch_distance(distances) -> np.ndarray:
+    return np.asarray(distances).max(axis=(1, 2)).astype(np.float64)
 
 
 def _fit_patch_distance(validation, reference):
@@ -364,10 +379,11 @@ REGISTRY: tuple[Term, ...] = (
     Term("patch_distance",
          "the largest distance of a patch of the image, as the critic's second stage sees it, from the nearest of "
          "the good training images' patches at any place",
-         inputs=(PATCH_OUTPUT,), compute=lambda outputs, p: patch_distance(outputs[PATCH_OUTPUT], p["patch_bank"]),
+         inputs=(PATCH_OUTPUT,), compute=lambda outputs, p: largest_patch_distance(outputs[NEAREST_PATCHES]),
+         derive=(NEAREST_PATCHES, lambda outputs, p: nearest_patch_distances(outputs[PATCH_OUTPUT], p["patch_bank"])),
          fit=_fit_patch_distance, parameters=("patch_bank",), fitted="the bank of good patches",
          check=_check_patch_bank, rows_like=(("patch_bank", PATCH_OUTPUT),), at_any_place=True,
-         pixel_map=lambda outputs, p, side: patch_distance_map(outputs[PATCH_OUTPUT], p["patch_bank"], side)),
+         pixel_map=lambda outputs, p, side: patch_distance_map(outputs[NEAREST_PATCHES], side)),
 )
 # `export --score`: one term alone (its export_score name), or "combined" (the calibrated combination).
 COMBINED_SCORE = "combined"

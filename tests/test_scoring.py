@@ -621,3 +621,27 @@ def test_heatmaps_show_the_patch_map_where_patch_distance_carries_the_score():
         row, column = np.unravel_index(np.argmax(image_map), image_map.shape)
         assert 12 <= row < 16 and 4 <= column < 8
     np.testing.assert_array_equal(by_error.pixel_maps(defective, side=16), defective["error_map"])
+
+
+def test_score_and_heatmap_share_one_nearest_patch_search(monkeypatch):
+    """The camera's postprocess searches the bank once per batch for the patch_distance score and its map."""
+    from ganspection_tf.scorer import Scorer
+
+    validation, reference = model_outputs(12, 0), model_outputs(20, 1)
+    by_patches = cal.fit_calibration_from_outputs(validation, reference_outputs=reference,
+                                                  weights={"patch_distance": 1.0})
+    searches = []
+    search = registry.nearest_patch_distances
+    monkeypatch.setattr(registry, "nearest_patch_distances", lambda *args: searches.append(1) or search(*args))
+
+    class Fixed(Scorer):
+        calibration, threshold, image_size, keeps_error_map, resize = by_patches, 0.0, 16, True, "stretch"
+
+        def forward(self, batch):
+            return model_outputs(3, 5)
+
+    results = Fixed().postprocess(model_outputs(3, 5))
+    assert len(searches) == 1 and len(results) == 3
+    expected = registry.patch_distance(model_outputs(3, 5)["critic_patches"], by_patches.parameters["patch_bank"])
+    np.testing.assert_allclose([r.terms["patch_distance"] for r in results], expected)
+    assert all(r.error_map.shape == (16, 16) for r in results)
