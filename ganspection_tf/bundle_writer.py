@@ -36,7 +36,7 @@ def bundle_metadata(
         score=score,
         terms=list(calibration.terms),
         outputs=outputs,
-        heatmap=edge.ERROR_MAP_OUTPUT in outputs or calibration.map_term() is not None,
+        heatmap=edge.ERROR_MAP_OUTPUT in outputs or not calibration.heatmap_needs_error_map(),
         # The validation scores go beside the calibration, where earlier camera releases ignore them.
         calibration={key: value for key, value in calibration.to_dict().items() if key != "validation_scores"},
         threshold=calibration.threshold,

@@ -124,7 +124,6 @@ class Calibration:
 
     def term_matrix(self, outputs: dict) -> np.ndarray:
         """Raw model outputs {name: (N, ...)} → (N, T) float64 terms in ``terms`` order (workstation and camera)."""
-        outputs = self.with_derived(outputs)
         return np.stack([BY_NAME[name].column(outputs, self._fitted) for name in self.terms], axis=1)
 
     def with_derived(self, outputs: dict) -> dict:
