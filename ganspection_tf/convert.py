@@ -77,6 +77,9 @@ def float_island_layers(model: keras.Model) -> tuple[set[str], set[str], set[str
     generator's image, the critic's value and features). Those outputs are what the score terms are computed
     from, so int8 would cap them at the representative range (the critic value is a scalar per image) and
     round the reconstruction to 256 levels; the layers are small. Normalisations would need an int8 RSQRT.
+    Also always float: the weightless layers (activations, reshapes) that feed an output layer, back to the
+    nearest normalisation or weighted layer. Between a float normalisation and a float output layer, int8 there
+    only adds a rounding step, right before the score, and saves no weight.
     The fallback adds the whole encoder when the model outputs what a term with ``Term.float_encoder`` is
     computed from (the code of latent_mahalanobis, the error map of normalized_map_max and of heatmaps).
     """
@@ -90,11 +93,24 @@ def float_island_layers(model: keras.Model) -> tuple[set[str], set[str], set[str
             if isinstance(layer, keras.layers.InputLayer):
                 continue
             names.add(layer.name)
-            if isinstance(layer, norms) or any(layer.output is output for output in network.outputs):
+            if isinstance(layer, norms):
                 always.add(layer.name)
+            if any(layer.output is output for output in network.outputs):
+                always |= {layer.name} | _weightless_inputs(layer, norms)
             if float_network:
                 fallback.add(layer.name)
     return names, always, always | fallback
+
+
+def _weightless_inputs(layer, stop_at) -> set[str]:
+    """Names of the weightless layers that produce `layer`'s input, followed back to a weighted layer, a
+    `stop_at` layer or the network's input."""
+    names = set()
+    for tensor in keras.tree.flatten(layer.input):
+        producer = tensor._keras_history.operation
+        if not (producer.weights or isinstance(producer, (keras.layers.InputLayer, *stop_at))):
+            names |= {producer.name} | _weightless_inputs(producer, stop_at)
+    return names
 
 
 def convert(scorer: keras.Model, quantize: str, representative=None, acceptance=None,

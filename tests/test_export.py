@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -126,6 +127,12 @@ def test_int8_keeps_the_score_arithmetic_in_float(tmp_path_factory):
         assert producer["op_name"] != "DEQUANTIZE", names[output["index"]]  # computed in float, not clipped int8
         assert not any(dtypes.get(i) == np.int8 for i in producer["inputs"])  # float (or int32 axes) in
     assert {"enc_latent", "gen_image"} <= set(edge.read_metadata(out).details["int8_float_layers"])
+    # and what those output layers read is float too: no int8 rounding between the last normalisation and them
+    for op in interpreter._get_ops_details():
+        output_layer = re.search(r"/(gen_image|enc_latent)(_\d+)?/", names[op["outputs"][0]].split(";")[-1])
+        if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED") and output_layer:
+            reads = op["inputs"][0]
+            assert dtypes[reads] == np.float32 and producers[reads]["op_name"] != "DEQUANTIZE", names[reads]
 
 
 def test_int8_keeps_in_float_only_the_layers_its_check_needs(run_dir, tmp_path, tmp_path_factory, monkeypatch):
