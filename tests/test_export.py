@@ -11,7 +11,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from edge_support import edge_category, exported_bundle, quiet, trained_run  # noqa: E402
 
-from ganspection_tf import convert, edge, export, int8_acceptance, parity, representative, scoring  # noqa: E402
+from ganspection_tf import (convert, edge, export, int8_acceptance, parity, representative, scoring,  # noqa: E402
+                            synthetic_validation)
 from ganspection_tf.calibration import Calibration, fit_calibration, fit_calibration_from_outputs  # noqa: E402
 from ganspection_tf.run import RunFolder  # noqa: E402
 from ganspection_tf.terms import MODEL_TERMS, outputs_needed  # noqa: E402
@@ -152,6 +153,27 @@ def test_int8_keeps_in_float_only_the_layers_its_check_needs(run_dir, tmp_path, 
     assert len(details["int8_candidates"]) == 1 and details["int8_candidates"][0]["accepted"]
     assert not {"enc_conv0", "enc_conv1"} & set(details["int8_float_layers"])  # the encoder is int8 now
     assert details["model_bytes"] < edge.read_metadata(fallback).details["model_bytes"]  # int8 weights are smaller
+
+
+def test_the_int8_check_scores_good_training_and_validation_images_and_copies_never_a_test_image(run_dir, monkeypatch):
+    """int8 against float on the same images: every good image of the run (validation and training), each with
+    its synthetic-defect copies; the test split is not read."""
+    run = RunFolder(run_dir)
+    read = []
+
+    def recording(load):
+        return lambda paths, *args, **kwargs: (read.extend(paths), load(paths, *args, **kwargs))[1]
+
+    monkeypatch.setattr(int8_acceptance.pipeline, "load_images", recording(int8_acceptance.pipeline.load_images))
+    model = run.load_model()
+    term_model = scoring.build_term_model(model)
+    calibration = export.score_calibration(run, model, term_model, "combined", quiet)
+    scorer = convert.build_scorer(term_model, calibration.terms)
+    check = int8_acceptance.Int8Acceptance.for_run(run, scorer, calibration)
+    good = set(run.validation_images()) | set(run.training_images())
+    assert len(good) > len(run.validation_images()) and set(read) == good
+    copies = synthetic_validation.COPIES_PER_IMAGE
+    assert np.sum(check.labels == 0) == len(good) and np.sum(check.labels == 1) == copies * len(good)
 
 
 def test_int8_representative_set_is_augmented_to_one_hundred(run_dir, tmp_path, tmp_path_factory):
