@@ -334,21 +334,21 @@ def test_ctrl_c_and_sigterm_during_export_leave_nothing_behind(finished_run, tmp
 
 
 @pytest.mark.slow
-def test_kill_minus_nine_at_ten_random_points_then_resume_reaches_the_full_run(data, tmp_path, capfd):
-    """SIGKILL at 10 random moments while checkpoints are written at every step; each time --resume.
+def test_kill_minus_nine_at_five_random_points_then_resume_reaches_the_full_run(data, tmp_path, capfd):
+    """SIGKILL at 5 random moments while checkpoints are written at every step; each time --resume.
 
     The final model reaches the requested step, and no file outside the run folder changed.
     """
     import random
 
     rng = random.Random(12)
-    run, steps = tmp_path / "run", 40
+    run, steps = tmp_path / "run", 24
     outside_before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     command = [sys.executable, "-m", "ganspection_tf.cli", "train", "--data", str(data), "--out", str(run),
                "--steps", str(steps), *TINY, "--checkpoint-every", "1", "--log-every", "1", "--sample-every", "12",
                "--resume"]
     kills = 0
-    while kills < 10:
+    while kills < 5:
         worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.time() + 240
@@ -365,7 +365,7 @@ def test_kill_minus_nine_at_ten_random_points_then_resume_reaches_the_full_run(d
             kills += 1
         finally:
             stop(worker)
-    assert kills >= 5, "training finished too fast to be killed often"
+    assert kills >= 3, "training finished too fast to be killed often"
     code, _, err = run_cli(capfd, *command[3:])
     assert code == 0, err
     assert int(RunFolder(run).load_model().step) == steps
