@@ -159,12 +159,13 @@ def test_the_int8_check_scores_good_training_and_validation_images_and_copies_ne
     """int8 against float on the same images: every good image of the run (validation and training), each with
     its synthetic-defect copies; the test split is not read."""
     run = RunFolder(run_dir)
-    read = []
+    read, load_images = [], int8_acceptance.pipeline.load_images
 
-    def recording(load):
-        return lambda paths, *args, **kwargs: (read.extend(paths), load(paths, *args, **kwargs))[1]
+    def recording_load_images(paths, *args, **kwargs):
+        read.extend(paths)
+        return load_images(paths, *args, **kwargs)
 
-    monkeypatch.setattr(int8_acceptance.pipeline, "load_images", recording(int8_acceptance.pipeline.load_images))
+    monkeypatch.setattr(int8_acceptance.pipeline, "load_images", recording_load_images)
     model = run.load_model()
     term_model = scoring.build_term_model(model)
     calibration = export.score_calibration(run, model, term_model, "combined", quiet)
