@@ -1,4 +1,4 @@
-"""The Keras callbacks of `train`: stop on divergence, write checkpoints and model.keras, draw sample grids,
+"""The Keras callbacks of `train`: stop on divergence or a signal Python could not raise, write checkpoints and model.keras, draw sample grids,
 stop within a wall-clock budget, print a progress line and the validation AUROC on synthetic defects."""
 
 import math
@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from ganspection_tf import artifacts, pictures, synthetic_validation
+from ganspection_tf import artifacts, interrupts, pictures, synthetic_validation
 from ganspection_tf.data import pipeline
 from ganspection_tf.score_choice import choose_score
 from ganspection_tf.errors import GanspectionError, first_line
@@ -47,6 +47,13 @@ class DivergenceGuard(keras.callbacks.Callback):
         if self.reason is None:
             self.reason, self.step = reason, int(self.model.step.numpy())
         self.model.stop_training = True
+
+
+class LostSignalCheck(keras.callbacks.Callback):
+    """Ends training after the step during which a Ctrl-C or SIGTERM landed in a ``__del__`` (see interrupts)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        interrupts.raise_lost()
 
 
 class CheckpointWriter(keras.callbacks.Callback):

@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ganspection_tf import artifacts, images
+from ganspection_tf import artifacts, images, interrupts
 from ganspection_tf.heatmaps import heatmap_overlay
 from ganspection_tf.errors import GanspectionError
 
@@ -81,6 +81,7 @@ def run_camera(scorer, source, out=None, save_anomalies=None, max_frames=None, c
     try:
         with _line_sink(out) as sink:
             for frame in frames:
+                interrupts.raise_lost()
                 if header:
                     print(header, file=err)
                     header = None

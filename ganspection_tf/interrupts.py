@@ -6,6 +6,11 @@ for Ctrl-C also runs for SIGTERM. Some libraries wrap an exception raised inside
 (the TFLite converter turns it into a TypeError): :func:`received` says whether a signal came, so the CLI still
 reports an interruption, not a bug.
 
+Python cannot raise an exception out of a ``__del__`` method or a garbage-collector callback: when a signal
+arrives while one runs (TensorFlow frees objects in them all through training), the KeyboardInterrupt goes to
+``sys.unraisablehook``, which prints it and carries on. Within :func:`routed_to_exceptions` our hook keeps it
+instead, and :func:`raise_lost` raises it at the next safe point (the end of a training step, the next frame).
+
 A signal always ends the process: clean-up that is still running :data:`CLEANUP_SECONDS` after it (a deadlock
 in a library the exception unwound through) prints every thread's stack and exits, so a stopped run is never a
 process that lives on (its status then reads "killed" at the next start: ``training._correct_stale_status``).
@@ -21,6 +26,7 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 CLEANUP_SECONDS = 30  # a stopped training run writes its status and releases its lock in well under 10 s
 
 _received = []
+_lost = []
 _exit_if_stuck = [False]
 
 
@@ -44,6 +50,15 @@ def _note(signum):
         faulthandler.dump_traceback_later(CLEANUP_SECONDS, exit=True, file=sys.stderr)
 
 
+def _keep_lost_interrupts(previous_hook):
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and _received:
+            _lost.append(type(unraisable.exc_value))
+        else:
+            previous_hook(unraisable)
+    return hook
+
+
 @contextlib.contextmanager
 def routed_to_exceptions(exit_if_stuck=False):
     """Within the block SIGINT and SIGTERM raise (main thread only); the previous handlers come back after.
@@ -53,14 +68,26 @@ def routed_to_exceptions(exit_if_stuck=False):
     in the same process, such as a notebook) it is never armed.
     """
     _received.clear()
+    _lost.clear()
     _exit_if_stuck[0] = exit_if_stuck
     previous = signal.signal(signal.SIGINT, _on_sigint), signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _keep_lost_interrupts(previous_hook)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
+        sys.unraisablehook = previous_hook
         _exit_if_stuck[0] = False
+
+
+def raise_lost():
+    """Raise the KeyboardInterrupt (or Terminated) of a signal that landed where Python could not raise it."""
+    if _lost:
+        kind = _lost[-1]
+        _lost.clear()
+        raise kind()
 
 
 def received():

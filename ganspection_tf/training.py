@@ -25,6 +25,7 @@ from ganspection_tf import artifacts, distribute, interrupts, ownership
 from ganspection_tf.callbacks import (
     CheckpointWriter,
     DivergenceGuard,
+    LostSignalCheck,
     ProgressLine,
     SampleWriter,
     SyntheticDefectValidation,
@@ -153,6 +154,7 @@ def _train_into(folder, run_dir, config, strategy, strategy_name, resume, verbos
     budget = _wall_clock_budget(config, strategy_name)
     callbacks = [
         guard,
+        LostSignalCheck(),
         *([budget] if budget else []),
         CheckpointWriter(checkpoints, folder / MODEL_FILE, config.checkpoint_every, config.steps, guard),
         SampleWriter(folder, _sample_inputs(images, config), config.sample_every, config.steps),

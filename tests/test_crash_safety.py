@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 
+import keras
 import pytest
 from conftest import tiny_settings
 
-from ganspection_tf import artifacts, training
+from ganspection_tf import artifacts, interrupts, training
 from ganspection_tf.run import RunFolder
 from ganspection_tf.errors import GanspectionError
 
@@ -156,3 +157,32 @@ def test_a_signal_ends_the_console_command_even_when_its_clean_up_hangs(caller):
         if worker.poll() is None:
             worker.kill()
             worker.wait(timeout=30)
+
+
+class SignalInDestructor:
+    """Raises SIGINT from inside __del__, where Python cannot raise the KeyboardInterrupt (TensorFlow frees
+    objects in __del__ all through training, so a real Ctrl-C can land there)."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+
+
+class CtrlCInADestructorAtStep(keras.callbacks.Callback):
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.step) == self.step:
+            SignalInDestructor()  # deleted at once
+
+
+def test_a_ctrl_c_that_lands_in_a_destructor_still_stops_training_at_the_next_step(synthetic_category, tmp_path,
+                                                                                   capfd):
+    run_dir = tmp_path / "run"
+    config = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=40))
+    with interrupts.routed_to_exceptions(), pytest.raises(KeyboardInterrupt):
+        training.train(config, run_dir, verbose=0, log=quiet, extra_callbacks=[CtrlCInADestructorAtStep(3)])
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["step"] <= 4, status
+    assert "Exception ignored" not in capfd.readouterr().err  # kept, not printed and dropped

@@ -245,7 +245,8 @@ def wait_or_dump(worker, timeout):
     except subprocess.TimeoutExpired:
         worker.send_signal(signal.SIGABRT)
         worker.wait(timeout=30)
-        pytest.fail(f"no exit {timeout} s after the signal; its stacks:\n{worker.stderr.read()[-6000:]}")
+        stderr = worker.stderr.read()  # its start shows what the signal ran into, its end every thread's stack
+        pytest.fail(f"no exit {timeout} s after the signal; its stderr:\n{stderr[:3000]}\n[...]\n{stderr[-6000:]}")
 
 
 def wait_for_checkpoint(worker, run, step=2, timeout=240):
