@@ -447,8 +447,8 @@ def main(argv=None):
             traceback.print_exc()
         click.echo(f"error: {error}", err=True)
         return EXIT_USER_ERROR
-    except Exception:
-        if interrupts.received() is None:
+    except Exception as error:
+        if interrupts.signal_behind(error) is None:
             raise
         return _interrupted(interrupts, debug)  # a library wrapped the KeyboardInterrupt in another error
     return 0

@@ -95,5 +95,15 @@ def received():
     return _received[-1] if _received else None
 
 
+def signal_behind(error):
+    """SIGINT or SIGTERM if `error` is, or stands for, a signal's exception (a library may have replaced it with
+    its own error, as numpy does in ``np.array(variable)``); None for an error of its own."""
+    if isinstance(error, Terminated):
+        return signal.SIGTERM
+    if isinstance(error, KeyboardInterrupt):
+        return signal.SIGINT
+    return received()
+
+
 def exit_status():
     return EXIT_TERMINATED if received() == signal.SIGTERM else EXIT_INTERRUPTED

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -472,9 +473,10 @@ def _status_on_exit(run_dir, model, chief):
     except BaseException as error:
         if chief:
             step = int(model.step.numpy())
-            if isinstance(error, interrupts.Terminated):
+            signum = interrupts.signal_behind(error)
+            if signum == signal.SIGTERM:
                 _write_status(run_dir, "killed", step, reason="SIGTERM")
-            elif isinstance(error, KeyboardInterrupt):
+            elif signum == signal.SIGINT:
                 _write_status(run_dir, "interrupted", step, reason="Ctrl-C (SIGINT)")
             else:
                 _write_status(run_dir, "failed", step, reason=first_line(error))
