@@ -435,6 +435,7 @@ def main(argv=None):
     try:
         with interrupts.routed_to_exceptions(exit_if_stuck=argv is None):  # None: the console command
             cli.main(args=args, prog_name="ganspection-tf", standalone_mode=False)
+            interrupts.raise_lost()  # a signal whose exception Python dropped still ends as an interruption
     except (click.exceptions.Abort, KeyboardInterrupt):
         return _interrupted(interrupts, debug)
     except click.ClickException as error:

@@ -3,13 +3,14 @@
 SIGINT raises KeyboardInterrupt (Python's default); SIGTERM raises :class:`Terminated`, a KeyboardInterrupt, so
 that the status of a run can tell "interrupted" (Ctrl-C) from "killed" (SIGTERM) while every clean-up written
 for Ctrl-C also runs for SIGTERM. Some libraries wrap an exception raised inside their callbacks in another type
-(the TFLite converter turns it into a TypeError): :func:`received` says whether a signal came, so the CLI still
-reports an interruption, not a bug.
+(the TFLite converter turns it into a TypeError; numpy, a TypeError of its own): :func:`signal_behind` says
+which signal such an error stands for, so the CLI and the run's status still report an interruption, not a bug.
 
 Python cannot raise an exception out of a ``__del__`` method or a garbage-collector callback: when a signal
 arrives while one runs (TensorFlow frees objects in them all through training), the KeyboardInterrupt goes to
 ``sys.unraisablehook``, which prints it and carries on. Within :func:`routed_to_exceptions` our hook keeps it
-instead, and :func:`raise_lost` raises it at the next safe point (the end of a training step, the next frame).
+instead, and :func:`raise_lost` raises it at the next safe point (the end of a training step, the next frame,
+the end of the command).
 
 A signal always ends the process: clean-up that is still running :data:`CLEANUP_SECONDS` after it (a deadlock
 in a library the exception unwound through) prints every thread's stack and exits, so a stopped run is never a
