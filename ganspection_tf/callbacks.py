@@ -1,5 +1,6 @@
-"""The Keras callbacks of `train`: stop on divergence or a signal Python could not raise, write checkpoints and model.keras, draw sample grids,
-stop within a wall-clock budget, print a progress line and the validation AUROC on synthetic defects."""
+"""The Keras callbacks of `train`: stop on divergence or on a signal Python could not raise, write checkpoints
+and model.keras, draw sample grids, stop within a wall-clock budget, print a progress line and the validation
+AUROC on synthetic defects."""
 
 import math
 import sys
