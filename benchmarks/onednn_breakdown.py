@@ -81,5 +81,6 @@ def main():
             print(f"{first}| {kind} | {kernel} | {data_type} | {ms:.1f} |")
             first = "| | | | "
 
+
 if __name__ == "__main__":
     main()

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def passes(model, batch, size, latent_dim, channels):
-    """{name: (function of no arguments, inputs)} of the forward-and-backward passes a step runs."""
+    """{name: (function, its inputs)}: the forward-and-backward passes a training step runs."""
     import tensorflow as tf
 
     images = tf.random.uniform([batch, size, size, channels], -1, 1)
@@ -32,23 +32,16 @@ def passes(model, batch, size, latent_dim, channels):
             return tape.gradient(loss, network.trainable_variables)
         return forward_backward, inputs
 
-    def penalty(inputs):
-        image, code = inputs
-        with tf.GradientTape() as outer:
-            with tf.GradientTape() as inner:
-                inner.watch([image, code])
-                value, _ = model.critic([image, code], training=True)
-            grads = inner.gradient(value, [image, code])
-            norm = tf.sqrt(tf.reduce_sum(tf.square(grads[0]), axis=[1, 2, 3])
-                           + tf.reduce_sum(tf.square(grads[1]), axis=1) + 1e-12)
-            loss = tf.reduce_mean(tf.square(norm - 1))
-        return outer.gradient(loss, model.critic.trainable_variables)
+    def penalty(inputs):  # the model's own penalty (interpolation included), differentiated for the critic update
+        with tf.GradientTape() as tape:
+            loss = model._gradient_penalty(*inputs, 0, 0, batch)
+        return tape.gradient(loss, model.critic.trainable_variables)
 
     return {
         "encoder": through(model.encoder, images),
         "generator": through(model.generator, z),
         "critic": through(model.critic, [images, z]),
-        "critic, gradient penalty": (penalty, [images, z]),
+        "critic, gradient penalty": (penalty, [images, model.encoder(images), model.generator(z), z]),
     }
 
 

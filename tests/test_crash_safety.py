@@ -167,14 +167,28 @@ class SignalInDestructor:
         signal.raise_signal(signal.SIGINT)
 
 
-class CtrlCInADestructorAtStep(keras.callbacks.Callback):
-    def __init__(self, step):
+class AtStep(keras.callbacks.Callback):
+    """Calls `action` at the end of training step `step`."""
+
+    def __init__(self, step, action):
         super().__init__()
-        self.step = step
+        self.step, self.action = step, action
 
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.step) == self.step:
-            SignalInDestructor()  # deleted at once
+            self.action()
+
+
+def ctrl_c_in_a_destructor():
+    SignalInDestructor()  # deleted at once
+
+
+def sigterm_that_numpy_replaces_with_its_own_error():
+    """What numpy does when SIGTERM lands in its ``np.array(variable)`` fallback: its own error replaces ours."""
+    try:
+        signal.raise_signal(signal.SIGTERM)
+    except interrupts.Terminated:
+        raise TypeError("Variable.__array__() got an unexpected keyword argument 'copy'") from None
 
 
 def test_a_ctrl_c_that_lands_in_a_destructor_still_stops_training_at_the_next_step(synthetic_category, tmp_path,
@@ -182,30 +196,16 @@ def test_a_ctrl_c_that_lands_in_a_destructor_still_stops_training_at_the_next_st
     run_dir = tmp_path / "run"
     config = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=40))
     with interrupts.routed_to_exceptions(), pytest.raises(KeyboardInterrupt):
-        training.train(config, run_dir, verbose=0, log=quiet, extra_callbacks=[CtrlCInADestructorAtStep(3)])
+        training.train(config, run_dir, verbose=0, log=quiet, extra_callbacks=[AtStep(3, ctrl_c_in_a_destructor)])
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "interrupted" and status["step"] <= 4, status
     assert "Exception ignored" not in capfd.readouterr().err  # kept, not printed and dropped
-
-
-class SigtermWrappedByALibraryAtStep(keras.callbacks.Callback):
-    """What numpy does when SIGTERM lands in its ``np.array(variable)`` fallback: its own error replaces ours."""
-
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.step) == self.step:
-            try:
-                signal.raise_signal(signal.SIGTERM)
-            except interrupts.Terminated:
-                raise TypeError("Variable.__array__() got an unexpected keyword argument 'copy'") from None
 
 
 def test_a_sigterm_that_a_library_turned_into_its_own_error_still_reads_killed(synthetic_category, tmp_path):
     run_dir = tmp_path / "run"
     config = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=6))
     with interrupts.routed_to_exceptions(), pytest.raises(TypeError):
-        training.train(config, run_dir, verbose=0, log=quiet, extra_callbacks=[SigtermWrappedByALibraryAtStep(3)])
+        training.train(config, run_dir, verbose=0, log=quiet,
+                       extra_callbacks=[AtStep(3, sigterm_that_numpy_replaces_with_its_own_error)])
     assert json.loads((run_dir / "status.json").read_text())["state"] == "killed"
