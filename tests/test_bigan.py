@@ -99,8 +99,8 @@ def penalty_recording_model(total_updates, **overrides):
     return model, computed
 
 
-@pytest.mark.parametrize("critic_steps, gp_every", [(3, 2), (5, 4), (4, 2), (2, 1)],
-                         ids=["3-updates-every-2nd", "5-updates-every-4th", "4-updates-every-2nd", "every-update"])
+# 3 updates per step, every 2nd: the count runs on across steps (updates 0, 2 | 4 | 6, 8 | 10), not per step.
+@pytest.mark.parametrize("critic_steps, gp_every", [(3, 2), (2, 1)], ids=["3-updates-every-2nd", "every-update"])
 def test_gradient_penalty_is_computed_once_on_every_kth_critic_update_of_the_run(critic_steps, gp_every):
     steps = 4
     model, computed = penalty_recording_model(steps * critic_steps, critic_steps=critic_steps, gp_every=gp_every)

@@ -1,4 +1,5 @@
-"""Nothing already written is lost: kill -9 mid-run then --resume, the divergence guard, a full disk."""
+"""Nothing already written is lost: the divergence guard, a full disk, signals that land where Python drops them
+(kill -9 then --resume: test_nothing_lost.py)."""
 
 import errno
 import json
@@ -27,40 +28,6 @@ def latest_checkpoint_step(run_dir):
         return 0
     first_line = index.read_text().splitlines()[0]  # model_checkpoint_path: "ckpt-N"
     return int(first_line.rsplit("-", 1)[1].rstrip('"'))
-
-
-@pytest.mark.slow
-def test_kill_minus_nine_then_resume_reaches_the_same_final_step(synthetic_category, tmp_path):
-    run_dir, steps = tmp_path / "run", 40
-    command = [sys.executable, "-m", "ganspection_tf.cli", "train", "--data", str(synthetic_category), "--out",
-               str(run_dir), "--image-size", "32", "--width", "8", "--latent-dim", "8", "--critic-steps", "1",
-               "--batch-size", "8", "--steps", str(steps), "--log-every", "2", "--checkpoint-every", "2",
-               "--sample-every", "40", "--no-jit"]
-    worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 240
-        while latest_checkpoint_step(run_dir) < 4 and worker.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert worker.poll() is None, "training ended before it could be killed: " + worker.stderr.read()[-500:]
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(timeout=30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-    assert worker.returncode == -signal.SIGKILL
-    killed_at = latest_checkpoint_step(run_dir)
-    assert 4 <= killed_at < steps
-
-    messages = []
-    config = training.TrainConfig.from_flat(data=str(synthetic_category), **tiny_settings(steps=steps))
-    training.train(config, run_dir, resume=True, verbose=0, log=messages.append)
-
-    resumed_from = [m for m in messages if m.startswith("resumed from")]
-    assert resumed_from and int(resumed_from[0].rsplit(" ", 1)[1]) >= killed_at  # at most one interval lost
-    model = RunFolder(run_dir).load_model()
-    assert int(model.step) == steps
-    assert int(model.d_optimizer.iterations) == steps  # optimizer state carried across the kill
-    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
 
 
 def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(synthetic_category, tiny_run_copy):
