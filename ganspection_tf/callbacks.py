@@ -233,13 +233,16 @@ class SyntheticDefectValidation(keras.callbacks.Callback):
 
     REFERENCE_IMAGES = 100
 
-    def __init__(self, every, final_step, validation_paths, training_images, resize, stream=None, aligned=False):
+    def __init__(self, every, final_step, validation_paths, training_images, resize, stream=None, aligned=False,
+                 augment=pipeline.Augment()):
         super().__init__()
         self.every, self.final_step, self.stream = every, final_step, stream
         self.aligned = aligned  # parts in one place: the choice leaves out place-free terms, as the calibration's
         self.validation_paths, self.resize = validation_paths, resize
         spacing = max(1, len(training_images) // self.REFERENCE_IMAGES)
-        self.reference_images = training_images[::spacing][: self.REFERENCE_IMAGES]
+        # as the calibration's reference (scoring.reference_terms): with the exposures the run trains on
+        self.reference_images = pipeline.with_trained_exposures(training_images[::spacing][: self.REFERENCE_IMAGES],
+                                                                augment)
         self.term_model = self.good = self.copies = self.copy_inputs = self.last_step = None
 
     def on_train_begin(self, logs=None):

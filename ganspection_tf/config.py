@@ -20,7 +20,10 @@ from ganspection_tf.tiles import tile_grid
 
 SUPPORTED_SIZES = (32, 64, 128, 256)
 NORMS = ("none", "layer", "instance", "spectral")
-AUGMENTATIONS = ("hflip", "vflip", "rot90")
+AUGMENTATIONS = ("hflip", "vflip", "rot90", "exposure")
+# The exposure augmentation multiplies each training image by a gain drawn from 1 ± this: lighting that drifts by
+# that much between photos does not make a part defective.
+EXPOSURE_GAIN_SPREAD = 0.1
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 MAX_CRITIC_STEPS = 15  # the model draws 2 noise tensors per critic update and 1 per generator update, 32 per step
@@ -29,7 +32,7 @@ MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which keras.utils.set_random_see
 MAX_STEPS = 10**9
 # What `train` chooses for the `from_data` fields until a measured rule replaces it (benchmarks/RESULTS.md):
 # the recipe the categories benchmark measures.
-RECIPE_IMAGE_SIZE, RECIPE_STEPS, RECIPE_AUGMENT = 64, 2000, "none"
+RECIPE_IMAGE_SIZE, RECIPE_STEPS, RECIPE_AUGMENT = 64, 2000, "exposure"
 _FROM_DATA = "default: chosen from the training images, config.json says why"
 # How a picture becomes the model's square input (training, scoring and the camera alike).
 INTERPOLATIONS = ("area",)  # cv2.INTER_AREA: averages when shrinking, no aliasing
@@ -196,7 +199,7 @@ class TrainConfig:
     beta_1: float = setting(0.5, float, "Adam's β1.", low=0.0, high=1.0, high_open=True)
     beta_2: float = setting(0.9, float, "Adam's β2.", low=0.0, high=1.0, high_open=True)
     weight_decay: float = setting(0.0, float, "> 0 uses AdamW.", low=0.0, high=1.0)
-    augment: str | None = setting(None, str, f"Comma-separated: hflip, vflip, rot90 (or none); {_FROM_DATA} "
+    augment: str | None = setting(None, str, f"Comma-separated: hflip, vflip, rot90, exposure (or none); {_FROM_DATA} "
                                   f"({RECIPE_AUGMENT} so far).", choices=AUGMENTATIONS, comma_list=True,
                                   optional=True, from_data=True)
     resize: str = setting(DEFAULT_RESIZE, str, "How images become the model's square: stretch (aspect ratio not "

@@ -170,6 +170,12 @@ def to_unit_range(img_uint8: np.ndarray) -> np.ndarray:
     return np.asarray(img_uint8, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
+def reexposed(img_uint8: np.ndarray, gain: float) -> np.ndarray:
+    """The image as if photographed with ``gain`` times the light: scaled, rounded and clipped to uint8 (what the
+    exposure augmentation does to training batches, ``pipeline.augment_batch``)."""
+    return np.clip(np.rint(img_uint8.astype(np.float32) * gain), 0, 255).astype(np.uint8)
+
+
 def from_unit_range(x: np.ndarray) -> np.ndarray:
     """float [-1, 1] -> uint8, rounding to nearest and clipping values the generator overshoots."""
     scaled = (np.asarray(x, dtype=np.float32) + 1.0) * 127.5

@@ -384,8 +384,10 @@ def validation_terms(run, term_model, log=print) -> dict[str, np.ndarray]:
 
 
 def reference_terms(run, term_model, log=print) -> dict[str, np.ndarray] | None:
-    """Raw model outputs of up to MAX_REFERENCE_IMAGES good TRAINING images (evenly spaced over the split), for
-    the per-pixel Gaussian of normalized_map_max; None (with a warning) when none of them is there any more."""
+    """Raw model outputs of up to MAX_REFERENCE_IMAGES good TRAINING images (evenly spaced over the split), with
+    their re-exposed copies when the run trained with the exposure augmentation (``pipeline.with_trained_exposures``),
+    for the per-pixel Gaussian of normalized_map_max and the patch bank; None (with a warning) when none of them is
+    there any more."""
     run = as_run(run)
     paths = run.training_images(at_most=MAX_REFERENCE_IMAGES)
     if len(paths) < 2:
@@ -394,7 +396,8 @@ def reference_terms(run, term_model, log=print) -> dict[str, np.ndarray] | None:
         return None
     _, size, _, channels = term_model.input_shape
     images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=run.resize)
-    return compute_terms(term_model, images)
+    augment = pipeline.Augment.from_flags(run.read_train_config().augment)
+    return compute_terms(term_model, pipeline.with_trained_exposures(images, augment))
 
 
 def model_step(model) -> int | None:

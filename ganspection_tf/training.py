@@ -205,8 +205,9 @@ def _validation(config, splits, images):
                                f"held out of training, and there are {len(splits['validation'])}; raise "
                                "--val-fraction")
     aligned = bool(choices.parts_aligned(splits["train"], config.resize))  # as the calibration's choice sees it
+    augment = pipeline.Augment.from_flags(config.augment)
     return [SyntheticDefectValidation(config.validate_every, config.steps, splits["validation"], images,
-                                      config.resize, aligned=aligned)]
+                                      config.resize, aligned=aligned, augment=augment)]
 
 
 def _wall_clock_budget(config, strategy_name):

@@ -12,7 +12,7 @@ from PIL import Image  # noqa: E402
 
 from conftest import mvtec_bottle  # noqa: E402
 
-from ganspection_tf.config import TrainConfig  # noqa: E402
+from ganspection_tf.config import EXPOSURE_GAIN_SPREAD, TrainConfig  # noqa: E402
 from ganspection_tf.data import choices  # noqa: E402
 from ganspection_tf.data.mvtec import scan_category  # noqa: E402
 from ganspection_tf.data.pipeline import (  # noqa: E402
@@ -21,6 +21,7 @@ from ganspection_tf.data.pipeline import (  # noqa: E402
     load_images,
     make_eval_dataset,
     make_train_dataset,
+    with_trained_exposures,
 )
 from ganspection_tf.data.synthetic import write_synthetic_category  # noqa: E402
 from ganspection_tf.errors import GanspectionError  # noqa: E402
@@ -119,6 +120,7 @@ def test_augment_flags():
     assert Augment.from_flags("none") == Augment() == Augment.from_flags("")
     assert Augment.from_flags("vflip,hflip").as_flags() == "hflip,vflip"
     assert Augment().as_flags() == "none"
+    assert Augment.from_flags("exposure,hflip") == Augment(hflip=True, exposure=True)
     with pytest.raises(GanspectionError, match="'shear'"):
         Augment.from_flags("hflip,shear")
 
@@ -183,6 +185,32 @@ def test_rot90_uses_every_quarter_turn_per_image():
     rotated = augment_batch(tf.constant(images), Augment(rot90=True), tf.constant([1, 2], tf.int64)).numpy()
     turns = [next(k for k in range(4) if np.array_equal(out, np.rot90(src, k))) for src, out in zip(images, rotated)]
     assert set(turns) == {0, 1, 2, 3}
+
+
+def test_exposure_scales_each_image_by_its_own_gain_within_the_spread_and_keeps_the_flips_streams():
+    images = np.full((64, 4, 4, 1), 200, np.uint8)
+    images[:, 0, 0] = 10  # a dark pixel: one gain per image moves both pixels by the same factor
+    seed = tf.constant([1, 2], tf.int64)
+    exposed = augment_batch(tf.constant(images), Augment(exposure=True), seed).numpy().astype(float)
+    gains = exposed[:, 1, 1, 0] / 200
+    assert np.all(np.abs(gains - 1) <= EXPOSURE_GAIN_SPREAD + 0.5 / 200)
+    assert gains.min() < 0.95 and gains.max() > 1.05  # spread over the range, not one gain for the batch
+    np.testing.assert_allclose(exposed[:, 0, 0, 0], 10 * gains, atol=0.6)
+    np.testing.assert_array_equal(augment_batch(tf.constant(images), Augment(exposure=True), seed).numpy(), exposed)
+    turned = distinct_images(n=8, size=4, channels=1)
+    both = augment_batch(tf.constant(turned), Augment(rot90=True, exposure=True), seed).numpy()
+    alone = augment_batch(tf.constant(turned), Augment(rot90=True), seed).numpy()
+    for with_exposure, without in zip(both, alone):  # the same quarter turn per image, then a gain
+        assert np.corrcoef(with_exposure.ravel(), without.ravel())[0, 1] > 0.99
+
+
+def test_references_of_a_run_trained_on_exposures_include_both_ends_of_its_gain_range():
+    images = np.full((3, 4, 4, 1), 200, np.uint8)
+    assert with_trained_exposures(images, Augment(hflip=True)) is images
+    references = with_trained_exposures(images, Augment(exposure=True))
+    levels = [round(200 * (1 - EXPOSURE_GAIN_SPREAD)), 200, round(200 * (1 + EXPOSURE_GAIN_SPREAD))]
+    assert sorted(references[:, 0, 0, 0].tolist()) == sorted(levels * 3)
+    np.testing.assert_array_equal(references[:3], images)  # the plain images first
 
 
 def test_rot90_refuses_non_square_images():

@@ -16,9 +16,11 @@ NOT_ENABLED where they would suggest another value, or NOT_BETTER where a run me
 * inspect_size: the image size (the whole image in one tile); larger sizes, inspected by tiles of the image
   size, would keep finer defects when the images are that large (128 px on screw: finer maps, not a better
   image score: NOT_BETTER);
-* augment: the pose spread of the training images (:func:`pose_spread`). Aligned parts (below ALIGNED_BELOW)
-  would look unlike every good image after a flip or a quarter turn; parts at any pose, or a texture, would
-  stay good, which would make such augmentation useful (on screw it did not help the image AUROC: NOT_BETTER);
+* augment: exposure for every kind of part (lighting that drifts between photos does not make a part
+  defective); flips and quarter turns from the pose spread of the training images (:func:`pose_spread`).
+  Aligned parts (below ALIGNED_BELOW) would look unlike every good image after a flip or a quarter turn; parts
+  at any pose, or a texture, would stay good, which would make such augmentation useful (on screw it did not
+  help the image AUROC: NOT_BETTER);
 * steps: how many passes over the training images the recipe's length is.
 
 No TensorFlow: headers and a small sample of images are read with ``images.py``.
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ganspection_tf.config import (
+    EXPOSURE_GAIN_SPREAD,
     RECIPE_AUGMENT,
     RECIPE_IMAGE_SIZE,
     RECIPE_STEPS,
@@ -220,14 +223,17 @@ def _inspect_size(images, config):
 
 
 def _augment(images, config):
+    exposure = (f"exposure: a part photographed up to {EXPOSURE_GAIN_SPREAD:.0%} darker or brighter is still good, "
+                "on every kind of part")
     spread, count = images.pose_spread, len(images.sample)
     if spread is None:
-        return Choice(RECIPE_AUGMENT, "fewer than 2 readable training images: pose spread not measured")
+        return Choice(RECIPE_AUGMENT, f"{exposure}; fewer than 2 readable training images: pose spread not measured")
     if spread < ALIGNED_BELOW:
-        return Choice(RECIPE_AUGMENT, f"pose spread {spread:.2f} < {ALIGNED_BELOW} over {count} training images: "
-                      "aligned parts, which a flip or a quarter turn would show in a pose no good image has")
-    return Choice(RECIPE_AUGMENT, f"pose spread {spread:.2f} ≥ {ALIGNED_BELOW} over {count} training images: "
-                  f"parts at any pose (or a texture), which flips and quarter turns would keep good; {NOT_BETTER}")
+        return Choice(RECIPE_AUGMENT, f"{exposure}; pose spread {spread:.2f} < {ALIGNED_BELOW} over {count} training "
+                      "images: aligned parts, which a flip or a quarter turn would show in a pose no good image has")
+    return Choice(RECIPE_AUGMENT, f"{exposure}; pose spread {spread:.2f} ≥ {ALIGNED_BELOW} over {count} training "
+                  f"images: parts at any pose (or a texture), which flips and quarter turns would keep good; flips and "
+                  f"turns {NOT_BETTER}")
 
 
 def _steps(images, config):

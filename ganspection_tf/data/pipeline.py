@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from ganspection_tf.config import AUGMENTATIONS
+from ganspection_tf.config import AUGMENTATIONS, EXPOSURE_GAIN_SPREAD
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.images import DEFAULT_RESIZE, UnreadableImage, read_image, resize_image
+from ganspection_tf.images import DEFAULT_RESIZE, UnreadableImage, read_image, reexposed, resize_image
 
 
 
@@ -63,11 +63,13 @@ def load_images(
 
 @dataclass(frozen=True)
 class Augment:
-    """Random flips and quarter turns applied to training batches (only valid for the part's symmetries)."""
+    """Random flips and quarter turns applied to training batches (only valid for the part's symmetries), and a
+    random exposure (one gain per image, 1 ± ``EXPOSURE_GAIN_SPREAD``)."""
 
     hflip: bool = False
     vflip: bool = False
     rot90: bool = False
+    exposure: bool = False
 
     @classmethod
     def from_flags(cls, flags: str) -> "Augment":
@@ -89,7 +91,17 @@ class Augment:
     @property
     def enabled(self) -> bool:
         """True when at least one augmentation is switched on."""
-        return self.hflip or self.vflip or self.rot90
+        return self.hflip or self.vflip or self.rot90 or self.exposure
+
+
+def with_trained_exposures(images_uint8: np.ndarray, augment: Augment) -> np.ndarray:
+    """Good reference images as the run was trained to see them: with the exposure augmentation, the images
+    followed by copies at both ends of its gain range (what is fitted on good images - the patch bank, the
+    per-pixel statistics - then counts those exposures as good too); else the images unchanged."""
+    if not augment.exposure:
+        return images_uint8
+    gains = (1.0 - EXPOSURE_GAIN_SPREAD, 1.0 + EXPOSURE_GAIN_SPREAD)
+    return np.concatenate([images_uint8, *(reexposed(images_uint8, gain) for gain in gains)])
 
 
 def make_train_dataset(
@@ -124,7 +136,8 @@ def make_train_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_sharding_options())
 
 
-CROP_STREAM = 1  # folded into a batch's seed for its crops: the augmentation keeps the stream it always had
+# Folded into a batch's seed for its crops and its exposures: the flips and turns keep the streams they always had.
+CROP_STREAM, EXPOSURE_STREAM = 1, 2
 
 
 def random_crops(batch: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
@@ -148,7 +161,7 @@ def make_eval_dataset(images_uint8: np.ndarray, batch_size: int) -> tf.data.Data
 
 
 def augment_batch(batch: tf.Tensor, augment: Augment, seed: tf.Tensor) -> tf.Tensor:
-    """Randomly flip / quarter-turn each image of a ``(B, H, W, C)`` batch independently.
+    """Randomly flip / quarter-turn / re-expose each image of a uint8 ``(B, H, W, C)`` batch independently.
 
     ``seed`` is a shape-[2] integer tensor for the stateless random ops: same seed, same result.
     """
@@ -163,7 +176,17 @@ def augment_batch(batch: tf.Tensor, augment: Augment, seed: tf.Tensor) -> tf.Ten
     if augment.rot90:
         quarter_turns = tf.random.stateless_uniform([batch_size], rot_seed, minval=0, maxval=4, dtype=tf.int32)
         batch = _rotate_quarter_turns(batch, quarter_turns)
+    if augment.exposure:
+        batch = _random_exposure(batch, tf.random.experimental.stateless_fold_in(seed, EXPOSURE_STREAM))
     return batch
+
+
+def _random_exposure(batch: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Each image times its own gain from 1 ± EXPOSURE_GAIN_SPREAD, rounded and clipped back to uint8."""
+    gains = tf.random.stateless_uniform([tf.shape(batch)[0], 1, 1, 1], seed, minval=1.0 - EXPOSURE_GAIN_SPREAD,
+                                        maxval=1.0 + EXPOSURE_GAIN_SPREAD)
+    exposed = tf.round(tf.cast(batch, tf.float32) * gains)
+    return tf.cast(tf.clip_by_value(exposed, 0.0, 255.0), tf.uint8)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
