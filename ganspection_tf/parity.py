@@ -92,6 +92,16 @@ def describe_parity(report) -> str:
     return text
 
 
+class ParityGateFailed(GanspectionError):
+    """The converted model ranks the labelled test images worse than Keras by more than AUROC_TOLERANCE; `reason`
+    is the figures without the advice."""
+
+    def __init__(self, out, reason):
+        super().__init__(f"{out}: {reason}; no bundle written. Try --quantize float16 or none, more --calibration "
+                         "images, or pass --force to write it anyway")
+        self.reason = reason
+
+
 def apply_gate(report, out, quantize, force, log):
     drop = report["auroc_drop"]
     report.update(tolerance=AUROC_TOLERANCE, forced=False)
@@ -103,8 +113,7 @@ def apply_gate(report, out, quantize, force, log):
     message = (f"parity gate failed: image AUROC drops from {report['auroc_keras']:.4f} (Keras) to "
                f"{report['auroc_tflite']:.4f} (TFLite {quantize}), more than {AUROC_TOLERANCE}")
     if not force:
-        raise GanspectionError(f"{out}: {message}; no bundle written. Try --quantize float16 or none, more "
-                               "--calibration images, or pass --force to write it anyway")
+        raise ParityGateFailed(out, message)
     report["forced"] = True
     log(f"warning: {message}; writing the bundle anyway (--force)")
 
