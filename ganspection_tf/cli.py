@@ -129,7 +129,8 @@ def _progress_verbosity():
 @click.option("--overwrite", is_flag=True,
               help="Write into an --out holding other files (they are kept untouched).")
 def demo(out, steps, image_size, overwrite):
-    """The whole product on embedded synthetic data: train → evaluate → export int8 → score on LiteRT.
+    """The whole product on embedded synthetic data: train → evaluate → export int8 (float16 if int8 fails the
+    parity gate) → score on LiteRT.
 
     A few minutes on 2 CPU cores; nothing is downloaded.
     """
