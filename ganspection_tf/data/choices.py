@@ -224,17 +224,18 @@ def _inspect_size(images, config):
 
 
 def _augment(images, config):
+    return Choice(RECIPE_AUGMENT, f"{_pose_finding(images)}; {EXPOSURE_NOT_ENABLED}")
+
+
+def _pose_finding(images) -> str:
     spread, count = images.pose_spread, len(images.sample)
     if spread is None:
-        return Choice(RECIPE_AUGMENT, f"fewer than 2 readable training images: pose spread not measured; "
-                      f"{EXPOSURE_NOT_ENABLED}")
+        return "fewer than 2 readable training images: pose spread not measured"
     if spread < ALIGNED_BELOW:
-        return Choice(RECIPE_AUGMENT, f"pose spread {spread:.2f} < {ALIGNED_BELOW} over {count} training images: "
-                      f"aligned parts, which a flip or a quarter turn would show in a pose no good image has; "
-                      f"{EXPOSURE_NOT_ENABLED}")
-    return Choice(RECIPE_AUGMENT, f"pose spread {spread:.2f} ≥ {ALIGNED_BELOW} over {count} training images: "
-                  f"parts at any pose (or a texture), which flips and quarter turns would keep good; {NOT_BETTER}; "
-                  f"{EXPOSURE_NOT_ENABLED}")
+        return (f"pose spread {spread:.2f} < {ALIGNED_BELOW} over {count} training images: aligned parts, which a "
+                "flip or a quarter turn would show in a pose no good image has")
+    return (f"pose spread {spread:.2f} ≥ {ALIGNED_BELOW} over {count} training images: parts at any pose (or a "
+            f"texture), which flips and quarter turns would keep good; {NOT_BETTER}")
 
 
 def _steps(images, config):
