@@ -194,7 +194,7 @@ def _demo_edge_scoring(bundle, category):
     results = [scorer.score_file(path) for path in files]
     latencies = np.array([result.latency_ms for result in results])
     flagged = sum(result.anomalous for result in results)
-    click.echo(f"    LiteRT int8: {len(files)} images, p50 {np.percentile(latencies, 50):.2f} ms, "
+    click.echo(f"    LiteRT {scorer.metadata.quantization}: {len(files)} images, p50 {np.percentile(latencies, 50):.2f} ms, "
                f"p95 {np.percentile(latencies, 95):.2f} ms per image; {flagged} flagged anomalous")
 
 
