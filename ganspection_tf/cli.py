@@ -17,6 +17,8 @@ import click
 from ganspection_tf import __version__, console, interrupts, ownership, thresholds
 from ganspection_tf.bundle_metadata import QUANTIZATIONS
 from ganspection_tf.config import TrainConfig, option_fields
+from ganspection_tf.demo import IMAGE_SIZES as DEMO_IMAGE_SIZES
+from ganspection_tf.demo import STEPS as DEMO_STEPS
 from ganspection_tf.errors import GanspectionError, MissingTrainExtra
 from ganspection_tf.terms import DEFAULT_WEIGHTS, REGISTRY, SCORES, TERMS
 
@@ -122,9 +124,10 @@ def _progress_verbosity():
 @cli.command()
 @click.option("--out", "out", default=None, type=click.Path(path_type=Path),
               help="Folder for the synthetic data, the run and the bundle (default: a new temporary folder).")
-@click.option("--steps", default=900, show_default=True, type=click.IntRange(1),
-              help="Training steps (900: about 2 minutes on 2 cores; see benchmarks/RESULTS.md, \"The demo\").")
-@click.option("--image-size", default=32, show_default=True, type=click.Choice(["32", "64"]),
+@click.option("--steps", default=DEMO_STEPS, show_default=True, type=click.IntRange(1),
+              help="Training steps (the default: about 2 minutes on 2 cores; see benchmarks/RESULTS.md, \"The demo\").")
+@click.option("--image-size", default=str(DEMO_IMAGE_SIZES[0]), show_default=True,
+              type=click.Choice([str(size) for size in DEMO_IMAGE_SIZES]),
               callback=lambda _c, _p, value: int(value))
 @click.option("--overwrite", is_flag=True,
               help="Write into an --out holding other files (they are kept untouched).")
@@ -135,7 +138,7 @@ def demo(out, steps, image_size, overwrite):
     A few minutes on 2 CPU cores; nothing is downloaded.
     """
     require_train_extra("demo")
-    from ganspection_tf.data import synthetic
+    from ganspection_tf import demo as recipe
     from ganspection_tf.evaluate import evaluate_run
     from ganspection_tf.export import export_bundle
     from ganspection_tf.parity import ParityGateFailed
@@ -143,13 +146,9 @@ def demo(out, steps, image_size, overwrite):
 
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="ganspection-demo-"))
     _claim_demo_folder(out, overwrite)
-    data = synthetic.write_synthetic_category(out / "data", name="widget", image_size=128, overwrite=True)
+    data = recipe.write_category(out / "data")
     click.echo(f"1/4 synthetic category written to {data}")
-    # Small and reconstruction-weighted: what reaches a useful AUROC on this category within the demo's budget.
-    config = TrainConfig.from_flat(
-        data=str(data), image_size=image_size, width=16, latent_dim=32, steps=steps, batch_size=16,
-        rec_weight=10.0, log_every=50, checkpoint_every=100, sample_every=100,
-    )
+    config = recipe.config(data, image_size=image_size, steps=steps)
     click.echo("2/4 training")
     run_dir = run_training(config, out / "run", verbose=_progress_verbosity(), overwrite=True)
     click.echo(f"    samples: {run_dir / 'samples'}")
