@@ -104,6 +104,9 @@ def with_trained_exposures(images_uint8: np.ndarray, augment: Augment) -> np.nda
     return np.concatenate([images_uint8, *(reexposed(images_uint8, gain) for gain in gains)])
 
 
+PARALLEL_BATCHES, PREFETCH_BATCHES = 2, 2  # one per core of a small machine; ample for in-memory images
+
+
 def make_train_dataset(
     images_uint8: np.ndarray, batch_size: int, augment: Augment = Augment(), seed: int = 0, shuffle: bool = True,
     crop_size: int | None = None,
@@ -132,8 +135,8 @@ def make_train_dataset(
             batch = random_crops(batch, crop_size, tf.random.experimental.stateless_fold_in(batch_seed, CROP_STREAM))
         return _to_unit_range(augment_batch(batch, augment, batch_seed))
 
-    dataset = dataset.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_sharding_options())
+    dataset = dataset.enumerate().map(prepare, num_parallel_calls=PARALLEL_BATCHES)
+    return dataset.prefetch(PREFETCH_BATCHES).with_options(_options())
 
 
 # Folded into a batch's seed for its crops and its exposures: the flips and turns keep the streams they always had.
@@ -156,8 +159,8 @@ def make_eval_dataset(images_uint8: np.ndarray, batch_size: int) -> tf.data.Data
     """One pass over the images in order, ``float32`` in [-1, 1]; the last batch may be short."""
     images = _check_images(images_uint8, batch_size)
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
-    dataset = dataset.map(_to_unit_range, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_sharding_options())
+    dataset = dataset.map(_to_unit_range, num_parallel_calls=PARALLEL_BATCHES)
+    return dataset.prefetch(PREFETCH_BATCHES).with_options(_options())
 
 
 def augment_batch(batch: tf.Tensor, augment: Augment, seed: tf.Tensor) -> tf.Tensor:
@@ -211,10 +214,14 @@ def _to_unit_range(batch: tf.Tensor) -> tf.Tensor:
     return tf.cast(batch, tf.float32) / 127.5 - 1.0
 
 
-def _sharding_options() -> tf.data.Options:
+def _options() -> tf.data.Options:
     options = tf.data.Options()
     # The images live in memory (there are no files to hand out per worker), so shard by data.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    # Fixed sizes instead of tf.data's autotuning: a batch is ready in well under a millisecond, so there is
+    # nothing to tune, and deleting an autotuned iterator (at the end of every `fit`) sometimes waits for the
+    # tuning thread for many seconds (benchmarks/RESULTS.md, "The pause at the end of training").
+    options.autotune.enabled = False
     return options
 
 
