@@ -33,7 +33,7 @@ def parse_variant(text):
 
 def run_once(out, seed, settings):
     settings = dict(settings)
-    data = demo.write_category(out / "data", seed=seed, train_images=settings.pop("train_images", demo.TRAIN_IMAGES))
+    data = demo.write_category(out / "data", seed=seed, train_images=settings.pop("train_images", None))
     started = time.perf_counter()
     run = train(demo.config(data, **settings), out / "run", verbose=0, overwrite=True, log=lambda *_: None)
     seconds = time.perf_counter() - started

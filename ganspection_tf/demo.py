@@ -18,10 +18,10 @@ TEST_SPLIT = {"n_test_good": 40, "n_test_per_defect": 20}
 SEED = 0
 
 
-def write_category(out: Path, seed: int = SEED, train_images: int = TRAIN_IMAGES) -> Path:
-    """The demo's synthetic category (aligned mode, 128 px) under ``out``."""
-    return synthetic.write_synthetic_category(out, name=CATEGORY_NAME, image_size=128, n_train=train_images,
-                                              seed=seed, overwrite=True, **TEST_SPLIT)
+def write_category(out: Path, seed: int = SEED, train_images: int | None = None) -> Path:
+    """The demo's synthetic category (aligned mode, 128 px) under ``out``; TRAIN_IMAGES unless `train_images`."""
+    return synthetic.write_synthetic_category(out, name=CATEGORY_NAME, image_size=128, seed=seed, overwrite=True,
+                                              n_train=train_images or TRAIN_IMAGES, **TEST_SPLIT)
 
 
 def test_images() -> int:

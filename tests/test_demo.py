@@ -17,6 +17,8 @@ def test_the_demo_ends_on_a_float16_bundle_when_int8_fails_the_parity_gate(tmp_p
         gate(report, out, quantize, force, log)
 
     monkeypatch.setattr(export, "apply_gate", int8_always_fails)
+    monkeypatch.setattr(demo, "TRAIN_IMAGES", 40)  # a smaller category: the stages, not the figures, are tested
+    monkeypatch.setattr(demo, "TEST_SPLIT", {"n_test_good": 6, "n_test_per_defect": 3})
     code, out, err = run_cli(capfd, "demo", "--out", tmp_path / "demo", "--steps", "2")
     assert code == 0, err
     bundle = tmp_path / "demo" / "bundle"
