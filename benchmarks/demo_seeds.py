@@ -5,8 +5,8 @@
 The demo's own test split (seed 0) is what a newcomer sees, so no setting of the demo may be chosen from it; this
 script trains the recipe (and each --variant: TrainConfig settings by their flat names, or "train_images") on
 categories drawn the same way with other seeds, and prints per-seed test image AUROC, the mean, and the training
-seconds. Each run takes about as long as
-the demo's training (2-3 minutes at the recipe's 900 steps on 2 cores); run nothing else meanwhile.
+seconds. Each run takes about as long as the demo's training (about 2 minutes on 2 cores); run nothing else
+meanwhile.
 """
 
 import argparse
@@ -21,6 +21,7 @@ import numpy as np
 from ganspection_tf import demo
 from ganspection_tf.evaluate import evaluate_run
 from ganspection_tf.training import train
+
 
 def parse_variant(text):
     name, _, settings = text.partition("=")

@@ -15,10 +15,9 @@ from pathlib import Path
 import click
 
 from ganspection_tf import __version__, console, interrupts, ownership, thresholds
+from ganspection_tf import demo as demo_recipe  # `demo` is the command below
 from ganspection_tf.bundle_metadata import QUANTIZATIONS
 from ganspection_tf.config import TrainConfig, option_fields
-from ganspection_tf.demo import IMAGE_SIZES as DEMO_IMAGE_SIZES
-from ganspection_tf.demo import STEPS as DEMO_STEPS
 from ganspection_tf.errors import GanspectionError, MissingTrainExtra
 from ganspection_tf.terms import DEFAULT_WEIGHTS, REGISTRY, SCORES, TERMS
 
@@ -124,10 +123,10 @@ def _progress_verbosity():
 @cli.command()
 @click.option("--out", "out", default=None, type=click.Path(path_type=Path),
               help="Folder for the synthetic data, the run and the bundle (default: a new temporary folder).")
-@click.option("--steps", default=DEMO_STEPS, show_default=True, type=click.IntRange(1),
+@click.option("--steps", default=demo_recipe.STEPS, show_default=True, type=click.IntRange(1),
               help="Training steps (the default: about 2 minutes on 2 cores; see benchmarks/RESULTS.md, \"The demo\").")
-@click.option("--image-size", default=str(DEMO_IMAGE_SIZES[0]), show_default=True,
-              type=click.Choice([str(size) for size in DEMO_IMAGE_SIZES]),
+@click.option("--image-size", default=str(demo_recipe.IMAGE_SIZES[0]), show_default=True,
+              type=click.Choice([str(size) for size in demo_recipe.IMAGE_SIZES]),
               callback=lambda _c, _p, value: int(value))
 @click.option("--overwrite", is_flag=True,
               help="Write into an --out holding other files (they are kept untouched).")
@@ -138,7 +137,6 @@ def demo(out, steps, image_size, overwrite):
     A few minutes on 2 CPU cores; nothing is downloaded.
     """
     require_train_extra("demo")
-    from ganspection_tf import demo as recipe
     from ganspection_tf.evaluate import evaluate_run
     from ganspection_tf.export import export_bundle
     from ganspection_tf.parity import ParityGateFailed
@@ -146,9 +144,9 @@ def demo(out, steps, image_size, overwrite):
 
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="ganspection-demo-"))
     _claim_demo_folder(out, overwrite)
-    data = recipe.write_category(out / "data")
+    data = demo_recipe.write_category(out / "data")
     click.echo(f"1/4 synthetic category written to {data}")
-    config = recipe.config(data, image_size=image_size, steps=steps)
+    config = demo_recipe.config(data, image_size=image_size, steps=steps)
     click.echo("2/4 training")
     run_dir = run_training(config, out / "run", verbose=_progress_verbosity(), overwrite=True)
     click.echo(f"    samples: {run_dir / 'samples'}")
@@ -193,8 +191,8 @@ def _demo_edge_scoring(bundle, category):
     results = [scorer.score_file(path) for path in files]
     latencies = np.array([result.latency_ms for result in results])
     flagged = sum(result.anomalous for result in results)
-    click.echo(f"    LiteRT {scorer.metadata.quantization}: {len(files)} images, p50 {np.percentile(latencies, 50):.2f} ms, "
-               f"p95 {np.percentile(latencies, 95):.2f} ms per image; {flagged} flagged anomalous")
+    click.echo(f"    LiteRT {scorer.metadata.quantization}: {len(files)} images, "
+               f"p50 {np.percentile(latencies, 50):.2f} ms, p95 {np.percentile(latencies, 95):.2f} ms per image; {flagged} flagged anomalous")
 
 
 # ------------------------------------------------------------------------------------------------ evaluate
