@@ -25,7 +25,7 @@ QUANTIZATIONS = ("none", "float16", "dynamic", "int8", "int16x8")
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
     """A frame → the model input: channels in `color_order`, resized with `interpolation` and `aspect` to
-    `image_size` × `image_size`, pixels in [input_min, input_max], which the model maps linearly onto
+    `image_size` × `image_size`, re-exposed to `exposure_level`, pixels in [input_min, input_max], which the model maps linearly onto
     [model_min, model_max] itself."""
 
     image_size: int = setting(None, int, "Side of the square model input.", choices=SUPPORTED_SIZES)
@@ -37,6 +37,9 @@ class Preprocessing:
     model_max: float = setting(1.0, float, "What the model maps input_max to.")
     interpolation: str = setting(INTERPOLATIONS[0], str, "Resize interpolation.", choices=INTERPOLATIONS)
     aspect: str = setting(ASPECTS[0], str, "How a non-square picture becomes square.", choices=ASPECTS)
+    exposure_level: float = setting(0.0, float, "The resized picture's mean grey level is brought to this by one "
+                                    "gain (images.levelled); 0: not levelled (bundles from before the setting).",
+                                    low=0.0, high=255.0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

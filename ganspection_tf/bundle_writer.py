@@ -32,7 +32,7 @@ def bundle_metadata(
     outputs = list(scorer.output)
     return BundleMetadata(
         preprocessing=Preprocessing(image_size=int(model.inspected_size), channels=int(model.channels),
-                                    aspect=run.resize),
+                                    aspect=run.resize, exposure_level=run.exposure_level),
         score=score,
         terms=list(calibration.terms),
         outputs=outputs,

@@ -234,11 +234,11 @@ class SyntheticDefectValidation(keras.callbacks.Callback):
     REFERENCE_IMAGES = 100
 
     def __init__(self, every, final_step, validation_paths, training_images, resize, stream=None, aligned=False,
-                 augment=pipeline.Augment()):
+                 augment=pipeline.Augment(), exposure_level=0.0):
         super().__init__()
         self.every, self.final_step, self.stream = every, final_step, stream
         self.aligned = aligned  # parts in one place: the choice leaves out place-free terms, as the calibration's
-        self.validation_paths, self.resize = validation_paths, resize
+        self.validation_paths, self.resize, self.exposure_level = validation_paths, resize, exposure_level
         spacing = max(1, len(training_images) // self.REFERENCE_IMAGES)
         # as the calibration's reference (scoring.reference_terms): with the exposures the run trains on
         self.reference_images = pipeline.with_trained_exposures(training_images[::spacing][: self.REFERENCE_IMAGES],
@@ -251,9 +251,9 @@ class SyntheticDefectValidation(keras.callbacks.Callback):
         self.term_model = scoring.build_term_model(self.model)
         _, size, _, channels = self.term_model.input_shape
         self.good, _ = pipeline.load_images(self.validation_paths, size, channels, skip_unreadable=True,
-                                            resize=self.resize)
+                                            resize=self.resize, exposure_level=self.exposure_level)
         self.copy_inputs, self.copies = synthetic_validation.defective_inputs(self.validation_paths, size, channels,
-                                                                              self.resize)
+                                                                              self.resize, self.exposure_level)
         self.last_step = int(self.model.step.numpy())
 
     def on_epoch_end(self, epoch, logs=None):

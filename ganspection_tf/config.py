@@ -24,6 +24,9 @@ AUGMENTATIONS = ("hflip", "vflip", "rot90", "exposure")
 # The exposure augmentation multiplies each training image by a gain drawn from 1 ± this: lighting that drifts by
 # that much between photos does not make a part defective.
 EXPOSURE_GAIN_SPREAD = 0.1
+# Exposure levelling (train --exposure-level) brings each image's mean grey level to the run's level with one gain
+# per image, kept within these bounds: a frame nearly black or white is not amplified into noise or saturation.
+EXPOSURE_LEVEL_GAINS = (0.5, 2.0)
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 MAX_CRITIC_STEPS = 15  # the model draws 2 noise tensors per critic update and 1 per generator update, 32 per step
@@ -205,6 +208,11 @@ class TrainConfig:
     resize: str = setting(DEFAULT_RESIZE, str, "How images become the model's square: stretch (aspect ratio not "
                           "kept), pad (whole image, black bands) or crop (central square). Stored with the run; "
                           "evaluate, score, export and the camera use it.", choices=RESIZE_MODES)
+    exposure_level: float | None = setting(None, float, "Each image, once resized, is scaled by one gain so that its "
+                                           "mean grey level is this (0-255; 0 = off): photos lit brighter or darker "
+                                           "look alike to the networks. Stored with the run; evaluate, score, export "
+                                           f"and the camera use it; {_FROM_DATA} (the training images' mean level).",
+                                           low=0.0, high=255.0, optional=True, from_data=True)
     val_fraction: float = setting(0.15, float, "Good training images held out for score calibration.", low=0.0,
                                   high=0.5)
     log_every: int = setting(50, int, "Steps per logged row (and per Keras epoch).", low=1, high=MAX_STEPS)

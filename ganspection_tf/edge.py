@@ -59,6 +59,7 @@ class EdgeScorer(Scorer):
         self.preprocessing = self.metadata.preprocessing
         self.image_size, self.channels = self.preprocessing.image_size, self.preprocessing.channels
         self.resize = self.preprocessing.aspect  # the run's --resize
+        self.exposure_level = self.preprocessing.exposure_level  # the run's --exposure-level
         self.terms = list(self.metadata.terms)
         self.threshold = float(self.calibration.threshold)
         self.has_heatmap = self.keeps_error_map = self.metadata.heatmap

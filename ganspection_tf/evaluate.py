@@ -83,7 +83,7 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
     )
     out = artifacts.ensure_writable_folder(run.eval_folder, option="RUN_DIR")
     scored = _score_test_split(category_found.test, term_model, calibration, batch_size,
-                               run.resize)
+                               run.resize, run.exposure_level)
     comparisons = _comparison_scores(*good_outputs, scored, calibration)
     all_scores = {COMBINED: scored["combined"], **scored["terms"], **comparisons}
 
@@ -275,11 +275,11 @@ def _test_category(run, data, category, log):
     return found
 
 
-def _score_test_split(test, term_model, calibration, batch_size, resize):
+def _score_test_split(test, term_model, calibration, batch_size, resize, exposure_level=0.0):
     """Streams the test images through the model; keeps terms, raw model terms and codes, scores,
     PIXEL_EVAL_SIZE² maps and masks. Pixel metrics live in the model's square frame: each mask is resized with
     the run's mode like its image (``resize``)."""
-    scorer = scoring.KerasScorer(term_model, calibration, resize, batch_size)
+    scorer = scoring.KerasScorer(term_model, calibration, resize, batch_size, exposure_level)
     count, side = len(test), PIXEL_EVAL_SIZE
     maps = np.empty((count, side, side), dtype=np.float32)
     masks = np.zeros((count, side, side), dtype=bool)
@@ -288,7 +288,7 @@ def _score_test_split(test, term_model, calibration, batch_size, resize):
     for start in range(0, count, batch_size):
         batch = test[start : start + batch_size]
         images, _ = pipeline.load_images([t.path for t in batch], scorer.image_size, scorer.channels,
-                                         skip_unreadable=False, resize=resize)
+                                         skip_unreadable=False, resize=resize, exposure_level=exposure_level)
         values = scorer.forward(images)
         for name, kept in outputs.items():
             kept.append(values[name])
@@ -315,6 +315,7 @@ def _score_test_split(test, term_model, calibration, batch_size, resize):
         "masks": masks,
         "threshold": calibration.threshold,
         "resize": resize,
+        "exposure_level": exposure_level,
     }
 
 
@@ -466,7 +467,8 @@ def _heatmap_figure(scored, category, model, term_model):
     cases = _chosen_cases(scored)
     _, size, _, channels = term_model.input_shape
     paths = [scored["paths"][index] for _, index in cases]
-    model_images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=False, resize=scored["resize"])
+    model_images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=False, resize=scored["resize"],
+                                           exposure_level=scored["exposure_level"])
     reconstructions = scoring.reconstruct(model, model_images)
     shown_maps = [anomaly_map(scored["model_maps"][index], (DISPLAY_SIZE, DISPLAY_SIZE)) for _, index in cases]
     top = max(float(np.max(shown_maps)), 1e-6)  # one colour scale for the whole grid: rows stay comparable
@@ -518,7 +520,7 @@ def _write_model_vs_template(target, scored, category, model, run) -> dict:
     rows = comparison_rows(scored["defects"])
     size, channels, resize = model.inspected_size, model.channels, scored["resize"]
     inputs, _ = pipeline.load_images([scored["paths"][i] for i in rows], size, channels, skip_unreadable=False,
-                                     resize=resize)
+                                     resize=resize, exposure_level=scored["exposure_level"])
     reconstructions = [resize_image(r, DISPLAY_SIZE) for r in scoring.reconstruct(model, inputs)]
     display = (DISPLAY_SIZE, DISPLAY_SIZE)
     model_maps = [anomaly_map(scored["model_maps"][i], display) for i in rows]

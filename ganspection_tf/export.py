@@ -45,7 +45,7 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
     representative = None
     if quantize in CALIBRATED:
         representative = representative_images(run, model.inspected_size, model.channels, calibration_dir, log,
-                                               resize=run.resize)
+                                               resize=run.resize, exposure_level=run.exposure_level)
     weight_count = weights_needed(scorer)
     log(f"converting the {score} scorer ({weight_count:,} weights) to TFLite ({quantize}) …")
     acceptance = Int8Acceptance.for_run(run, scorer, calibration) if quantize == "int8" else None

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ganspection_tf.config import DEFAULT_RESIZE, RESIZE_MODES  # chosen per run; config.json and bundles store it
+from ganspection_tf.config import DEFAULT_RESIZE, EXPOSURE_LEVEL_GAINS, RESIZE_MODES  # per run; config.json and bundles store them
 from ganspection_tf.errors import GanspectionError
 
 # Decoding a 20000x20000 RGB image takes 1.2 GB; no inspection photo needs more than this many pixels.
@@ -174,6 +174,16 @@ def reexposed(img_uint8: np.ndarray, gain: float) -> np.ndarray:
     """The image as if photographed with ``gain`` times the light: scaled, rounded and clipped to uint8 (what the
     exposure augmentation does to training batches, ``pipeline.augment_batch``)."""
     return np.clip(np.rint(img_uint8.astype(np.float32) * gain), 0, 255).astype(np.uint8)
+
+
+def levelled(img_uint8: np.ndarray, level: float) -> np.ndarray:
+    """The image re-exposed so that its mean grey level is ``level`` (0: unchanged), by one gain within
+    ``EXPOSURE_LEVEL_GAINS``. Applied after :func:`resize_image` by training, scoring and the camera alike, so a
+    part photographed in dimmer or brighter light reaches the networks as the training photos did."""
+    if not level:
+        return img_uint8
+    gain = np.clip(level / max(float(np.mean(img_uint8)), 1.0), *EXPOSURE_LEVEL_GAINS)
+    return reexposed(img_uint8, float(gain))
 
 
 def from_unit_range(x: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ MAX_REPRESENTATIVE = 300  # calibration time grows linearly; ranges stop moving 
 
 
 def representative_images(run, size, channels, calibration_dir=None, log=print, seed=0,
-                          resize=DEFAULT_RESIZE) -> np.ndarray:
+                          resize=DEFAULT_RESIZE, exposure_level=0.0) -> np.ndarray:
     """≥ MIN_REPRESENTATIVE good images for int8 / int16x8 calibration (augmented when the folder has fewer)."""
     if calibration_dir is not None:
         paths, source = list_images(calibration_dir), f"--calibration {calibration_dir}"
@@ -25,7 +25,8 @@ def representative_images(run, size, channels, calibration_dir=None, log=print, 
             raise GanspectionError(f"--calibration {calibration_dir}: no images in it; point at good images")
     else:
         paths, source = training_paths(run), "the run's training images"
-    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=resize)
+    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=resize,
+                                           exposure_level=exposure_level)
     if skipped:
         log(f"warning: skipped {len(skipped)} unreadable image(s) of {source}")
     rng = np.random.default_rng(seed)

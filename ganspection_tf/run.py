@@ -115,6 +115,11 @@ class RunFolder:
         return self.read_train_config().resize
 
     @property
+    def exposure_level(self) -> float:
+        """The run's exposure level (``images.levelled``); 0 for runs from before the setting (not levelled)."""
+        return self.read_train_config().exposure_level or 0.0
+
+    @property
     def config_hash(self) -> str:
         """The hash of the training config the model was trained with ("" for a config without one)."""
         return self.read_config().get("config_hash", "")

@@ -3,8 +3,8 @@
 numpy, OpenCV and the TF-free package modules only: the camera imports it. A scorer is three steps:
 
 1. :meth:`Scorer.preprocess`: uint8 frames of any size → the uint8 ``(N, S, S, C)`` batch the model sees
-   (``images.frame_to_rgb`` to the model's channels, ``images.resize_image`` with the run's resize mode: the
-   training pipeline's pixels), S the run's inspected size (``inspect_size``; the model cuts an image larger
+   (``images.frame_to_rgb`` to the model's channels, ``images.resize_image`` with the run's resize mode, then
+   ``images.levelled`` to the run's exposure level: the training pipeline's pixels), S the run's inspected size (``inspect_size``; the model cuts an image larger
    than its networks' input into tiles itself and merges their outputs, ``tiles.py``, so both implementations
    and every caller of the term model see per-image outputs);
 2. :meth:`Scorer.forward`: that batch → the raw model outputs ``{name: (N, ...) array}`` (``terms.MODEL_OUTPUTS``
@@ -74,6 +74,7 @@ class Scorer(ABC):
     image_size: int
     channels: int
     resize: str
+    exposure_level: float  # images.levelled; 0: off
     threshold: float  # the calibration's, unless the caller chose another (camera/score --threshold, --max-fpr)
     keeps_error_map: bool  # results carry the error map (heatmaps)
 
@@ -82,7 +83,7 @@ class Scorer(ABC):
         array) → the uint8 (N, S, S, C) batch. Frames are converted to the model's channels first."""
         if isinstance(frames, np.ndarray) and frames.ndim in (2, 3):
             rgb = images.frame_to_rgb(frames, color_order, channels=self.channels)
-            return images.resize_image(rgb, self.image_size, self.resize)
+            return images.levelled(images.resize_image(rgb, self.image_size, self.resize), self.exposure_level)
         return np.stack([self.preprocess(np.asarray(frame), color_order) for frame in frames]).astype(np.uint8)
 
     @abstractmethod

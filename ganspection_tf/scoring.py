@@ -260,8 +260,9 @@ ScoredImage = ScoreResult  # the workstation's name for the one result type (``s
 class KerasScorer(Scorer):
     """The workstation implementation of the scorer contract (``scorer.Scorer``): the Keras term model."""
 
-    def __init__(self, term_model, calibration, resize=DEFAULT_RESIZE, batch_size=32):
+    def __init__(self, term_model, calibration, resize=DEFAULT_RESIZE, batch_size=32, exposure_level=0.0):
         self.term_model, self.calibration, self.resize, self.batch_size = term_model, calibration, resize, batch_size
+        self.exposure_level = exposure_level
         _, self.image_size, _, self.channels = term_model.input_shape
         self.threshold = float(calibration.threshold)
         self.keeps_error_map = True
@@ -271,16 +272,17 @@ class KerasScorer(Scorer):
         return compute_terms(self.term_model, batch, self.batch_size)
 
 
-def score_files(paths, term_model, calibration, batch_size=32, keep_originals=False, resize=DEFAULT_RESIZE):
+def score_files(paths, term_model, calibration, batch_size=32, keep_originals=False, resize=DEFAULT_RESIZE,
+                exposure_level=0.0):
     """Yields a :class:`~ganspection_tf.scorer.ScoreResult` per path, in order, decoding and scoring
     `batch_size` files at a time through :class:`KerasScorer`.
 
     Only one batch of images is in memory at any moment, so memory stays flat however many paths there are.
     Unreadable files are yielded with `error` set rather than raised: the caller decides (the CLI reports
-    them and carries on). Images are decoded and resized exactly as for training and evaluation (``resize``: the
-    run's mode, ``RunFolder.resize``).
+    them and carries on). Images are decoded, resized and levelled exactly as for training and evaluation
+    (``resize`` and ``exposure_level``: the run's, ``RunFolder``).
     """
-    scorer = KerasScorer(term_model, calibration, resize, batch_size)
+    scorer = KerasScorer(term_model, calibration, resize, batch_size, exposure_level)
     paths = list(paths)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for start in range(0, len(paths), batch_size):
@@ -376,7 +378,8 @@ def validation_terms(run, term_model, log=print) -> dict[str, np.ndarray]:
     run = as_run(run)
     paths = run.validation_images()
     _, size, _, channels = term_model.input_shape
-    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=run.resize)
+    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=run.resize,
+                                           exposure_level=run.exposure_level)
     if skipped:
         listed = "; ".join(f"{path} ({reason})" for path, reason in skipped)
         log(f"warning: calibration skipped {len(skipped)} unreadable validation image(s): {listed}")
@@ -395,7 +398,8 @@ def reference_terms(run, term_model, log=print) -> dict[str, np.ndarray] | None:
             "falls back to per-pixel statistics of the validation images")
         return None
     _, size, _, channels = term_model.input_shape
-    images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=run.resize)
+    images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=run.resize,
+                                           exposure_level=run.exposure_level)
     augment = pipeline.Augment.from_flags(run.read_train_config().augment)
     return compute_terms(term_model, pipeline.with_trained_exposures(images, augment))
 

@@ -20,7 +20,7 @@ from ganspection_tf import artifacts
 from ganspection_tf.calibration import fit_calibration, fitted_columns
 from ganspection_tf.data import choices, pipeline
 from ganspection_tf.defects import defective_copies
-from ganspection_tf.images import resize_image
+from ganspection_tf.images import levelled, resize_image
 from ganspection_tf.run import as_run
 from ganspection_tf.score_choice import ScoreChoice, choose_score
 from ganspection_tf.terms import BY_NAME, TERMS
@@ -38,7 +38,7 @@ def choose_run_score(run, term_model, validation_outputs, reference_outputs, log
     from ganspection_tf.scoring import compute_terms  # scoring imports this module: a late import breaks the cycle
 
     _, size, _, channels = term_model.input_shape
-    model_inputs, copies = defective_inputs(run.validation_images(), size, channels, run.resize)
+    model_inputs, copies = defective_inputs(run.validation_images(), size, channels, run.resize, run.exposure_level)
     defect_outputs = compute_terms(term_model, model_inputs)
     good_terms, defect_terms = term_values(validation_outputs, reference_outputs, defect_outputs, copies.sources)
     aligned = choices.parts_aligned(run.training_images(), run.resize)
@@ -49,13 +49,14 @@ def choose_run_score(run, term_model, validation_outputs, reference_outputs, log
     return choice
 
 
-def defective_inputs(validation_paths, size, channels, resize):
+def defective_inputs(validation_paths, size, channels, resize, exposure_level=0.0):
     """(uint8 model inputs (M, size, size, channels), their ``DefectiveCopies``): the synthetic-defect copies of the
-    validation images, drawn at DRAW_SIZE (or larger) and resized to the model's input."""
+    validation images, drawn at DRAW_SIZE (or larger), then resized to the model's input and levelled like any
+    photo (``images.levelled``: a defect that darkens the part is judged as the camera would see it)."""
     good, _ = pipeline.load_images(validation_paths, max(size, DRAW_SIZE), channels, skip_unreadable=True,
                                    resize=resize)
     copies = defective_copies(good, seed=DEFECT_SEED, copies_per_image=COPIES_PER_IMAGE)
-    return np.stack([resize_image(image, size) for image in copies.images]), copies
+    return np.stack([levelled(resize_image(image, size), exposure_level) for image in copies.images]), copies
 
 
 def term_values(validation_outputs, reference_outputs, defect_outputs, sources) -> tuple[dict, dict]:

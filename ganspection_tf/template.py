@@ -4,7 +4,7 @@ What a per-pixel comparison with the average good part achieves without learning
 benchmark's baseline row (``benchmarks/categories.py``) and the reference column of the evaluation report's
 model-versus-template picture (``evaluate.py``), computed here once so that both show the same template.
 The training images are decoded and resized like the model's input (``pipeline.load_images`` with the run's
-size, channels and resize mode). numpy only.
+size, channels, resize mode and exposure level). numpy only.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def run_template(run, size, channels) -> tuple[np.ndarray | None, int]:
     if not paths:
         return None, 0
     try:
-        images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=run.resize)
+        images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=run.resize,
+                                         exposure_level=run.exposure_level)
     except GanspectionError:  # none of them readable: a picture is not worth failing the evaluation for
         return None, 0
     return mean_good_image(images), len(images)

@@ -207,7 +207,8 @@ def _validation(config, splits, images):
     aligned = bool(choices.parts_aligned(splits["train"], config.resize))  # as the calibration's choice sees it
     augment = pipeline.Augment.from_flags(config.augment)
     return [SyntheticDefectValidation(config.validate_every, config.steps, splits["validation"], images,
-                                      config.resize, aligned=aligned, augment=augment)]
+                                      config.resize, aligned=aligned, augment=augment,
+                                      exposure_level=config.exposure_level)]
 
 
 def _wall_clock_budget(config, strategy_name):
@@ -330,7 +331,8 @@ def _load_training_images(config, run_dir, resume, log):
         log(line)
     channels, size = config.model.channels, config.model.inspected_size  # inspected whole; trained on crops
     log(f"decoding {len(train_paths)} training images from {category.root} at {size} px …")
-    images, skipped = pipeline.load_images(train_paths, size, channels, skip_unreadable=True, resize=config.resize)
+    images, skipped = pipeline.load_images(train_paths, size, channels, skip_unreadable=True, resize=config.resize,
+                                           exposure_level=config.exposure_level)
     if skipped:
         listed = "; ".join(f"{path} ({reason})" for path, reason in skipped)
         log(f"warning: skipped {len(skipped)} unreadable training image(s): {listed}")

@@ -21,7 +21,9 @@ NOT_ENABLED where they would suggest another value, or NOT_BETTER where a run me
   stay good, which would make such augmentation useful (on screw it did not help the image AUROC: NOT_BETTER).
   The exposure augmentation would suit every kind of part; measured on the four categories it did not hold on
   the two it was not designed on (EXPOSURE_NOT_ENABLED);
-* steps: how many passes over the training images the recipe's length is.
+* steps: how many passes over the training images the recipe's length is;
+* exposure_level: the training images' mean grey level, to which every image is brought before the networks
+  (``images.levelled``), so that a photo lit brighter or darker than the training photos is seen as they were.
 
 No TensorFlow: headers and a small sample of images are read with ``images.py``.
 """
@@ -81,7 +83,7 @@ def choose(config, paths) -> tuple[Any, dict[str, Choice]]:
     """(`config` with every from_data field set, {field: Choice}) for a new run training on `paths`."""
     evidence = TrainingImages(paths, config.resize)
     rules = {"channels": _channels, "image_size": _image_size, "inspect_size": _inspect_size, "augment": _augment,
-             "steps": _steps}
+             "steps": _steps, "exposure_level": _exposure_level}
     choices = {}
     for name in data_chosen_fields():  # in order: a rule sees the values chosen before it (inspect_size: image_size)
         given = config.flat()[name]
@@ -236,6 +238,16 @@ def _pose_finding(images) -> str:
                 "flip or a quarter turn would show in a pose no good image has")
     return (f"pose spread {spread:.2f} ≥ {ALIGNED_BELOW} over {count} training images: parts at any pose (or a "
             f"texture), which flips and quarter turns would keep good; {NOT_BETTER}")
+
+
+def _exposure_level(images, config):
+    means = [float(convert_channels(image, config.model.channels).mean()) for image in images.sample]
+    if not means:
+        return Choice(0.0, "off: no training image readable to measure a level from")
+    level = round(float(np.mean(means)), 1)
+    return Choice(level, f"the mean grey level of {len(means)} training images ({min(means):.0f}–{max(means):.0f} "
+                         f"per image): each image is brought to it by one gain before the networks, so a photo lit "
+                         f"brighter or darker is seen as the training photos were")
 
 
 def _steps(images, config):

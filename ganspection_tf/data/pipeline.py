@@ -16,16 +16,18 @@ import tensorflow as tf
 
 from ganspection_tf.config import AUGMENTATIONS, EXPOSURE_GAIN_SPREAD
 from ganspection_tf.errors import GanspectionError
-from ganspection_tf.images import DEFAULT_RESIZE, UnreadableImage, read_image, reexposed, resize_image
+from ganspection_tf.images import DEFAULT_RESIZE, UnreadableImage, levelled, read_image, reexposed, resize_image
 
 
 
 def load_images(
-    paths: list[Path], size: int, channels: int, skip_unreadable: bool = True, resize: str = DEFAULT_RESIZE
+    paths: list[Path], size: int, channels: int, skip_unreadable: bool = True, resize: str = DEFAULT_RESIZE,
+    exposure_level: float = 0.0,
 ) -> tuple[np.ndarray, list[tuple[Path, str]]]:
     """Decode and resize ``paths`` into one ``uint8 (N, size, size, channels)`` array, in path order.
 
-    ``resize`` is the run's mode (``images.resize_image``: stretch, pad or crop).
+    ``resize`` is the run's mode (``images.resize_image``: stretch, pad or crop), ``exposure_level`` its level
+    (``images.levelled``; 0: none).
 
     With ``skip_unreadable`` the files that cannot be read are left out and returned as ``(path, reason)``
     pairs so the caller can warn once; if none is readable a GanspectionError names the folder. Without it
@@ -43,7 +45,7 @@ def load_images(
     skipped: list[tuple[Path, str]] = []
     # Threads, not processes: Pillow's decoders and cv2.resize release the GIL.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        futures = [pool.submit(_decode_one, p, size, channels, resize) for p in paths]
+        futures = [pool.submit(_decode_one, p, size, channels, resize, exposure_level) for p in paths]
         for i, future in enumerate(futures):
             try:
                 images[i] = future.result()
@@ -195,8 +197,8 @@ def _random_exposure(batch: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
-def _decode_one(path: Path, size: int, channels: int, resize: str) -> np.ndarray:
-    return resize_image(read_image(path, channels), size, resize)
+def _decode_one(path: Path, size: int, channels: int, resize: str, exposure_level: float) -> np.ndarray:
+    return levelled(resize_image(read_image(path, channels), size, resize), exposure_level)
 
 
 def _check_images(images_uint8: np.ndarray, batch_size: int) -> np.ndarray:
