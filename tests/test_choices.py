@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from cli_support import assert_one_line_error, run_cli
 from conftest import tiny_settings
+from PIL import Image
 
 from ganspection_tf.config import TrainConfig
 from ganspection_tf.data import choices, synthetic
@@ -47,13 +48,24 @@ def test_unset_settings_get_the_recipe_with_the_finding_in_the_reason(modes):
         config, chosen = choices.choose(TrainConfig.from_flat(data=str(modes[mode])), paths)
         recipe = (config.model.image_size, config.model.channels, config.steps, config.augment)
         assert recipe == (64, 3, 2000, "none")
-        assert set(chosen) == {"image_size", "inspect_size", "channels", "steps", "augment"}
+        assert set(chosen) == {"image_size", "inspect_size", "channels", "steps", "augment", "exposure_level"}
         assert config.model.inspect_size == 64 and "no tiles" in chosen["inspect_size"].reason
         assert "all 12 training images are in colour" in chosen["channels"].reason
         assert finding in chosen["augment"].reason and "pose spread" in chosen["augment"].reason
         assert choices.EXPOSURE_NOT_ENABLED in chosen["augment"].reason  # a finding, not applied
         assert (choices.NOT_BETTER in chosen["augment"].reason) == (mode == "unaligned")  # a finding, not applied
         assert "12 training images" in chosen["steps"].reason
+
+
+def test_the_exposure_level_is_the_training_images_mean_grey_level(tmp_path):
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for name, grey in (("dim", 80), ("bright", 120)):
+        Image.fromarray(np.full((40, 40), grey, dtype=np.uint8)).save(folder / f"{name}.png")
+    config, chosen = choices.choose(TrainConfig.from_flat(data=str(tmp_path)), list_images(folder))
+    assert config.exposure_level == 100.0 and "80–120 per image" in chosen["exposure_level"].reason
+    given, chosen = choices.choose(TrainConfig.from_flat(data=str(tmp_path), exposure_level=0.0), list_images(folder))
+    assert given.exposure_level == 0.0 and chosen["exposure_level"].reason == choices.USER  # off, by the user
 
 
 def test_gray_training_images_are_chosen_gray_with_their_count(tmp_path):
@@ -65,10 +77,11 @@ def test_gray_training_images_are_chosen_gray_with_their_count(tmp_path):
 
 def test_a_value_the_user_gives_wins_and_is_recorded_as_theirs(modes):
     paths = list_images(modes["unaligned"] / "train" / "good")
-    given = TrainConfig.from_flat(data="x", image_size=32, inspect_size=64, channels=1, steps=7, augment="rot90")
+    given = TrainConfig.from_flat(data="x", image_size=32, inspect_size=64, channels=1, steps=7, augment="rot90",
+                                  exposure_level=120.0)
     config, chosen = choices.choose(given, paths)
     assert (config.model.image_size, config.model.inspect_size, config.model.channels, config.steps,
-            config.augment) == (32, 64, 1, 7, "rot90")
+            config.augment, config.exposure_level) == (32, 64, 1, 7, "rot90", 120.0)
     assert {choice.reason for choice in chosen.values()} == {choices.USER}
 
 
@@ -127,7 +140,8 @@ def test_train_records_and_prints_the_choices_and_a_resume_keeps_them(synthetic_
 
 def test_a_run_without_recorded_choices_still_reads_and_resumes(tiny_run_copy, capfd):
     record = json.loads((tiny_run_copy / "config.json").read_text())
-    assert set(record["data_choices"]) == {"image_size", "inspect_size", "channels", "steps", "augment"}
+    assert set(record["data_choices"]) == {"image_size", "inspect_size", "channels", "steps", "augment",
+                                           "exposure_level"}
     del record["data_choices"]  # a config.json of a release before the choices were recorded
     (tiny_run_copy / "config.json").write_text(json.dumps(record))
     run = RunFolder(tiny_run_copy)

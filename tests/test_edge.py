@@ -18,7 +18,7 @@ from PIL import Image  # noqa: E402
 from ganspection_tf import edge  # noqa: E402
 from ganspection_tf.calibration import Calibration  # noqa: E402
 from ganspection_tf.errors import GanspectionError  # noqa: E402
-from ganspection_tf.images import read_image  # noqa: E402
+from ganspection_tf.images import read_image, resize_image  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +69,16 @@ def as_format_version_1(metadata):
                     normalisation="uint8 RGB/gray input; the model computes x / 127.5 - 1 itself")
 
 
-def test_a_format_version_1_bundle_loads_and_scores_the_same(bundle, scorer, tmp_path):
+def test_a_format_version_1_bundle_loads_and_scores_the_same(bundle, tmp_path):
+    # Bundles of that release were neither levelled nor anything but stretched: compare with this bundle so.
+    unlevelled = shutil.copytree(bundle, tmp_path / "unlevelled")
+    edit_metadata(unlevelled, lambda m: m["preprocessing"].update(exposure_level=0.0))
+    scorer = edge.EdgeScorer(unlevelled)
     old = shutil.copytree(bundle, tmp_path / "old")
     edit_metadata(old, as_format_version_1)
     old_scorer = edge.EdgeScorer(old)
     assert old_scorer.preprocessing == scorer.preprocessing and old_scorer.metadata.format_version == 1
-    assert old_scorer.resize == "stretch"  # bundles from before train --resize were stretched
+    assert old_scorer.resize == "stretch" and old_scorer.exposure_level == 0
     frame = np.random.default_rng(3).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     assert old_scorer.score(frame).score == scorer.score(frame).score
 
@@ -159,7 +163,8 @@ def odd_files(tmp_path_factory):
 def test_edge_preprocessing_matches_the_training_pipeline(odd_files, scorer):
     from ganspection_tf.data.pipeline import load_images
 
-    trained_on, _ = load_images(odd_files, 32, 3)
+    assert scorer.exposure_level > 0  # the run chose a level from its training images; the bundle carries it
+    trained_on, _ = load_images(odd_files, 32, 3, exposure_level=scorer.exposure_level)
     for i, path in enumerate(odd_files):
         from_camera = scorer.preprocess(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), color_order="bgr")
         from_file = scorer.preprocess(read_image(path), color_order="rgb")
@@ -174,7 +179,7 @@ def test_edge_preprocessing_and_heatmaps_follow_the_bundles_resize_mode(odd_file
 
     edit_metadata(bundle_copy, lambda m: m["preprocessing"].update(aspect=resize))
     scorer = edge.EdgeScorer(bundle_copy)
-    trained_on, _ = load_images(odd_files, 32, 3, resize=resize)
+    trained_on, _ = load_images(odd_files, 32, 3, resize=resize, exposure_level=scorer.exposure_level)
     for i, path in enumerate(odd_files):
         np.testing.assert_array_equal(scorer.preprocess(read_image(path), color_order="rgb"), trained_on[i])
     frame = read_image(odd_files[0])  # 150 × 90: the model saw the central 90 × 90 (crop) or all of it (pad)
@@ -182,6 +187,19 @@ def test_edge_preprocessing_and_heatmaps_follow_the_bundles_resize_mode(odd_file
     assert heatmap.shape == (90, 150) and heatmap[:, 60:90].min() > 0
     unseen = np.concatenate([heatmap[:, :30], heatmap[:, -30:]], axis=1)
     assert (unseen.max() == 0) == (resize == "crop")
+
+
+def test_a_part_photographed_in_dimmer_light_reaches_the_model_as_in_the_training_light(odd_files, scorer,
+                                                                                          bundle_copy):
+    photo = read_image(next(path for path in odd_files if path.name == "rgb.png"))
+    dimmer = np.rint(photo * 0.85).astype(np.uint8)
+    levelled = [scorer.preprocess(frame, color_order="rgb").astype(int) for frame in (photo, dimmer)]
+    assert np.abs(levelled[0] - levelled[1]).max() <= 2  # rounding twice, nothing more
+    edit_metadata(bundle_copy, lambda m: m["preprocessing"].pop("exposure_level"))  # a bundle from before levelling
+    unlevelled = edge.EdgeScorer(bundle_copy)
+    assert unlevelled.exposure_level == 0
+    np.testing.assert_array_equal(unlevelled.preprocess(dimmer, color_order="rgb"),
+                                  resize_image(dimmer, 32))
 
 
 # ------------------------------------------------------------------------------------------------ scoring

@@ -17,6 +17,7 @@ from ganspection_tf.images import (
     RESIZE_MODES,
     frame_to_rgb,
     from_unit_range,
+    levelled,
     list_images,
     map_to_image,
     native_channels,
@@ -268,6 +269,17 @@ def test_unit_range_round_trip_and_clipping():
     assert unit.dtype == np.float32 and unit[0] == -1.0 and unit[-1] == 1.0
     np.testing.assert_array_equal(from_unit_range(unit), every_value)
     np.testing.assert_array_equal(from_unit_range(np.array([-3.0, 0.0, 1.7])), [0, 128, 255])
+
+
+def test_levelling_brings_the_mean_to_the_level_with_one_bounded_gain():
+    photo = np.random.default_rng(0).integers(60, 140, (32, 32, 3)).astype(np.uint8)
+    brought = levelled(photo, 150.0)
+    assert abs(brought.mean() - 150.0) < 0.5
+    np.testing.assert_allclose(brought, photo * (150.0 / photo.mean()), atol=0.51)  # one gain for every pixel
+    np.testing.assert_array_equal(levelled(photo, 0.0), photo)  # 0: off
+    nearly_black = np.full((8, 8, 1), 3, dtype=np.uint8)
+    assert levelled(nearly_black, 200.0).max() == 6  # at most twice as bright: noise is not amplified into a part
+    assert levelled(np.full((8, 8, 1), 250, dtype=np.uint8), 50.0).max() == 125  # at most half as bright
 
 
 def test_list_images_is_sorted_case_insensitive_flat_and_skips_hidden(tmp_path):
