@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from conftest import built_once, tiny_settings  # noqa: E402
 
 STEPS = 40
+EXPOSURE_LEVEL = 100.0  # a little brighter than the synthetic widget photos (about 93): every image is levelled
 # More test images than the shared conftest category: the parity gate allows an AUROC drop of 0.01, and with
 # 8 good × 18 defective images a single swapped pair moves the AUROC by 0.007 — measured with four training
 # seeds, int8 (Spearman ρ ≥ 0.994) failed the gate 3 times out of 4 on 26 images and never on these 50.
@@ -58,8 +59,10 @@ def _shared_run(tmp_path_factory):
         # λ_rec 0, the default these tests' parity tolerances were set with: with the default 300 this 40-step
         # 32 px model lost 0.017 image AUROC in int8 (tolerance 0.01); the gate on a real λ_rec 300 run is in
         # benchmarks/RESULTS.md ("Edge latency").
+        # Exposure levelling on (an option; off by default), so that every edge test checks it as well: the
+        # camera's preprocessing, the parity gate, the int8 calibration images.
         settings = tiny_settings(steps=STEPS, log_every=STEPS, checkpoint_every=STEPS, sample_every=STEPS,
-                                 rec_weight=0.0)
+                                 rec_weight=0.0, exposure_level=EXPOSURE_LEVEL)
         training.train(training.TrainConfig.from_flat(data=data, **settings), folder / "run", verbose=0, log=quiet)
         # Pinned rather than chosen per run (score_choice.py): the edge tests check the camera's arithmetic of the
         # per-pixel term, whichever score a tiny model would get.

@@ -46,8 +46,8 @@ def test_unset_settings_get_the_recipe_with_the_finding_in_the_reason(modes):
     for mode, finding in (("aligned", "aligned parts"), ("unaligned", "parts at any pose")):
         paths = list_images(modes[mode] / "train" / "good")
         config, chosen = choices.choose(TrainConfig.from_flat(data=str(modes[mode])), paths)
-        recipe = (config.model.image_size, config.model.channels, config.steps, config.augment)
-        assert recipe == (64, 3, 2000, "none")
+        recipe = (config.model.image_size, config.model.channels, config.steps, config.augment, config.exposure_level)
+        assert recipe == (64, 3, 2000, "none", 0.0)
         assert set(chosen) == {"image_size", "inspect_size", "channels", "steps", "augment", "exposure_level"}
         assert config.model.inspect_size == 64 and "no tiles" in chosen["inspect_size"].reason
         assert "all 12 training images are in colour" in chosen["channels"].reason
@@ -57,15 +57,18 @@ def test_unset_settings_get_the_recipe_with_the_finding_in_the_reason(modes):
         assert "12 training images" in chosen["steps"].reason
 
 
-def test_the_exposure_level_is_the_training_images_mean_grey_level(tmp_path):
+def test_the_exposure_level_found_is_the_training_images_mean_grey_level_and_is_off(tmp_path):
     folder = tmp_path / "good"
     folder.mkdir()
     for name, grey in (("dim", 80), ("bright", 120)):
         Image.fromarray(np.full((40, 40), grey, dtype=np.uint8)).save(folder / f"{name}.png")
     config, chosen = choices.choose(TrainConfig.from_flat(data=str(tmp_path)), list_images(folder))
-    assert config.exposure_level == 100.0 and "80–120 per image" in chosen["exposure_level"].reason
-    given, chosen = choices.choose(TrainConfig.from_flat(data=str(tmp_path), exposure_level=0.0), list_images(folder))
-    assert given.exposure_level == 0.0 and chosen["exposure_level"].reason == choices.USER  # off, by the user
+    reason = chosen["exposure_level"].reason
+    assert config.exposure_level == 0.0 and "is 100 (80–120 per image)" in reason and "--exposure-level 100 " in reason
+    assert choices.LEVELLING_NOT_ENABLED in reason  # a finding, not applied
+    given, chosen = choices.choose(TrainConfig.from_flat(data=str(tmp_path), exposure_level=100.0),
+                                   list_images(folder))
+    assert given.exposure_level == 100.0 and chosen["exposure_level"].reason == choices.USER
 
 
 def test_gray_training_images_are_chosen_gray_with_their_count(tmp_path):
