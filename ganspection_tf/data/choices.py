@@ -24,7 +24,8 @@ NOT_ENABLED where they would suggest another value, or NOT_BETTER where a run me
 * steps: how many passes over the training images the recipe's length is;
 * exposure_level: the training images' mean grey level, to which every image would be brought before the networks
   (``images.levelled``), so that a photo lit brighter or darker than the training photos is seen as they were;
-  measured on the four benchmark categories, it did not hold on the synthetic unaligned parts (LEVELLING_NOT_ENABLED).
+  measured on the four benchmark categories, it did not hold on bottle and the synthetic unaligned parts
+  (LEVELLING_NOT_ENABLED).
 
 No TensorFlow: headers and a small sample of images are read with ``images.py``.
 """
@@ -52,8 +53,9 @@ NOT_ENABLED = "not enabled until measured (benchmarks/RESULTS.md)"
 NOT_BETTER = "not enabled: measured on screw, no better image AUROC (benchmarks/RESULTS.md)"
 EXPOSURE_NOT_ENABLED = ("exposure (--augment exposure) not enabled: better on bottle and screw, worse on the synthetic "
                         "categories (benchmarks/RESULTS.md)")
-LEVELLING_NOT_ENABLED = ("not enabled: it removes the lighting shift of screw's test photos but costs the "
-                         "synthetic unaligned parts (benchmarks/RESULTS.md, \"Exposure levelling\")")
+LEVELLING_NOT_ENABLED = ("not enabled: measured on four categories, it removes the lighting shift of screw's test "
+                         "photos but lowers bottle's and the synthetic unaligned parts' validation AUROC "
+                         "(benchmarks/RESULTS.md, \"Exposure levelling\")")
 # Written for runs resumed from a config.json of a release that did not record choices.
 UNRECORDED = "as the run was started (its release did not record why)"
 SAMPLE_SIZE = 64  # training images decoded for the tests, evenly spaced over the sorted split
