@@ -92,11 +92,13 @@ def test_int8_score_is_not_capped_at_the_calibration_range(run_dir, tmp_path_fac
     rng = np.random.default_rng(0)
     far_off = [
         rng.integers(0, 256, (size, size, 3), dtype=np.uint8),  # noise
-        np.full((size, size, 3), 255, np.uint8),  # blown-out frame
+        np.tile(np.array([255, 0, 0], np.uint8), (size, size, 1)),  # saturated red (a blown-out grey frame is
+        # levelled to a plain grey by a run with --exposure-level, like this one)
         np.repeat(np.kron([[0, 255], [255, 0]], np.ones((size // 2, size // 2)))[..., None], 3, 2).astype(np.uint8),
     ]
     validation = [scorer.score_file(p).score for p in RunFolder(run_dir).validation_images()]
-    keras_terms = scoring.compute_terms(scoring.build_term_model(RunFolder(run_dir).load_model()), np.stack(far_off))
+    keras_terms = scoring.compute_terms(scoring.build_term_model(RunFolder(run_dir).load_model()),
+                                        scorer.preprocess(far_off, color_order="rgb"))  # levelled like the camera's
     keras_scores = scorer.calibration.combine(scorer.calibration.term_matrix(keras_terms))
     assert min(keras_scores) > max(validation)  # the premise: Keras sees them as far off
     lite_scores = np.array([scorer.score(image, color_order="rgb").score for image in far_off])
@@ -241,7 +243,8 @@ def test_a_run_scored_by_patch_distance_ships_no_reconstruction_and_still_draws_
     stages = ("crit_conv0", "crit_conv1", "crit_norm1")
     assert metadata.details["scorer_weights"] == sum(critic.get_layer(name).count_params() for name in stages)
     camera = edge.EdgeScorer(out)
-    workstation = scoring.KerasScorer(scoring.build_term_model(run.load_model()), calibration, run.resize)
+    workstation = scoring.KerasScorer(scoring.build_term_model(run.load_model()), calibration, run.resize,
+                                      exposure_level=run.exposure_level)
     image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
     on_camera, on_workstation = camera.score(image, heatmap=True), workstation.score(image, heatmap=True)
     assert on_camera.heatmap.shape == (40, 48) and on_camera.heatmap.max() > 0
