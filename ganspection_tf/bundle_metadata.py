@@ -25,8 +25,8 @@ QUANTIZATIONS = ("none", "float16", "dynamic", "int8", "int16x8")
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
     """A frame → the model input: channels in `color_order`, resized with `interpolation` and `aspect` to
-    `image_size` × `image_size`, re-exposed to `exposure_level`, pixels in [input_min, input_max], which the model maps linearly onto
-    [model_min, model_max] itself."""
+    `image_size` × `image_size`, re-exposed to `exposure_level`, pixels in [input_min, input_max], which the model
+    maps linearly onto [model_min, model_max] itself."""
 
     image_size: int = setting(None, int, "Side of the square model input.", choices=SUPPORTED_SIZES)
     channels: int = setting(None, int, "1 (gray) or 3.", choices=(1, 3))

@@ -192,7 +192,8 @@ def _demo_edge_scoring(bundle, category):
     latencies = np.array([result.latency_ms for result in results])
     flagged = sum(result.anomalous for result in results)
     click.echo(f"    LiteRT {scorer.metadata.quantization}: {len(files)} images, "
-               f"p50 {np.percentile(latencies, 50):.2f} ms, p95 {np.percentile(latencies, 95):.2f} ms per image; {flagged} flagged anomalous")
+               f"p50 {np.percentile(latencies, 50):.2f} ms, p95 {np.percentile(latencies, 95):.2f} ms per image; "
+               f"{flagged} flagged anomalous")
 
 
 # ------------------------------------------------------------------------------------------------ evaluate

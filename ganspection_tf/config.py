@@ -211,7 +211,8 @@ class TrainConfig:
     exposure_level: float | None = setting(None, float, "Each image, once resized, is scaled by one gain so that its "
                                            "mean grey level is this (0-255; 0 = off): photos lit brighter or darker "
                                            "look alike to the networks. Stored with the run; evaluate, score, export "
-                                           f"and the camera use it; {_FROM_DATA} (off so far; the reason gives the training images' level).",
+                                           f"and the camera use it; {_FROM_DATA} (off so far; the reason gives the "
+                                           "training images' level).",
                                            low=0.0, high=255.0, optional=True, from_data=True)
     val_fraction: float = setting(0.15, float, "Good training images held out for score calibration.", low=0.0,
                                   high=0.5)

@@ -288,7 +288,7 @@ def _score_test_split(test, term_model, calibration, batch_size, resize, exposur
     for start in range(0, count, batch_size):
         batch = test[start : start + batch_size]
         images, _ = pipeline.load_images([t.path for t in batch], scorer.image_size, scorer.channels,
-                                         skip_unreadable=False, resize=resize, exposure_level=exposure_level)
+                                         skip_unreadable=False, resize=resize, exposure_level=scorer.exposure_level)
         values = scorer.forward(images)
         for name, kept in outputs.items():
             kept.append(values[name])

@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ganspection_tf.config import DEFAULT_RESIZE, EXPOSURE_LEVEL_GAINS, RESIZE_MODES  # per run; config.json and bundles store them
+# The resize mode and the exposure level are chosen per run; config.json and bundles store them.
+from ganspection_tf.config import DEFAULT_RESIZE, EXPOSURE_LEVEL_GAINS, RESIZE_MODES
 from ganspection_tf.errors import GanspectionError
 
 # Decoding a 20000x20000 RGB image takes 1.2 GB; no inspection photo needs more than this many pixels.

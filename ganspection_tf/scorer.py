@@ -4,9 +4,9 @@ numpy, OpenCV and the TF-free package modules only: the camera imports it. A sco
 
 1. :meth:`Scorer.preprocess`: uint8 frames of any size → the uint8 ``(N, S, S, C)`` batch the model sees
    (``images.frame_to_rgb`` to the model's channels, ``images.resize_image`` with the run's resize mode, then
-   ``images.levelled`` to the run's exposure level: the training pipeline's pixels), S the run's inspected size (``inspect_size``; the model cuts an image larger
-   than its networks' input into tiles itself and merges their outputs, ``tiles.py``, so both implementations
-   and every caller of the term model see per-image outputs);
+   ``images.levelled`` to the run's exposure level: the training pipeline's pixels), S the run's inspected size
+   (``inspect_size``; the model cuts an image larger than its networks' input into tiles itself and merges their
+   outputs, ``tiles.py``, so both implementations and every caller of the term model see per-image outputs);
 2. :meth:`Scorer.forward`: that batch → the raw model outputs ``{name: (N, ...) array}`` (``terms.MODEL_OUTPUTS``
    or the bundle's subset); the only step the implementations write themselves
    (``scoring.KerasScorer``, ``edge.EdgeScorer``);
