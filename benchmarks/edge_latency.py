@@ -56,8 +56,7 @@ def main(argv=None):
 
     shipped = scoring.term_model_for(term_model, calibration.terms,
                                      with_error_map=calibration.heatmap_needs_error_map())
-    keras = scoring.KerasScorer(shipped, calibration, run.resize, batch_size=1,
-                                exposure_level=run.exposure_level)
+    keras = scoring.KerasScorer.for_run(run, shipped, calibration, batch_size=1)
     keras_bytes = 4 * convert.weights_needed(shipped)  # not count_params: patch_distance uses the critic's start
     rows = [scorer_row("Keras fp32 (batch 1)", None, "all", keras, keras_bytes, frames, labels)]
     counted = {}  # quantisation → MACs per frame by op type, from its bundle's graph

@@ -36,9 +36,9 @@ def probe_rows(run_dir, reference):
     model = run.load_model()
     encoder, _, critic = model.scoring_networks()
     size, channels = model.image_size, model.channels
-    train, _ = pipeline.load_images(run.training_images(at_most=reference), size, channels, resize=run.resize)
-    good, _ = pipeline.load_images(run.validation_images(), size, channels, resize=run.resize)
-    defective, _ = defective_inputs(run.validation_images(), size, channels, run.resize)
+    train, _ = pipeline.load_run_images(run, run.training_images(at_most=reference), size, channels)
+    good, _ = pipeline.load_run_images(run, run.validation_images(), size, channels)
+    defective, _ = defective_inputs(run.validation_images(), size, channels, run.resize, run.exposure_level)
     rows = {}
     for network, prefix, image_input in ((encoder, "enc", encoder.input), (critic, "crit", critic.inputs[0])):
         for stage in range(pyramid_depth(size) - 1):

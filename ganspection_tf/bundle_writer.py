@@ -18,10 +18,11 @@ from pathlib import Path
 import tensorflow as tf
 
 import ganspection_tf
-from ganspection_tf import artifacts, edge, ownership, scoring
+from ganspection_tf import artifacts, ownership, scoring
 from ganspection_tf.bundle_metadata import BundleMetadata, Preprocessing
 from ganspection_tf.convert import weights_needed
 from ganspection_tf.run import as_run
+from ganspection_tf.terms import ERROR_MAP_OUTPUT
 
 
 def bundle_metadata(
@@ -36,7 +37,7 @@ def bundle_metadata(
         score=score,
         terms=list(calibration.terms),
         outputs=outputs,
-        heatmap=edge.ERROR_MAP_OUTPUT in outputs or not calibration.heatmap_needs_error_map(),
+        heatmap=ERROR_MAP_OUTPUT in outputs or not calibration.heatmap_needs_error_map(),
         # The validation scores go beside the calibration, where earlier camera releases ignore them.
         calibration={key: value for key, value in calibration.to_dict().items() if key != "validation_scores"},
         threshold=calibration.threshold,

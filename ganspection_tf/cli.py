@@ -294,8 +294,8 @@ def score(run_dir, paths, output_format, output, heatmaps, batch_size, max_fpr, 
         click.echo(chosen.describe(), err=True)
     if heatmaps is not None:
         artifacts.ensure_writable_folder(heatmaps, option="--heatmaps")
-    results = scoring.score_files(files, term_model, calibration, batch_size, keep_originals=heatmaps is not None,
-                                  resize=run.resize, exposure_level=run.exposure_level)
+    scorer = scoring.KerasScorer.for_run(run, term_model, calibration, batch_size)
+    results = scoring.score_files(files, scorer, keep_originals=heatmaps is not None)
     if output is None:
         failed = _write_rows(results, sys.stdout, output_format, heatmaps)
     else:

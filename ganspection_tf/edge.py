@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from ganspection_tf import bundle_metadata, console, images
+from ganspection_tf import bundle_metadata, console
 from ganspection_tf.artifacts import read_json
 from ganspection_tf.calibration import Calibration
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.scorer import ScoreResult, Scorer
-from ganspection_tf.terms import BY_NAME, ERROR_MAP_OUTPUT, SCORES, TERMS, outputs_needed
+from ganspection_tf.terms import BY_NAME, SCORES, TERMS, outputs_needed
 
 BUNDLE_FORMAT, FORMAT_VERSION = bundle_metadata.FORMAT, bundle_metadata.FORMAT_VERSION
 MODEL_FILE, METADATA_FILE, PARITY_FILE = "model.tflite", "metadata.json", "parity.json"

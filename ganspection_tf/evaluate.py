@@ -33,7 +33,7 @@ from sklearn import metrics as skm
 
 from ganspection_tf import artifacts, scoring
 from ganspection_tf.calibration import fit_calibration_from_outputs, weight_vector
-from ganspection_tf.data import mvtec, pipeline
+from ganspection_tf.data import mvtec
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.heatmaps import anomaly_map, map_sigma
 from ganspection_tf.images import DEFAULT_RESIZE, from_unit_range, read_image, resize_image, resize_mask
@@ -82,8 +82,8 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
         outputs=good_outputs,
     )
     out = artifacts.ensure_writable_folder(run.eval_folder, option="RUN_DIR")
-    scored = _score_test_split(category_found.test, term_model, calibration, batch_size,
-                               run.resize, run.exposure_level)
+    scored = _score_test_split(category_found.test, scoring.KerasScorer.for_run(run, term_model, calibration,
+                                                                                batch_size))
     comparisons = _comparison_scores(*good_outputs, scored, calibration)
     all_scores = {COMBINED: scored["combined"], **scored["terms"], **comparisons}
 
@@ -108,7 +108,7 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
     metrics["image_auroc"] = metrics["image"][COMBINED]["auroc"]
     metrics["model_vs_template"] = _write_model_vs_template(out / MODEL_VS_TEMPLATE, scored, category_found, model,
                                                             run)
-    _write_report_files(out, metrics, scored, category_found, model, term_model)
+    _write_report_files(out, metrics, scored, category_found, model)
     metrics["report"] = str(out / "report.html")
     return metrics
 
@@ -275,11 +275,11 @@ def _test_category(run, data, category, log):
     return found
 
 
-def _score_test_split(test, term_model, calibration, batch_size, resize, exposure_level=0.0):
-    """Streams the test images through the model; keeps terms, raw model terms and codes, scores,
-    PIXEL_EVAL_SIZE² maps and masks. Pixel metrics live in the model's square frame: each mask is resized with
-    the run's mode like its image (``resize``)."""
-    scorer = scoring.KerasScorer(term_model, calibration, resize, batch_size, exposure_level)
+def _score_test_split(test, scorer):
+    """Streams the test images through the run's scorer (``KerasScorer.for_run``); keeps terms, raw model terms
+    and codes, scores, PIXEL_EVAL_SIZE² maps and masks. Pixel metrics live in the model's square frame: each mask
+    is resized with the run's mode like its image (``scorer.resize``)."""
+    calibration, batch_size, resize = scorer.calibration, scorer.batch_size, scorer.resize
     count, side = len(test), PIXEL_EVAL_SIZE
     maps = np.empty((count, side, side), dtype=np.float32)
     masks = np.zeros((count, side, side), dtype=bool)
@@ -287,8 +287,7 @@ def _score_test_split(test, term_model, calibration, batch_size, resize, exposur
     model_maps = []  # what the heatmaps show, at the inspected size (Calibration.pixel_maps)
     for start in range(0, count, batch_size):
         batch = test[start : start + batch_size]
-        images, _ = pipeline.load_images([t.path for t in batch], scorer.image_size, scorer.channels,
-                                         skip_unreadable=False, resize=resize, exposure_level=scorer.exposure_level)
+        images, _ = scorer.load_images([t.path for t in batch], skip_unreadable=False)
         values = scorer.forward(images)
         for name, kept in outputs.items():
             kept.append(values[name])
@@ -314,8 +313,7 @@ def _score_test_split(test, term_model, calibration, batch_size, resize, exposur
         "map_term": calibration.map_term(),
         "masks": masks,
         "threshold": calibration.threshold,
-        "resize": resize,
-        "exposure_level": exposure_level,
+        "scorer": scorer,
     }
 
 
@@ -386,12 +384,12 @@ def _data_summary(category):
 # --------------------------------------------------------------------------------------------- report files
 
 
-def _write_report_files(out, metrics, scored, category, model, term_model):
+def _write_report_files(out, metrics, scored, category, model):
     artifacts.write_json(out / "metrics.json", metrics)
     artifacts.write_text(out / "scores.csv", _scores_csv(scored))
     _save_figure(out / "roc.png", _roc_figure(scored))
     _save_figure(out / "score_histograms.png", _histogram_figure(scored))
-    _save_figure(out / "heatmaps.png", _heatmap_figure(scored, category, model, term_model))
+    _save_figure(out / "heatmaps.png", _heatmap_figure(scored, category, model))
     artifacts.write_text(out / "report.html", _report_html(metrics))
 
 
@@ -463,12 +461,11 @@ def _chosen_cases(scored):
     return [(title, int(i)) for title, indices in groups for i in indices]
 
 
-def _heatmap_figure(scored, category, model, term_model):
+def _heatmap_figure(scored, category, model):
     cases = _chosen_cases(scored)
-    _, size, _, channels = term_model.input_shape
-    paths = [scored["paths"][index] for _, index in cases]
-    model_images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=False, resize=scored["resize"],
-                                           exposure_level=scored["exposure_level"])
+    scorer = scored["scorer"]
+    channels, resize = scorer.channels, scorer.resize
+    model_images, _ = scorer.load_images([scored["paths"][index] for _, index in cases], skip_unreadable=False)
     reconstructions = scoring.reconstruct(model, model_images)
     shown_maps = [anomaly_map(scored["model_maps"][index], (DISPLAY_SIZE, DISPLAY_SIZE)) for _, index in cases]
     top = max(float(np.max(shown_maps)), 1e-6)  # one colour scale for the whole grid: rows stay comparable
@@ -478,8 +475,8 @@ def _heatmap_figure(scored, category, model, term_model):
     by_path = {t.path: t for t in category.test}
     for row, ((title, index), recon, shown) in enumerate(zip(cases, reconstructions, shown_maps)):
         item = by_path[scored["paths"][index]]
-        picture = resize_image(read_image(item.path, channels), DISPLAY_SIZE, scored["resize"])
-        truth = (read_mask(item.mask, DISPLAY_SIZE, scored["resize"]) if item.mask is not None
+        picture = resize_image(read_image(item.path, channels), DISPLAY_SIZE, resize)
+        truth = (read_mask(item.mask, DISPLAY_SIZE, resize) if item.mask is not None
                  else np.zeros((DISPLAY_SIZE,) * 2, bool))
         panels = [(picture, None), (resize_image(recon, DISPLAY_SIZE), None), (shown, "inferno"), (truth, "gray")]
         for column, (image, colour_map) in enumerate(panels):
@@ -518,9 +515,9 @@ def _write_model_vs_template(target, scored, category, model, run) -> dict:
     """Writes the picture of what the model adds over the learning-free template (one batch through E and G)
     and returns its layout for metrics.json: the columns and, per row, the test image and its class."""
     rows = comparison_rows(scored["defects"])
-    size, channels, resize = model.inspected_size, model.channels, scored["resize"]
-    inputs, _ = pipeline.load_images([scored["paths"][i] for i in rows], size, channels, skip_unreadable=False,
-                                     resize=resize, exposure_level=scored["exposure_level"])
+    scorer = scored["scorer"]
+    size, channels, resize = scorer.image_size, scorer.channels, scorer.resize
+    inputs, _ = scorer.load_images([scored["paths"][i] for i in rows], skip_unreadable=False)
     reconstructions = [resize_image(r, DISPLAY_SIZE) for r in scoring.reconstruct(model, inputs)]
     display = (DISPLAY_SIZE, DISPLAY_SIZE)
     model_maps = [anomaly_map(scored["model_maps"][i], display) for i in rows]

@@ -36,8 +36,7 @@ class Int8Acceptance:
     def for_run(cls, run, scorer, calibration) -> Int8Acceptance:
         _, size, _, channels = scorer.input_shape
         paths = run.validation_images() + run.training_images(at_most=MAX_TRAINING_IMAGES)
-        good, _ = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=run.resize,
-                                       exposure_level=run.exposure_level)
+        good, _ = pipeline.load_run_images(run, paths, size, channels)
         defective, _ = defective_inputs(paths, size, channels, run.resize, run.exposure_level)
         labels = np.r_[np.zeros(len(good)), np.ones(len(defective))]
         return cls(scorer, calibration, np.concatenate([good, defective]), labels)

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from ganspection_tf import edge, scoring
-from ganspection_tf.data import pipeline
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.latency import LATENCY_THREADS
 from ganspection_tf.run import as_run
@@ -35,9 +34,8 @@ def parity_check(bundle_dir, run, term_model, calibration) -> dict:
     ``scorer.Scorer``: the same preprocessing and postprocessing, only ``forward`` differs) and compares them."""
     run = as_run(run)
     paths, labels, kind = evaluation_set(run)
-    workstation = scoring.KerasScorer(term_model, calibration, run.resize, exposure_level=run.exposure_level)
-    images, skipped = pipeline.load_images(paths, workstation.image_size, workstation.channels,
-                                           skip_unreadable=True, resize=run.resize, exposure_level=run.exposure_level)
+    workstation = scoring.KerasScorer.for_run(run, term_model, calibration)
+    images, skipped = workstation.load_images(paths)
     skipped_paths = {Path(path) for path, _ in skipped}
     kept = [i for i, path in enumerate(paths) if Path(path) not in skipped_paths]
     keras_results = workstation.postprocess(workstation.forward(images))

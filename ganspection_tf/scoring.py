@@ -267,22 +267,33 @@ class KerasScorer(Scorer):
         self.threshold = float(calibration.threshold)
         self.keeps_error_map = True
 
+    @classmethod
+    def for_run(cls, run, term_model, calibration, batch_size=32) -> KerasScorer:
+        """The scorer of a run's model: its preprocessing (resize mode, exposure level) read from the run, so no
+        caller can leave a setting out."""
+        return cls(term_model, calibration, run.resize, batch_size, run.exposure_level)
+
+    def load_images(self, paths, skip_unreadable=True):
+        """(uint8 (N, S, S, C) model inputs, skipped (path, reason) pairs) of image files, decoded as this
+        scorer preprocesses a frame (``pipeline.load_images`` with its size, channels, resize and level)."""
+        return pipeline.load_images(paths, self.image_size, self.channels, skip_unreadable=skip_unreadable,
+                                    resize=self.resize, exposure_level=self.exposure_level)
+
     def forward(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """All MODEL_OUTPUTS of a uint8 (N, S, S, C) batch (:func:`compute_terms`)."""
         return compute_terms(self.term_model, batch, self.batch_size)
 
 
-def score_files(paths, term_model, calibration, batch_size=32, keep_originals=False, resize=DEFAULT_RESIZE,
-                exposure_level=0.0):
+def score_files(paths, scorer, keep_originals=False):
     """Yields a :class:`~ganspection_tf.scorer.ScoreResult` per path, in order, decoding and scoring
-    `batch_size` files at a time through :class:`KerasScorer`.
+    ``scorer.batch_size`` files at a time through `scorer` (a :class:`KerasScorer`, ``KerasScorer.for_run``).
 
     Only one batch of images is in memory at any moment, so memory stays flat however many paths there are.
     Unreadable files are yielded with `error` set rather than raised: the caller decides (the CLI reports
     them and carries on). Images are decoded, resized and levelled exactly as for training and evaluation
-    (``resize`` and ``exposure_level``: the run's, ``RunFolder``).
+    (the scorer's preprocessing).
     """
-    scorer = KerasScorer(term_model, calibration, resize, batch_size, exposure_level)
+    batch_size = scorer.batch_size
     paths = list(paths)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for start in range(0, len(paths), batch_size):
@@ -378,8 +389,7 @@ def validation_terms(run, term_model, log=print) -> dict[str, np.ndarray]:
     run = as_run(run)
     paths = run.validation_images()
     _, size, _, channels = term_model.input_shape
-    images, skipped = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=run.resize,
-                                           exposure_level=run.exposure_level)
+    images, skipped = pipeline.load_run_images(run, paths, size, channels)
     if skipped:
         listed = "; ".join(f"{path} ({reason})" for path, reason in skipped)
         log(f"warning: calibration skipped {len(skipped)} unreadable validation image(s): {listed}")
@@ -398,8 +408,7 @@ def reference_terms(run, term_model, log=print) -> dict[str, np.ndarray] | None:
             "falls back to per-pixel statistics of the validation images")
         return None
     _, size, _, channels = term_model.input_shape
-    images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=run.resize,
-                                           exposure_level=run.exposure_level)
+    images, _ = pipeline.load_run_images(run, paths, size, channels)
     augment = pipeline.Augment.from_flags(run.read_train_config().augment)
     return compute_terms(term_model, pipeline.with_trained_exposures(images, augment))
 

@@ -34,8 +34,7 @@ def run_template(run, size, channels) -> tuple[np.ndarray | None, int]:
     if not paths:
         return None, 0
     try:
-        images, _ = pipeline.load_images(paths, size, channels, skip_unreadable=True, resize=run.resize,
-                                         exposure_level=run.exposure_level)
+        images, _ = pipeline.load_run_images(run, paths, size, channels)
     except GanspectionError:  # none of them readable: a picture is not worth failing the evaluation for
         return None, 0
     return mean_good_image(images), len(images)

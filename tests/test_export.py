@@ -243,8 +243,7 @@ def test_a_run_scored_by_patch_distance_ships_no_reconstruction_and_still_draws_
     stages = ("crit_conv0", "crit_conv1", "crit_norm1")
     assert metadata.details["scorer_weights"] == sum(critic.get_layer(name).count_params() for name in stages)
     camera = edge.EdgeScorer(out)
-    workstation = scoring.KerasScorer(scoring.build_term_model(run.load_model()), calibration, run.resize,
-                                      exposure_level=run.exposure_level)
+    workstation = scoring.KerasScorer.for_run(run, scoring.build_term_model(run.load_model()), calibration)
     image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
     on_camera, on_workstation = camera.score(image, heatmap=True), workstation.score(image, heatmap=True)
     assert on_camera.heatmap.shape == (40, 48) and on_camera.heatmap.max() > 0

@@ -54,7 +54,8 @@ def test_a_previous_run_folder_and_bundle_score_the_same(previous, tmp_path):
     # validation scores that file lacks) and scores with this release exactly as with that one.
     calibration = run.read_calibration(log=pytest.fail)
     assert calibration.model_step == scoring.model_step(model) and calibration.config_hash == run.config_hash
-    keras_scores = [result.score for result in scoring.score_files(images, term_model, calibration)]
+    keras_scores = [result.score for result in scoring.score_files(images, scoring.KerasScorer.for_run(run, term_model,
+                                                                                                    calibration))]
     assert keras_scores == pytest.approx(expected["keras"], rel=1e-6, abs=1e-9)
 
     scorer = EdgeScorer(previous / "bundle")

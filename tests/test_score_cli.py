@@ -143,7 +143,8 @@ def test_score_files_streams_one_batch_at_a_time(evaluated_run, category, monkey
     original = scoring.read_image
     monkeypatch.setattr(scoring, "read_image", lambda path, *a: decoded.append(path) or original(path, *a))
     paths = sorted((category / "train" / "good").glob("*.png"))
-    results = scoring.score_files(paths, term_model, calibration, batch_size=3)
+    results = scoring.score_files(paths, scoring.KerasScorer.for_run(RunFolder(evaluated_run), term_model, calibration,
+                                                                      batch_size=3))
     first = next(results)
     assert first.path == paths[0] and len(decoded) == 3
     rest = list(results)

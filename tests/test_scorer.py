@@ -29,8 +29,7 @@ SCORE_TOLERANCE = 1e-3
 def scorers(tmp_path_factory):
     run = RunFolder(trained_run(tmp_path_factory))
     camera = edge.EdgeScorer(exported_bundle(tmp_path_factory, "none", "combined")[0])
-    workstation = scoring.KerasScorer(scoring.build_term_model(run.load_model()), camera.calibration, run.resize,
-                                      exposure_level=run.exposure_level)
+    workstation = scoring.KerasScorer.for_run(run, scoring.build_term_model(run.load_model()), camera.calibration)
     return workstation, camera
 
 
@@ -62,8 +61,9 @@ def test_keras_and_litert_scorers_give_the_same_results(scorers, test_images):
 def test_score_files_is_the_keras_scorer_batched(scorers, test_images):
     """`score` streams files through the same contract: batched results equal one-at-a-time results."""
     workstation, _ = scorers
-    batched = list(scoring.score_files(test_images, workstation.term_model, workstation.calibration, batch_size=4,
-                                       resize=workstation.resize, exposure_level=workstation.exposure_level))
+    in_fours = scoring.KerasScorer(workstation.term_model, workstation.calibration, workstation.resize, batch_size=4,
+                                   exposure_level=workstation.exposure_level)
+    batched = list(scoring.score_files(test_images, in_fours))
     for path, result in zip(test_images, batched):
         single = workstation.score_file(path)
         assert result.path == path and result.original_hw == read_shape(path)
@@ -84,8 +84,7 @@ def test_a_run_inspected_by_tiles_scores_the_same_on_the_camera(tmp_path_factory
     run = RunFolder(tiled_run(tmp_path_factory))
     bundle, report = exported_tiled_bundle(tmp_path_factory)
     camera = edge.EdgeScorer(bundle)
-    workstation = scoring.KerasScorer(scoring.build_term_model(run.load_model()), camera.calibration, run.resize,
-                                      exposure_level=run.exposure_level)
+    workstation = scoring.KerasScorer.for_run(run, scoring.build_term_model(run.load_model()), camera.calibration)
     assert camera.image_size == workstation.image_size == 64 and camera.metadata.details["tile_size"] == 32
     assert camera.calibration.terms == ["latent_mahalanobis", "normalized_map_max"]
     assert np.shape(camera.calibration.parameters["map_mean"]) == (64, 64)

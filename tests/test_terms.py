@@ -109,8 +109,7 @@ def test_a_new_model_output_term_is_one_entry(monkeypatch, tiny_run_copy):
 
     images, _ = pipeline.load_images(run.validation_images()[:4], model.image_size, model.channels,
                                      resize=run.resize)
-    results = scoring.KerasScorer(term_model, calibration, run.resize,
-                                  exposure_level=run.exposure_level).score_batch(images)
+    results = scoring.KerasScorer.for_run(run, term_model, calibration).score_batch(images)
     encoder, generator, critic = model.scoring_networks()
     x = to_unit_range(images)
     code = encoder(x, training=False)

@@ -63,6 +63,13 @@ def load_images(
     return (images if readable.all() else images[readable]), skipped  # boolean indexing would copy
 
 
+def load_run_images(run, paths, size, channels, skip_unreadable=True):
+    """:func:`load_images` with a run's preprocessing (``RunFolder.resize`` and ``exposure_level``): images as the
+    run's model saw them in training."""
+    return load_images(paths, size, channels, skip_unreadable=skip_unreadable, resize=run.resize,
+                       exposure_level=run.exposure_level)
+
+
 @dataclass(frozen=True)
 class Augment:
     """Random flips and quarter turns applied to training batches (only valid for the part's symmetries), and a
