@@ -20,10 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from ganspection_tf import scoring  # noqa: E402
-from ganspection_tf.data import choices  # noqa: E402
 from ganspection_tf.run import RunFolder  # noqa: E402
 from ganspection_tf.score_choice import Candidate, choose_score, default_candidates  # noqa: E402
-from ganspection_tf.synthetic_validation import defective_inputs, term_values  # noqa: E402
+from ganspection_tf.synthetic_validation import choice_inputs  # noqa: E402
 
 
 def chooser_data(run_dir):
@@ -31,10 +30,7 @@ def chooser_data(run_dir):
     run = RunFolder(run_dir)
     term_model = scoring.build_term_model(run.load_model())
     validation, reference = scoring.calibration_outputs(run, term_model, log=lambda *_: None)
-    _, size, _, channels = term_model.input_shape
-    inputs, copies = defective_inputs(run.validation_images(), size, channels, run.resize, run.exposure_level)
-    good, defective = term_values(validation, reference, scoring.compute_terms(term_model, inputs), copies.sources)
-    aligned = bool(choices.parts_aligned(run.training_images(), run.resize))
+    good, defective, copies, aligned = choice_inputs(run, term_model, validation, reference)
     return good, defective, np.asarray(copies.sources), aligned
 
 

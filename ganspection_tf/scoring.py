@@ -275,9 +275,8 @@ class KerasScorer(Scorer):
 
     def load_images(self, paths, skip_unreadable=True):
         """(uint8 (N, S, S, C) model inputs, skipped (path, reason) pairs) of image files, decoded as this
-        scorer preprocesses a frame (``pipeline.load_images`` with its size, channels, resize and level)."""
-        return pipeline.load_images(paths, self.image_size, self.channels, skip_unreadable=skip_unreadable,
-                                    resize=self.resize, exposure_level=self.exposure_level)
+        scorer preprocesses a frame (``pipeline.load_run_images`` with its size, channels, resize and level)."""
+        return pipeline.load_run_images(self, paths, self.image_size, self.channels, skip_unreadable)
 
     def forward(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """All MODEL_OUTPUTS of a uint8 (N, S, S, C) batch (:func:`compute_terms`)."""

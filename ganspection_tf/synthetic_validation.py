@@ -35,18 +35,25 @@ def choose_run_score(run, term_model, validation_outputs, reference_outputs, log
     ``score_choice.json``. The copies are drawn on squares made with the run's resize mode, so resizing them
     further is plain."""
     run = as_run(run)
+    good_terms, defect_terms, copies, aligned = choice_inputs(run, term_model, validation_outputs, reference_outputs)
+    choice = choose_score(good_terms, defect_terms, defect_kinds=copies.kinds, aligned=aligned)
+    artifacts.write_json(run.score_choice_path, choice.to_dict())
+    log(f"score chosen on {choice.n_good} good validation images and {choice.n_defective} synthetic-defect copies: "
+        f"{choice.reason}")
+    return choice
+
+
+def choice_inputs(run, term_model, validation_outputs, reference_outputs):
+    """What the choice is made from: ({term: (N,)} on the good validation images, {term: (M,)} on their
+    synthetic-defect copies, the copies' ``DefectiveCopies``, whether the training images show aligned parts)."""
     from ganspection_tf.scoring import compute_terms  # scoring imports this module: a late import breaks the cycle
 
     _, size, _, channels = term_model.input_shape
     model_inputs, copies = defective_inputs(run.validation_images(), size, channels, run.resize, run.exposure_level)
     defect_outputs = compute_terms(term_model, model_inputs)
     good_terms, defect_terms = term_values(validation_outputs, reference_outputs, defect_outputs, copies.sources)
-    aligned = choices.parts_aligned(run.training_images(), run.resize)
-    choice = choose_score(good_terms, defect_terms, defect_kinds=copies.kinds, aligned=bool(aligned))
-    artifacts.write_json(run.score_choice_path, choice.to_dict())
-    log(f"score chosen on {choice.n_good} good validation images and {choice.n_defective} synthetic-defect copies: "
-        f"{choice.reason}")
-    return choice
+    aligned = bool(choices.parts_aligned(run.training_images(), run.resize))
+    return good_terms, defect_terms, copies, aligned
 
 
 def defective_inputs(validation_paths, size, channels, resize, exposure_level=0.0):

@@ -64,8 +64,8 @@ def load_images(
 
 
 def load_run_images(run, paths, size, channels, skip_unreadable=True):
-    """:func:`load_images` with a run's preprocessing (``RunFolder.resize`` and ``exposure_level``): images as the
-    run's model saw them in training."""
+    """:func:`load_images` with a run's preprocessing (``RunFolder.resize`` and ``exposure_level``, or a scorer's
+    copy of them): images as the run's model saw them in training."""
     return load_images(paths, size, channels, skip_unreadable=skip_unreadable, resize=run.resize,
                        exposure_level=run.exposure_level)
 
