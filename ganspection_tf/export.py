@@ -37,7 +37,7 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
     _check_choice("--score", score, SCORES)
     ownership.refuse_foreign(out, "bundle", overwrite)
     model = run.load_model()
-    term_model = scoring.build_term_model(model)
+    term_model = scoring.build_term_model(model, subpixel=True)  # the generator as LiteRT runs it fastest
     calibration = score_calibration(run, model, term_model, score, log)
     heatmaps = score == COMBINED_SCORE and calibration.heatmap_needs_error_map()
     scorer = build_scorer(term_model, calibration.terms, with_error_map=heatmaps)

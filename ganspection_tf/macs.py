@@ -4,7 +4,9 @@ Counted: CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV and FULLY_CONNECTED, where n
 encoder, generator and critic is, at the tensor shapes the interpreter allocates (a bundle takes one image per
 invocation: one frame). Not counted: elementwise ops (normalisation, activations, the score's differences and
 sums) and any other op type. A transposed convolution is counted densely, every input pixel times the whole
-kernel, as it is computed, the products that 'same' padding then crops included.
+kernel, as it is computed, the products that 'same' padding then crops included. A convolution is counted
+densely too: the generator's sub-pixel convolutions (``networks.SubpixelConv2DTranspose``) hold zeros in 5 of
+every 9 kernel taps, and LiteRT multiplies them all the same.
 """
 
 from __future__ import annotations

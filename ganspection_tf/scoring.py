@@ -170,15 +170,16 @@ class FromTiles(Tiles):
 PER_IMAGE_TENSORS = frozenset({ERROR_MAP_OUTPUT, "smoothed_error_map"})
 
 
-def build_term_model(model) -> keras.Model:
+def build_term_model(model, subpixel=False) -> keras.Model:
     """Functional model: image (B, I, I, C) float32 in [-1, 1] → {MODEL_TERMS: (B,), "code": (B, T·d),
     "error_map": (B, I, I)} (``terms.MODEL_OUTPUTS``), I the model's inspected size, cut into T tiles of its
     image size (``tiles.py``; one tile, the image itself, by default). Each model-output term is its registry
     :class:`~ganspection_tf.terms.Graph` applied to the named tensors of :func:`term_model_tensors`; any other
-    output is one of those tensors; what was computed per tile is merged per image (``tiles.merge``)."""
+    output is one of those tensors; what was computed per tile is merged per image (``tiles.merge``).
+    `subpixel`: the generator in its LiteRT form (``BiGAN.scoring_networks``), for the export."""
     grid = tiles.tile_grid(model.image_size, model.inspected_size)
     image = keras.Input((grid.image, grid.image, model.channels), name="image", dtype="float32")
-    tensors = term_model_tensors(model, image, grid)
+    tensors = term_model_tensors(model, image, grid, subpixel)
     outputs = {}
     for name in MODEL_OUTPUTS:
         graph = BY_NAME[name].graph if name in BY_NAME else None
@@ -189,10 +190,10 @@ def build_term_model(model) -> keras.Model:
     return keras.Model(image, outputs, name="score_terms")
 
 
-def term_model_tensors(model, image, grid) -> dict:
+def term_model_tensors(model, image, grid, subpixel=False) -> dict:
     """The named tensors a term's graph (``terms.Graph``) can be computed from, for the Keras input `image` cut
     into the tiles of `grid` (``tiles.TileGrid``): per tile, except the error maps (stitched per image)."""
-    encoder, generator, critic = model.scoring_networks()
+    encoder, generator, critic = model.scoring_networks(subpixel)
     critic = with_patch_features(critic)
     tile = image if grid.count == 1 else Tiles(grid.per_side, name="tiles")(image)
     code = encoder(tile)

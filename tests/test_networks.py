@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 
@@ -43,3 +44,29 @@ def test_minibatch_stddev_feature_depends_on_the_batch():
     assert layer(same).shape == (4, 2, 2, 4)
     assert float(np.asarray(layer(same))[..., -1].max()) < 1e-3
     assert float(np.asarray(layer(varied))[..., -1].min()) > 0.1
+
+
+@pytest.mark.parametrize("in_channels, filters, side", [(8, 4, 4), (3, 5, 8)])
+def test_subpixel_upsampling_takes_the_transposed_convolutions_weights_and_gives_its_outputs(in_channels, filters,
+                                                                                             side):
+    rng = np.random.default_rng(2)
+    images = rng.normal(size=(2, side, side, in_channels)).astype("float32")
+    plain = keras.layers.Conv2DTranspose(filters, 4, strides=2, padding="same")
+    subpixel = networks.SubpixelConv2DTranspose(filters)
+    for layer in (plain, subpixel):
+        layer(images)  # builds its weights
+    weights = [rng.normal(size=weight.shape).astype("float32") for weight in plain.get_weights()]
+    plain.set_weights(weights)
+    subpixel.set_weights(weights)
+    expected = np.asarray(plain(images))
+    assert expected.shape == (2, 2 * side, 2 * side, filters)
+    np.testing.assert_allclose(np.asarray(subpixel(images)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_generator_in_its_subpixel_form_loads_the_trained_weights_and_generates_the_same_images():
+    shape = dict(image_size=32, channels=3, latent_dim=8, width=4)
+    trained, subpixel = networks.build_generator(**shape), networks.build_generator(**shape, subpixel=True)
+    subpixel.set_weights(trained.get_weights())
+    codes = np.random.default_rng(3).normal(size=(2, 8)).astype("float32")
+    assert any(isinstance(layer, networks.SubpixelConv2DTranspose) for layer in subpixel.layers)
+    np.testing.assert_allclose(np.asarray(subpixel(codes)), np.asarray(trained(codes)), atol=1e-5)

@@ -296,13 +296,20 @@ class WassersteinBiGAN(keras.Model):
         for average, var in zip(self.ema_weights, self._generator_side_variables()):
             average.assign(decay * average + (1.0 - decay) * var)
 
-    def scoring_networks(self):
-        """(encoder, generator, critic) for scoring and sampling: E and G carry the averaged weights."""
-        if not self.config.ema_decay:
-            return self.encoder, self.generator, self.critic
+    def scoring_networks(self, subpixel=False):
+        """(encoder, generator, critic) for scoring and sampling: E and G carry the averaged weights. `subpixel`:
+        G's upsampling in the form LiteRT runs fastest (``networks.SubpixelConv2DTranspose``: the same outputs;
+        slower under TensorFlow), a copy of the weights as they are now, for the export."""
         shape = self._network_shape()
+        if not self.config.ema_decay:
+            if not subpixel:
+                return self.encoder, self.generator, self.critic
+            generator = networks.build_generator(**shape, norm=self.config.norm, name=self.generator.name,
+                                                 subpixel=True)
+            generator.set_weights(self.generator.get_weights())
+            return self.encoder, generator, self.critic
         encoder = networks.build_encoder(**shape, norm=self.config.norm, name=EMA_ENCODER)
-        generator = networks.build_generator(**shape, norm=self.config.norm, name=EMA_GENERATOR)
+        generator = networks.build_generator(**shape, norm=self.config.norm, name=EMA_GENERATOR, subpixel=subpixel)
         self.copy_averages_into(encoder, generator)
         return encoder, generator, self.critic
 

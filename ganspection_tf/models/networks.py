@@ -9,9 +9,12 @@ of a batch. Layer norm or spectral norm are options; the minibatch-statistics fe
 one too, off by default because it makes a single image's score depend on the other images of its batch.
 """
 
+import functools
 import math
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import layers, ops
 
 from ganspection_tf.config import SUPPORTED_SIZES
@@ -47,6 +50,58 @@ class MinibatchStddev(layers.Layer):
         return ops.concatenate([x, feature], axis=-1)
 
 
+def _subpixel_taps() -> np.ndarray:
+    """(3, 3, 4, 4, 4) one-hot: which tap (k, l) of a 4 × 4 stride-2 "same" transposed-convolution kernel the tap
+    (t, u) of a 3 × 3 convolution holds for output phase p = 2a + b (the output pixel (2m + a, 2n + b)). Derived
+    from the forward convolution the transposed one inverts (padding 1 before, 1 after): output row 2m + a
+    reads input row m + t − 1 through kernel row a + 3 − 2t, where that lies in 0..3."""
+    taps = np.zeros((3, 3, 4, 4, 4), dtype="float32")
+    for t in range(3):
+        for u in range(3):
+            for a in range(2):
+                for b in range(2):
+                    k, col = a + 3 - 2 * t, b + 3 - 2 * u
+                    if 0 <= k < 4 and 0 <= col < 4:
+                        taps[t, u, 2 * a + b, k, col] = 1.0
+    return taps
+
+
+@keras.saving.register_keras_serializable(package="ganspection_tf")
+class SubpixelConv2DTranspose(layers.Conv2DTranspose):
+    """``Conv2DTranspose(filters, 4, strides=2, padding="same")``: the same weights (a run trained with the plain
+    layer loads into it) and the same outputs, computed as one 3 × 3 convolution into 4 × `filters` channels, one
+    group per output phase, then depth-to-space. Each output pixel of a phase reads a 2 × 2 neighbourhood of the
+    input, so the 3 × 3 kernel is the 4 × 4 one rearranged with zeros (:func:`_subpixel_taps`). Transposed
+    convolutions are among the slowest kernels of LiteRT, in float and more so in int8; this form exports as
+    CONV_2D + DEPTH_TO_SPACE (benchmarks/RESULTS.md, "Sub-pixel upsampling")."""
+
+    TAPS = _subpixel_taps()
+
+    def __init__(self, filters, **kwargs):
+        kwargs = {"kernel_size": 4, "strides": 2, "padding": "same", **kwargs}
+        super().__init__(filters, **kwargs)
+        if (self.kernel_size, self.strides, self.padding, self.dilation_rate, self.data_format,
+                self.output_padding) != ((4, 4), (2, 2), "same", (1, 1), "channels_last", None):
+            raise ValueError("SubpixelConv2DTranspose is a 4 × 4, stride-2, 'same', channels-last transposed "
+                             "convolution only")
+
+    def call(self, inputs):
+        in_channels = self.kernel.shape[-1]
+        kernel = ops.einsum("tupkl,klOI->tuIpO", ops.cast(self.TAPS, self.kernel.dtype), self.kernel)
+        kernel = ops.reshape(ops.cast(kernel, self.compute_dtype), (3, 3, in_channels, 4 * self.filters))
+        phases = ops.conv(inputs, kernel, strides=1, padding="same")
+        if self.use_bias:
+            phases = phases + ops.tile(ops.cast(self.bias, self.compute_dtype), [4])
+        outputs = tf.nn.depth_to_space(phases, 2)
+        return self.activation(outputs) if self.activation is not None else outputs
+
+    def get_config(self):
+        config = super().get_config()
+        for fixed in ("kernel_size", "strides", "padding", "dilation_rate", "data_format", "output_padding"):
+            config.pop(fixed, None)
+        return config
+
+
 def _normalization(norm: str, name: str):
     if norm == "layer":
         return layers.LayerNormalization(axis=[1, 2, 3], name=name)
@@ -80,8 +135,13 @@ def build_encoder(image_size=64, channels=3, latent_dim=64, width=32, norm="laye
     return keras.Model(image, z, name=name)
 
 
-def build_generator(image_size=64, channels=3, latent_dim=64, width=32, norm="layer", name="generator"):
-    """G: latent code → image in [-1, 1] (tanh), mirroring the encoder pyramid."""
+def build_generator(image_size=64, channels=3, latent_dim=64, width=32, norm="layer", name="generator",
+                    subpixel=False):
+    """G: latent code → image in [-1, 1] (tanh), mirroring the encoder pyramid. `subpixel`: the upsampling
+    layers as :class:`SubpixelConv2DTranspose` (the same weights and outputs; faster on LiteRT, slower to train
+    with TensorFlow on CPUs, so the export uses it and training does not)."""
+    upsampling = SubpixelConv2DTranspose if subpixel else functools.partial(layers.Conv2DTranspose, kernel_size=4,
+                                                                            strides=2, padding="same")
     depth = pyramid_depth(image_size)
     z = keras.Input((latent_dim,), name="z")
     top = stage_filters(width, depth - 1)
@@ -89,7 +149,7 @@ def build_generator(image_size=64, channels=3, latent_dim=64, width=32, norm="la
     x = layers.Reshape((4, 4, top), name="gen_reshape")(x)
     for stage in reversed(range(depth)):
         filters = stage_filters(width, max(stage - 1, 0))
-        x = layers.Conv2DTranspose(filters, 4, strides=2, padding="same", name=f"gen_up{stage}")(x)
+        x = upsampling(filters, name=f"gen_up{stage}")(x)
         layer_norm = _normalization("none" if norm == "spectral" else norm, f"gen_norm{stage}")
         if layer_norm is not None:
             x = layer_norm(x)
