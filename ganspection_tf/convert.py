@@ -17,12 +17,13 @@ Why float islands in int8: full-integer quantisation clips every tensor at the r
 representative (good) images. For the score terms — scalars per image — that means every anomaly beyond the
 good range gets the same capped value. The score arithmetic, the layers that produce the networks' outputs
 (code, image, critic value and features) and the layer norms therefore always stay float. Which other layers
-stay float is chosen per export (``int8_acceptance.py``): first none, then one, two, three more in the order of
-the QuantizationDebugger's per-layer error (rmse / scale), until the int8 model scores the run's validation
-images and their synthetic-defect copies like the float scorer. When no candidate does and the scorer outputs
-the code (latent_mahalanobis) or the error map (normalized_map_max, heatmaps), the WHOLE encoder stays float
-(the earlier rule: the whitening and the per-pixel spreads amplify int8 noise of the code). The measurements
-behind these choices are in benchmarks/RESULTS.md, "Edge latency, size and accuracy".
+stay float is chosen per export (``int8_acceptance.py``): first none, then one more at a time, up to
+MAX_EXTRA_FLOAT_LAYERS, in the order of the QuantizationDebugger's per-layer error (rmse / scale), until the int8
+model scores the run's validation images and their synthetic-defect copies like the float scorer. When no
+candidate does and the scorer outputs the code (latent_mahalanobis) or the error map (normalized_map_max,
+heatmaps), the WHOLE encoder stays float (the earlier rule: the whitening and the per-pixel spreads amplify int8
+noise of the code). The measurements behind these choices are in benchmarks/RESULTS.md, "Edge latency, size and
+accuracy".
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ def _int16x8(converter):
     return converter.convert()
 
 
-MAX_EXTRA_FLOAT_LAYERS = 3  # beyond these the fallback (the whole encoder float) is tried
+MAX_EXTRA_FLOAT_LAYERS = 6  # beyond these the fallback (the whole encoder float) is tried; ~8 s per candidate
 
 
 def _int8_with_float_islands(converter, scorer, acceptance, log):
