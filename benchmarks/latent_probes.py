@@ -28,7 +28,7 @@ from ganspection_tf.data import mvtec, pipeline  # noqa: E402
 from ganspection_tf.run import RunFolder  # noqa: E402
 from ganspection_tf.score_choice import auroc_of  # noqa: E402
 from ganspection_tf.stats import whitening_matrix  # noqa: E402
-from ganspection_tf.synthetic_validation import defective_inputs, term_values  # noqa: E402
+from ganspection_tf.synthetic_validation import copies_outputs, term_values  # noqa: E402
 from ganspection_tf.terms import BY_NAME, CODE_OUTPUT, TERMS  # noqa: E402
 
 NEIGHBOURS = (1, 5)
@@ -59,9 +59,7 @@ def probe(run_dir, with_test):
     run = RunFolder(run_dir)
     term_model = scoring.build_term_model(run.load_model())
     validation, reference = scoring.calibration_outputs(run, term_model, log=lambda *_: None)
-    _, size, _, channels = term_model.input_shape
-    defect_images, copies = defective_inputs(run.validation_images(), size, channels, run.resize, run.exposure_level)
-    defect_outputs = scoring.compute_terms(term_model, defect_images)
+    defect_outputs, copies = copies_outputs(run, term_model)
     good, defective = term_values(validation, reference, defect_outputs, copies.sources)
     rows = measures(reference[CODE_OUTPUT])
     product = "latent_mahalanobis (product)"
@@ -71,6 +69,7 @@ def probe(run_dir, with_test):
     if not with_test:
         return on_validation, None
     test = mvtec.scan_category(run.category_root).test
+    _, size, _, channels = term_model.input_shape
     images, _ = pipeline.load_run_images(run, [t.path for t in test], size, channels, skip_unreadable=False)
     outputs = scoring.compute_terms(term_model, images)
     is_defect = np.array([t.label for t in test]) == 1

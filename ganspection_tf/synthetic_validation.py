@@ -46,14 +46,20 @@ def choose_run_score(run, term_model, validation_outputs, reference_outputs, log
 def choice_inputs(run, term_model, validation_outputs, reference_outputs):
     """What the choice is made from: ({term: (N,)} on the good validation images, {term: (M,)} on their
     synthetic-defect copies, the copies' ``DefectiveCopies``, whether the training images show aligned parts)."""
+    defect_outputs, copies = copies_outputs(run, term_model)
+    good_terms, defect_terms = term_values(validation_outputs, reference_outputs, defect_outputs, copies.sources)
+    aligned = bool(choices.parts_aligned(run.training_images(), run.resize))
+    return good_terms, defect_terms, copies, aligned
+
+
+def copies_outputs(run, term_model):
+    """(raw model outputs of the synthetic-defect copies of the run's validation images, their
+    ``DefectiveCopies``)."""
     from ganspection_tf.scoring import compute_terms  # scoring imports this module: a late import breaks the cycle
 
     _, size, _, channels = term_model.input_shape
     model_inputs, copies = defective_inputs(run.validation_images(), size, channels, run.resize, run.exposure_level)
-    defect_outputs = compute_terms(term_model, model_inputs)
-    good_terms, defect_terms = term_values(validation_outputs, reference_outputs, defect_outputs, copies.sources)
-    aligned = bool(choices.parts_aligned(run.training_images(), run.resize))
-    return good_terms, defect_terms, copies, aligned
+    return compute_terms(term_model, model_inputs), copies
 
 
 def defective_inputs(validation_paths, size, channels, resize, exposure_level=0.0):

@@ -300,16 +300,16 @@ class WassersteinBiGAN(keras.Model):
         """(encoder, generator, critic) for scoring and sampling: E and G carry the averaged weights. `subpixel`:
         G's upsampling in the form LiteRT runs fastest (``networks.SubpixelConv2DTranspose``: the same outputs;
         slower under TensorFlow), a copy of the weights as they are now, for the export."""
+        averaged = bool(self.config.ema_decay)
+        if not (averaged or subpixel):
+            return self.encoder, self.generator, self.critic
         shape = self._network_shape()
-        if not self.config.ema_decay:
-            if not subpixel:
-                return self.encoder, self.generator, self.critic
-            generator = networks.build_generator(**shape, norm=self.config.norm, name=self.generator.name,
-                                                 subpixel=True)
+        generator = networks.build_generator(**shape, norm=self.config.norm, subpixel=subpixel,
+                                             name=EMA_GENERATOR if averaged else self.generator.name)
+        if not averaged:
             generator.set_weights(self.generator.get_weights())
             return self.encoder, generator, self.critic
         encoder = networks.build_encoder(**shape, norm=self.config.norm, name=EMA_ENCODER)
-        generator = networks.build_generator(**shape, norm=self.config.norm, name=EMA_GENERATOR, subpixel=subpixel)
         self.copy_averages_into(encoder, generator)
         return encoder, generator, self.critic
 
