@@ -9,7 +9,7 @@ from pathlib import Path
 from ganspection_tf.config import TrainConfig
 from ganspection_tf.data import synthetic
 
-STEPS = 450
+STEPS = 350
 IMAGE_SIZES = (32, 64)
 CATEGORY_NAME = "widget"
 TRAIN_IMAGES = 200
