@@ -320,8 +320,8 @@ def test_ctrl_c_and_sigterm_during_export_leave_nothing_behind(finished_run, tmp
 
 
 @pytest.mark.slow
-def test_kill_minus_nine_at_three_random_points_then_resume_reaches_the_full_run(data, tmp_path, capfd):
-    """SIGKILL at 3 random moments while checkpoints are written at every step; each time --resume.
+def test_kill_minus_nine_at_two_random_points_then_resume_reaches_the_full_run(data, tmp_path, capfd):
+    """SIGKILL at 2 random moments while checkpoints are written at every step; each time --resume.
 
     After a kill the run's status reads killed (the dead process left "running"); the final model reaches the
     requested step with its optimizer state carried across every kill, at most one checkpoint interval is trained
@@ -336,7 +336,7 @@ def test_kill_minus_nine_at_three_random_points_then_resume_reaches_the_full_run
                "--steps", str(steps), *TINY, "--checkpoint-every", "1", "--log-every", "1", "--sample-every", "12",
                "--resume"]
     kills = 0
-    while kills < 3:
+    while kills < 2:
         worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.time() + 240
@@ -355,7 +355,7 @@ def test_kill_minus_nine_at_three_random_points_then_resume_reaches_the_full_run
             stop(worker)
         assert json.loads((run / "status.json").read_text())["state"] == "running"  # what the dead process left
         assert RunFolder(run).read_status()["state"] == "killed"
-    assert kills >= 2, "training finished too fast to be killed often"
+    assert kills == 2, "training finished too fast to be killed twice"
     last_checkpoint = max(int(p.stem.split("-")[1]) for p in run.glob("checkpoints/ckpt-*.index"))
     code, out, err = run_cli(capfd, *command[3:])
     assert code == 0, err
