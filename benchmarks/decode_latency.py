@@ -38,7 +38,7 @@ def main():
         paths = list_images(folder)[: args.images]
         decoders = [file_decoders(path) for path in paths]
         elapsed = {key: np.full((args.rounds, len(paths)), np.nan) for key in decoders[0]}
-        for round_index in range(args.rounds):  # every file in turn, so no decoder finds its file warm in cache
+        for round_index in range(args.rounds):  # files in turn: no decoder decodes the same file twice in a row
             for file_index, decoding in enumerate(decoders):
                 for key, decode in decoding.items():
                     if decode is not None:
