@@ -96,7 +96,7 @@ def test_inspection_is_at_the_image_size_unless_given_and_larger_sizes_are_a_fin
     config, chosen = choices.choose(TrainConfig.from_flat(data=str(category), image_size=64), paths)
     assert config.model.inspect_size == 64
     assert "128 or 256 px by 64 px tiles would keep finer defects" in chosen["inspect_size"].reason
-    assert choices.NOT_BETTER in chosen["inspect_size"].reason
+    assert choices.TILES_NOT_BETTER in chosen["inspect_size"].reason
     config, chosen = choices.choose(TrainConfig.from_flat(data=str(category), inspect_size=256), paths)
     assert (config.model.image_size, config.model.inspect_size) == (64, 256)  # tiles of the chosen image size
     assert chosen["inspect_size"].reason == choices.USER

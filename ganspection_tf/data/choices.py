@@ -14,8 +14,8 @@ NOT_ENABLED where they would suggest another value, or NOT_BETTER where a run me
 * image_size: the images' own size and how much smaller the model sees them; larger model sizes would keep
   finer defects when the images are that large;
 * inspect_size: the image size (the whole image in one tile); larger sizes, inspected by tiles of the image
-  size, would keep finer defects when the images are that large (128 px on screw: finer maps, not a better
-  image score: NOT_BETTER);
+  size, would keep finer defects when the images are that large (128 px on four categories: not a better
+  image score, finer maps of moving parts and blurred ones of aligned parts: TILES_NOT_BETTER);
 * augment: the pose spread of the training images (:func:`pose_spread`). Aligned parts (below ALIGNED_BELOW)
   would look unlike every good image after a flip or a quarter turn; parts at any pose, or a texture, would
   stay good, which would make such augmentation useful (on screw it did not help the image AUROC: NOT_BETTER).
@@ -51,6 +51,8 @@ from ganspection_tf.tiles import tile_grid
 USER = "set by the user"
 NOT_ENABLED = "not enabled until measured (benchmarks/RESULTS.md)"
 NOT_BETTER = "not enabled: measured on screw, no better image AUROC (benchmarks/RESULTS.md)"
+TILES_NOT_BETTER = ("not enabled: measured at 128 px on four categories, no better image AUROC, and blurred maps of "
+                    "aligned parts (benchmarks/RESULTS.md)")
 EXPOSURE_NOT_ENABLED = ("exposure (--augment exposure) not enabled: better on bottle and screw, worse on the synthetic "
                         "categories (benchmarks/RESULTS.md)")
 LEVELLING_NOT_ENABLED = ("not enabled: measured on four categories, it removes the lighting shift of screw's test "
@@ -226,7 +228,7 @@ def _inspect_size(images, config):
     larger = [side for side in SUPPORTED_SIZES if shorter and size < side <= min(shorter)]
     if larger:
         reason += (f"; {' or '.join(map(str, larger))} px by {size} px tiles would keep finer defects, "
-                   f"{NOT_BETTER}")
+                   f"{TILES_NOT_BETTER}")
     return Choice(size, reason)
 
 
