@@ -20,7 +20,9 @@ from ganspection_tf.data import pipeline
 from ganspection_tf.synthetic_validation import defective_inputs
 
 MIN_SPEARMAN = 0.99
-MAX_AUROC_DROP = 0.005  # the camera's accuracy target against Keras (issue 13)
+# The camera's target against Keras (issue 13) is 0.005 either way on the test split (benchmarks/edge_latency.py);
+# here, without a test split, an int8 candidate may not rank the synthetic defects worse than that.
+MAX_AUROC_DROP = 0.005
 MAX_TRAINING_IMAGES = 200  # beside the validation images; bounds the export's time on large training sets
 
 
