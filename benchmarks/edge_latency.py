@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from ganspection_tf import convert, edge, export, macs, scoring  # noqa: E402
+from ganspection_tf import convert, edge, export, macs, parity, scoring  # noqa: E402
 from ganspection_tf.data import mvtec  # noqa: E402
 from ganspection_tf.errors import GanspectionError  # noqa: E402
 from ganspection_tf.images import read_image  # noqa: E402
@@ -126,6 +126,7 @@ def scorer_row(variant, quantize, threads, scorer, size_bytes, paths, frames, la
         scorer.forward(image[np.newaxis])
         model_ms.append((time.perf_counter() - started) * 1000)
     results = [scorer.score(frame, color_order="rgb") for frame in frames]
+    scores = np.array([r.score for r in results])
     file_ms = []
     for path in paths:
         started = time.perf_counter()
@@ -134,13 +135,7 @@ def scorer_row(variant, quantize, threads, scorer, size_bytes, paths, frames, la
     return {"variant": variant, "quantize": quantize, "threads": threads, "model_ms": float(np.median(model_ms)),
             "frame_ms": float(np.median([r.latency_ms for r in results])),
             "file_ms": float(np.median(file_ms)), "bytes": size_bytes,
-            "auroc": auroc(labels, [r.score for r in results]), "scores": np.array([r.score for r in results])}
-
-
-def spearman(a, b):
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b).statistic)
+            "auroc": auroc(labels, scores), "scores": scores}
 
 
 def auroc(labels, scores):
@@ -191,10 +186,11 @@ def targets(rows):
         lines.append(f"{name} per frame p50 {row['frame_ms']:.1f} ms decoded, {row['file_ms']:.1f} ms from the "
                      f"file (target ≤ {MAX_FRAME_MS:g} ms end to end): decoded "
                      f"{met(row['frame_ms'] <= MAX_FRAME_MS)}, from the file {met(row['file_ms'] <= MAX_FRAME_MS)}")
-        rho = spearman(keras["scores"], row["scores"])
+        rho = parity.compare_scores(keras["scores"], row["scores"])["spearman"]  # None when a score is constant
+        rho = "–" if rho is None else f"{rho:.4f}"
         lines.append(f"{name} AUROC {row['auroc']:.4f} vs Keras {keras['auroc']:.4f}, difference {difference:+.4f} "
                      f"(target: within {MAX_AUROC_DIFFERENCE:g}): {met(abs(difference) <= MAX_AUROC_DIFFERENCE)}; "
-                     f"rank correlation of the per-image scores with Keras' {rho:.4f}")
+                     f"rank correlation of the per-image scores with Keras' {rho}")
     return "\n".join(lines)
 
 
