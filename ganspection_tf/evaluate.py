@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from sklearn import metrics as skm
 
-from ganspection_tf import artifacts, scoring
+from ganspection_tf import artifacts, exposure_tolerance, scoring
 from ganspection_tf.calibration import fit_calibration_from_outputs, weight_vector
 from ganspection_tf.data import mvtec
 from ganspection_tf.errors import GanspectionError
@@ -103,6 +103,9 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
     shifted = shifted_terms(metrics["good_shift"])
     if shifted:
         log(f"warning: {shift_warning(shifted)}")
+    lighting = metrics["exposure_tolerance"] = exposure_tolerance.flagged_shares(run, term_model, calibration)
+    advice = exposure_tolerance.warning(lighting)
+    log(exposure_tolerance.describe(lighting) + (f"\nwarning: {advice}" if advice else ""))
     if metrics["pixel"] is not None:  # the map the heatmaps show: the error map or the chosen score's own
         metrics["pixel"]["map"] = scored["map_term"] or "error"
     metrics["image_auroc"] = metrics["image"][COMBINED]["auroc"]
@@ -586,6 +589,7 @@ images held out of training (never on test images); threshold {threshold['value'
 rate of {calibration['max_fpr']:g}.</p>
 {_choice_html(metrics.get("score_choice"))}
 {_shift_html(metrics.get("good_shift") or {})}
+{_exposure_html(metrics.get("exposure_tolerance"))}
 <h2>Image level</h2>
 <p><b>Image AUROC (combined): {metrics['image_auroc']:.3f}</b>. At the calibrated threshold: F1 {threshold['f1']:.3f},
 precision {threshold['precision']:.3f}, recall {threshold['recall']:.3f}, false-positive rate on good test images
@@ -645,6 +649,14 @@ test image): <b>{html.escape(choice['reason'])}</b> ({status}).</p>
 def _shift_html(shift):
     shifted = shifted_terms(shift)
     return f"<p><b>Warning:</b> {html.escape(shift_warning(shifted))}.</p>" if shifted else ""
+
+
+def _exposure_html(shares):
+    if not shares:
+        return ""
+    advice = exposure_tolerance.warning(shares)
+    advice = f" <b>Warning:</b> {html.escape(advice)}." if advice else ""
+    return f"<h2>Lighting</h2><p>The {html.escape(exposure_tolerance.describe(shares))}.{advice}</p>"
 
 
 def _maybe(value):

@@ -196,6 +196,8 @@ def test_every_report_file_is_written(evaluated):
     assert metrics["report"] == str(folder / "report.html")
     choice = stored["score_choice"]  # chosen on validation images with synthetic defects, and used
     assert choice["used"] and choice["reason"].startswith(choice["name"]) and html.escape(choice["reason"]) in report
+    lighting = stored["exposure_tolerance"]  # re-exposed good validation photos (test_exposure_tolerance.py)
+    assert list(lighting) == ["0.9", "0.95", "1.05", "1.1"] and "<h2>Lighting</h2>" in report
     assert not list(folder.glob(".*partial*"))  # atomic writes leave no temporary files behind
 
 

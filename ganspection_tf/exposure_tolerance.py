@@ -1,0 +1,48 @@
+"""How much a change of light alone moves a run's decisions: its good validation photos re-exposed (one gain per
+photo, ``images.reexposed``), then scored with the run's calibration, and the share of them flagged defective.
+
+A model trained on photos lit alike can call every part defective once the lamp dims by a few percent (per-pixel
+statistics of a fixed camera are narrow), and a test split photographed in the same light does not show it.
+``evaluate`` reports the figure (it reads good validation images only, no test image). A re-exposed photo is
+levelled like any photo of a run trained with ``--exposure-level``, so such a run is measured as its camera sees it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ganspection_tf.data import pipeline
+from ganspection_tf.images import levelled, reexposed
+from ganspection_tf.scoring import compute_terms
+
+GAINS = (0.9, 0.95, 1.05, 1.1)
+# Above this share of good photos flagged at 5 % less or more light, the report says how to make the run tolerate it.
+WARNING_SHARE = 0.2
+WARNING_GAINS = (0.95, 1.05)
+
+
+def flagged_shares(run, term_model, calibration) -> dict[str, float]:
+    """{gain as text: share of the run's good validation photos flagged at the calibrated threshold once
+    re-exposed by that gain}."""
+    _, size, _, channels = term_model.input_shape
+    images, _ = pipeline.load_images(run.validation_images(), size, channels, resize=run.resize)
+    shares = {}
+    for gain in GAINS:
+        photos = np.stack([levelled(reexposed(image, gain), run.exposure_level) for image in images])
+        scores = calibration.combine(calibration.term_matrix(compute_terms(term_model, photos)))
+        shares[f"{gain:g}"] = float(np.mean(calibration.is_anomalous(scores)))
+    return shares
+
+
+def describe(shares) -> str:
+    listed = ", ".join(f"×{gain} {share:.0%}" for gain, share in shares.items())
+    return f"good validation photos flagged once their light is scaled: {listed}"
+
+
+def warning(shares) -> str | None:
+    """A one-line advice when a few percent of light make good parts fail, else None."""
+    worst = max(shares[f"{gain:g}"] for gain in WARNING_GAINS)
+    if worst <= WARNING_SHARE:
+        return None
+    return (f"{worst:.0%} of good photos are flagged when the light changes by 5 %: if the line's lighting drifts, "
+            "train with --augment exposure (or --exposure-level)")
