@@ -49,6 +49,7 @@ from ganspection_tf.evaluate import (  # noqa: E402
     read_mask,
     threshold_metrics,
 )
+from ganspection_tf.exposure_tolerance import WARNING_GAINS  # noqa: E402
 from ganspection_tf.heatmaps import anomaly_map  # noqa: E402
 from ganspection_tf.run import RunFolder  # noqa: E402
 from ganspection_tf.template import error_maps as template_error_maps  # noqa: E402
@@ -204,12 +205,20 @@ def model_row(folder, run_dir, minutes, image_size, inspect_size=None, train_opt
         "pixel_auroc": pixel.get("auroc"),
         "au_pro": pixel.get("au_pro"),
         "f1": metrics["threshold"]["f1"],
+        "flagged_5": _flagged_at_5_percent(metrics.get("exposure_tolerance")),
         "steps": metrics["model_step"],
         "minutes": status.get("seconds", float("nan")) / 60,
         "image_size": RunFolder(run_dir).read_train_config().model.image_size,
         "inspect_size": RunFolder(run_dir).read_train_config().model.inspected_size,
         "run": str(run_dir),
     }
+
+
+def _flagged_at_5_percent(shares):
+    """The larger share of good validation photos flagged at ×0.95 or ×1.05 light (evaluate's lighting line)."""
+    if not shares:
+        return None  # evaluated before the line existed
+    return max(shares[f"{gain:g}"] for gain in WARNING_GAINS)
 
 
 def ganspection_tf(*args):
@@ -224,8 +233,8 @@ def ganspection_tf(*args):
 
 # --- the table ----------------------------------------------------------------------------------------------
 
-COLUMNS = ("category", "score", "image AUROC", "pixel AUROC", "AU-PRO", "F1 @ threshold", "steps", "minutes",
-           "gain (image AUROC)")
+COLUMNS = ("category", "score", "image AUROC", "pixel AUROC", "AU-PRO", "F1 @ threshold",
+           "good flagged at ±5 % light", "steps", "minutes", "gain (image AUROC)")
 
 
 def markdown_table(rows) -> str:
@@ -235,7 +244,7 @@ def markdown_table(rows) -> str:
         chosen = [row for row in rows if row["score"] == score]
         if len(chosen) > 1:
             mean = {key: _mean([row.get(key) for row in chosen])
-                    for key in ("image_auroc", "pixel_auroc", "au_pro", "f1", "steps", "minutes", "gain")}
+                    for key in ("image_auroc", "pixel_auroc", "au_pro", "f1", "flagged_5", "steps", "minutes", "gain")}
             lines.append(_cells({"category": f"**mean of {len(chosen)}**", "score": score, **mean}))
     return "\n".join(lines)
 
@@ -244,7 +253,9 @@ def _cells(row) -> str:
     gain = row.get("gain")
     values = [
         row["category"], row["score"], _figure(row.get("image_auroc")), _figure(row.get("pixel_auroc")),
-        _figure(row.get("au_pro")), _figure(row.get("f1")), f"{row['steps']:.0f}" if row.get("steps") is not None else "–",
+        _figure(row.get("au_pro")), _figure(row.get("f1")),
+        f"{row['flagged_5']:.0%}" if row.get("flagged_5") is not None else "–",
+        f"{row['steps']:.0f}" if row.get("steps") is not None else "–",
         f"{row['minutes']:.1f}" if row.get("minutes") is not None else "–",
         f"{gain:+.3f}" if gain is not None else "–",
     ]
