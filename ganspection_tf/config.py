@@ -35,7 +35,7 @@ MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which keras.utils.set_random_see
 MAX_STEPS = 10**9
 # What `train` chooses for the `from_data` fields until a measured rule replaces it (benchmarks/RESULTS.md):
 # the recipe the categories benchmark measures.
-RECIPE_IMAGE_SIZE, RECIPE_STEPS, RECIPE_AUGMENT = 64, 2000, "none"
+RECIPE_IMAGE_SIZE, RECIPE_STEPS, RECIPE_AUGMENT = 64, 2000, "exposure"
 _FROM_DATA = "default: chosen from the training images, config.json says why"
 # How a picture becomes the model's square input (training, scoring and the camera alike).
 INTERPOLATIONS = ("area",)  # cv2.INTER_AREA: averages when shrinking, no aliasing

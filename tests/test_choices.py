@@ -47,12 +47,12 @@ def test_unset_settings_get_the_recipe_with_the_finding_in_the_reason(modes):
         paths = list_images(modes[mode] / "train" / "good")
         config, chosen = choices.choose(TrainConfig.from_flat(data=str(modes[mode])), paths)
         recipe = (config.model.image_size, config.model.channels, config.steps, config.augment, config.exposure_level)
-        assert recipe == (64, 3, 2000, "none", 0.0)
+        assert recipe == (64, 3, 2000, "exposure", 0.0)
         assert set(chosen) == {"image_size", "inspect_size", "channels", "steps", "augment", "exposure_level"}
         assert config.model.inspect_size == 64 and "no tiles" in chosen["inspect_size"].reason
         assert "all 12 training images are in colour" in chosen["channels"].reason
         assert finding in chosen["augment"].reason and "pose spread" in chosen["augment"].reason
-        assert choices.EXPOSURE_NOT_ENABLED in chosen["augment"].reason  # a finding, not applied
+        assert chosen["augment"].reason.startswith(choices.EXPOSURE_ENABLED)  # applied: the augmentation on
         assert (choices.NOT_BETTER in chosen["augment"].reason) == (mode == "unaligned")  # a finding, not applied
         assert "12 training images" in chosen["steps"].reason
 
@@ -127,7 +127,7 @@ def test_train_records_and_prints_the_choices_and_a_resume_keeps_them(synthetic_
     assert recorded["steps"] == {"value": 2, "reason": choices.USER}
     assert recorded["image_size"] == {"value": 32, "reason": choices.USER}
     assert recorded["channels"]["value"] == 3 and "training images are in colour" in recorded["channels"]["reason"]
-    assert recorded["augment"]["value"] == "none" and "pose spread" in recorded["augment"]["reason"]
+    assert recorded["augment"]["value"] == "exposure" and "pose spread" in recorded["augment"]["reason"]
     printed = out + err
     assert printed.count("data-dependent settings") == 1
     for name, choice in recorded.items():
