@@ -104,7 +104,8 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
     if shifted:
         log(f"warning: {shift_warning(shifted)}")
     lighting = metrics["exposure_tolerance"] = exposure_tolerance.flagged_shares(run, term_model, calibration)
-    advice = exposure_tolerance.warning(lighting)
+    advice = exposure_tolerance.warning(lighting, exposure_tolerance.trained_with_exposure(run))
+    metrics["exposure_advice"] = advice
     log(exposure_tolerance.describe(lighting) + (f"\nwarning: {advice}" if advice else ""))
     if metrics["pixel"] is not None:  # the map the heatmaps show: the error map or the chosen score's own
         metrics["pixel"]["map"] = scored["map_term"] or "error"
@@ -589,7 +590,7 @@ images held out of training (never on test images); threshold {threshold['value'
 rate of {calibration['max_fpr']:g}.</p>
 {_choice_html(metrics.get("score_choice"))}
 {_shift_html(metrics.get("good_shift") or {})}
-{_exposure_html(metrics.get("exposure_tolerance"))}
+{_exposure_html(metrics.get("exposure_tolerance"), metrics.get("exposure_advice"))}
 <h2>Image level</h2>
 <p><b>Image AUROC (combined): {metrics['image_auroc']:.3f}</b>. At the calibrated threshold: F1 {threshold['f1']:.3f},
 precision {threshold['precision']:.3f}, recall {threshold['recall']:.3f}, false-positive rate on good test images
@@ -651,10 +652,9 @@ def _shift_html(shift):
     return f"<p><b>Warning:</b> {html.escape(shift_warning(shifted))}.</p>" if shifted else ""
 
 
-def _exposure_html(shares):
+def _exposure_html(shares, advice):
     if not shares:
         return ""
-    advice = exposure_tolerance.warning(shares)
     advice = f" <b>Warning:</b> {html.escape(advice)}." if advice else ""
     return f"<h2>Lighting</h2><p>The {html.escape(exposure_tolerance.describe(shares))}.{advice}</p>"
 

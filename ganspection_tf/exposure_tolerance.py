@@ -34,15 +34,21 @@ def flagged_shares(run, term_model, calibration) -> dict[str, float]:
     return shares
 
 
+def trained_with_exposure(run) -> bool:
+    return pipeline.Augment.from_flags(run.read_train_config().augment).exposure
+
+
 def describe(shares) -> str:
     listed = ", ".join(f"×{gain} {share:.0%}" for gain, share in shares.items())
     return f"good validation photos flagged once their light is scaled: {listed}"
 
 
-def warning(shares) -> str | None:
+def warning(shares, trained_with_exposure: bool) -> str | None:
     """A one-line advice when a few percent of light make good parts fail, else None."""
     worst = max(shares[f"{gain:g}"] for gain in WARNING_GAINS)
     if worst <= WARNING_SHARE:
         return None
-    return (f"{worst:.0%} of good photos are flagged when the light changes by 5 %: if the line's lighting drifts, "
-            "train with --augment exposure (or --exposure-level)")
+    fix = ("level the light (--exposure-level) or train on photos taken in the line's own range of light"
+           if trained_with_exposure else "train with the exposure augmentation (the default; this run had "
+           "--augment without exposure) or level the light (--exposure-level)")
+    return f"{worst:.0%} of good photos are flagged when the light changes by 5 %: if the line's lighting drifts, {fix}"

@@ -47,7 +47,11 @@ def test_a_levelled_run_sees_the_light_change_levelled_away(calibrated, monkeypa
     assert exposure_tolerance.flagged_shares(run, term_model, calibration)["0.6"] == 1.0
 
 
-def test_the_advice_names_the_options_only_when_5_percent_fails_good_parts():
-    assert exposure_tolerance.warning({"0.9": 1.0, "0.95": 0.1, "1.05": 0.2, "1.1": 1.0}) is None
-    advice = exposure_tolerance.warning({"0.9": 1.0, "0.95": 1.0, "1.05": 0.1, "1.1": 0.3})
-    assert advice.startswith("100% of good photos") and "--augment exposure" in advice
+def test_the_advice_comes_only_when_5_percent_fails_good_parts_and_names_what_the_run_lacks(tiny_run_copy):
+    assert exposure_tolerance.warning({"0.9": 1.0, "0.95": 0.1, "1.05": 0.2, "1.1": 1.0}, False) is None
+    failing = {"0.9": 1.0, "0.95": 1.0, "1.05": 0.1, "1.1": 0.3}
+    without = exposure_tolerance.warning(failing, trained_with_exposure=False)
+    assert without.startswith("100% of good photos") and "exposure augmentation" in without
+    already = exposure_tolerance.warning(failing, trained_with_exposure=True)
+    assert "--exposure-level" in already and "augmentation" not in already
+    assert exposure_tolerance.trained_with_exposure(RunFolder(tiny_run_copy))  # the default since session 17

@@ -55,8 +55,9 @@ NOT_BETTER = "not enabled: measured on screw, no better image AUROC (benchmarks/
 TILES_NOT_BETTER = ("not enabled: measured at 128 px on four categories, no better image AUROC, and blurred maps of "
                     "aligned parts (benchmarks/RESULTS.md)")
 EXPOSURE_ENABLED = (f"exposure: each training image at a random gain of 1 ± {EXPOSURE_GAIN_SPREAD:g}, so that a "
-                    "change of light within that range is not a defect (without it the bottle model of the categories benchmark fails every "
-                    "good photo at 5 % less light; benchmarks/RESULTS.md, \"Exposure augmentation, the default\")")
+                    "change of light within that range is not a defect (without it the categories benchmark's bottle "
+                    "model fails every good photo at 5 % less light; benchmarks/RESULTS.md, \"Exposure augmentation, "
+                    "the default\")")
 LEVELLING_NOT_ENABLED = ("not enabled: measured on four categories, it removes the lighting shift of screw's test "
                          "photos but lowers bottle's and the synthetic unaligned parts' validation AUROC "
                          "(benchmarks/RESULTS.md, \"Exposure levelling\")")
