@@ -49,7 +49,7 @@ from ganspection_tf.evaluate import (  # noqa: E402
     read_mask,
     threshold_metrics,
 )
-from ganspection_tf.exposure_tolerance import WARNING_GAINS  # noqa: E402
+from ganspection_tf.exposure_tolerance import worst_share  # noqa: E402
 from ganspection_tf.heatmaps import anomaly_map  # noqa: E402
 from ganspection_tf.run import RunFolder  # noqa: E402
 from ganspection_tf.template import error_maps as template_error_maps  # noqa: E402
@@ -200,25 +200,19 @@ def model_row(folder, run_dir, minutes, image_size, inspect_size=None, train_opt
     metrics = json.loads(metrics_path.read_text())
     status = RunFolder(run_dir).read_status()
     pixel = metrics.get("pixel") or {}
+    lighting = metrics.get("exposure_tolerance")  # absent where evaluated before the lighting line existed
     return {
         "image_auroc": metrics["image_auroc"],
         "pixel_auroc": pixel.get("auroc"),
         "au_pro": pixel.get("au_pro"),
         "f1": metrics["threshold"]["f1"],
-        "flagged_5": _flagged_at_5_percent(metrics.get("exposure_tolerance")),
+        "flagged_5": worst_share(lighting) if lighting else None,
         "steps": metrics["model_step"],
         "minutes": status.get("seconds", float("nan")) / 60,
         "image_size": RunFolder(run_dir).read_train_config().model.image_size,
         "inspect_size": RunFolder(run_dir).read_train_config().model.inspected_size,
         "run": str(run_dir),
     }
-
-
-def _flagged_at_5_percent(shares):
-    """The larger share of good validation photos flagged at ×0.95 or ×1.05 light (evaluate's lighting line)."""
-    if not shares:
-        return None  # evaluated before the line existed
-    return max(shares[f"{gain:g}"] for gain in WARNING_GAINS)
 
 
 def ganspection_tf(*args):

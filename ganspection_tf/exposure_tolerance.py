@@ -30,8 +30,13 @@ def flagged_shares(run, term_model, calibration) -> dict[str, float]:
     for gain in GAINS:
         photos = np.stack([levelled(reexposed(image, gain), run.exposure_level) for image in images])
         scores = calibration.combine(calibration.term_matrix(compute_terms(term_model, photos)))
-        shares[f"{gain:g}"] = float(np.mean(calibration.is_anomalous(scores)))
+        shares[_key(gain)] = float(np.mean(calibration.is_anomalous(scores)))
     return shares
+
+
+def worst_share(shares) -> float:
+    """The larger share flagged at the WARNING_GAINS (5 % less or more light)."""
+    return max(shares[_key(gain)] for gain in WARNING_GAINS)
 
 
 def trained_with_exposure(run) -> bool:
@@ -45,10 +50,14 @@ def describe(shares) -> str:
 
 def warning(shares, trained_with_exposure: bool) -> str | None:
     """A one-line advice when a few percent of light make good parts fail, else None."""
-    worst = max(shares[f"{gain:g}"] for gain in WARNING_GAINS)
+    worst = worst_share(shares)
     if worst <= WARNING_SHARE:
         return None
     fix = ("level the light (--exposure-level) or train on photos taken in the line's own range of light"
            if trained_with_exposure else "train with the exposure augmentation (the default; this run had "
            "--augment without exposure) or level the light (--exposure-level)")
     return f"{worst:.0%} of good photos are flagged when the light changes by 5 %: if the line's lighting drifts, {fix}"
+
+
+def _key(gain) -> str:
+    return f"{gain:g}"
