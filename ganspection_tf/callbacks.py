@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from ganspection_tf import artifacts, interrupts, pictures, synthetic_validation
+from ganspection_tf import artifacts, exposure_tolerance, interrupts, pictures, synthetic_validation
 from ganspection_tf.data import pipeline
 from ganspection_tf.score_choice import choose_score
 from ganspection_tf.errors import GanspectionError, first_line
@@ -244,6 +244,7 @@ class SyntheticDefectValidation(keras.callbacks.Callback):
         self.reference_images = pipeline.with_trained_exposures(training_images[::spacing][: self.REFERENCE_IMAGES],
                                                                 augment)
         self.term_model = self.good = self.copies = self.copy_inputs = self.last_step = None
+        self.relit_inputs = self.relit_sources = None
 
     def on_train_begin(self, logs=None):
         from ganspection_tf import scoring  # scoring imports training, which imports this module
@@ -254,6 +255,8 @@ class SyntheticDefectValidation(keras.callbacks.Callback):
                                             resize=self.resize, exposure_level=self.exposure_level)
         self.copy_inputs, self.copies = synthetic_validation.defective_inputs(self.validation_paths, size, channels,
                                                                               self.resize, self.exposure_level)
+        self.relit_inputs, _, self.relit_sources = exposure_tolerance.relit_inputs(
+            self.validation_paths, size, channels, self.resize, self.exposure_level)
         self.last_step = int(self.model.step.numpy())
 
     def on_epoch_end(self, epoch, logs=None):
@@ -273,10 +276,11 @@ class SyntheticDefectValidation(keras.callbacks.Callback):
         from ganspection_tf.scoring import compute_terms
 
         self.refresh_averaged_networks()
-        good, reference, copies = (compute_terms(self.term_model, images)
-                                   for images in (self.good, self.reference_images, self.copy_inputs))
+        good, reference, copies, relit = (compute_terms(self.term_model, images) for images in
+                                          (self.good, self.reference_images, self.copy_inputs, self.relit_inputs))
         good_terms, copy_terms = synthetic_validation.term_values(good, reference, copies, self.copies.sources)
-        return choose_score(good_terms, copy_terms, aligned=self.aligned)
+        _, relit_terms = synthetic_validation.term_values(good, reference, relit, self.relit_sources)
+        return choose_score(good_terms, copy_terms, aligned=self.aligned, relit_terms=relit_terms)
 
 
     def refresh_averaged_networks(self):

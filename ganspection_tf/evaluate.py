@@ -638,13 +638,16 @@ def _term_explanations():
 def _choice_html(choice):
     if choice is None:
         return ""
-    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{auroc:.3f}</td></tr>"
+    shifts = choice.get("light_shift") or {}  # absent in choices written before session 18
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{auroc:.3f}</td><td>{_maybe(shifts.get(name))}</td></tr>"
                    for name, auroc in sorted(choice["auroc"].items(), key=lambda item: -item[1]))
     status = "used" if choice["used"] else html.escape(choice.get("note", "not used"))
     return f"""<h2>Score choice</h2>
 <p>Chosen on the good validation images and {choice['n_defective']} copies of them with synthetic defects (never a
-test image): <b>{html.escape(choice['reason'])}</b> ({status}).</p>
-<table><tr><th>candidate</th><th>validation AUROC, synthetic defects</th></tr>{rows}</table>"""
+test image): <b>{html.escape(choice['reason'])}</b> ({status}). Light shift: how far the good validation photos,
+re-exposed, score from the plain ones (|AUROC − ½|; 0: a change of light alone does not move the score); it breaks
+ties.</p>
+<table><tr><th>candidate</th><th>validation AUROC, synthetic defects</th><th>light shift</th></tr>{rows}</table>"""
 
 
 def _shift_html(shift):

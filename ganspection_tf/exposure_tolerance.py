@@ -5,6 +5,7 @@ A model trained on photos lit alike can call every part defective once the lamp 
 statistics of a fixed camera are narrow), and a test split photographed in the same light does not show it.
 ``evaluate`` reports the figure (it reads good validation images only, no test image). A re-exposed photo is
 levelled like any photo of a run trained with ``--exposure-level``, so such a run is measured as its camera sees it.
+The score chooser uses the same re-exposed photos to break ties (``score_choice``: the candidate least moved by light).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import numpy as np
 
 from ganspection_tf.data import pipeline
 from ganspection_tf.images import levelled, reexposed
-from ganspection_tf.scoring import compute_terms
 
 GAINS = (0.9, 0.95, 1.05, 1.1)
 # Above this share of good photos flagged at 5 % less or more light, the report says how to make the run tolerate it.
@@ -24,14 +24,22 @@ WARNING_GAINS = (0.95, 1.05)
 def flagged_shares(run, term_model, calibration) -> dict[str, float]:
     """{gain as text: share of the run's good validation photos flagged at the calibrated threshold once
     re-exposed by that gain}."""
+    from ganspection_tf.scoring import compute_terms  # scoring imports synthetic_validation, which imports this
+
     _, size, _, channels = term_model.input_shape
-    images, _ = pipeline.load_images(run.validation_images(), size, channels, resize=run.resize)
-    shares = {}
-    for gain in GAINS:
-        photos = np.stack([levelled(reexposed(image, gain), run.exposure_level) for image in images])
-        scores = calibration.combine(calibration.term_matrix(compute_terms(term_model, photos)))
-        shares[_key(gain)] = float(np.mean(calibration.is_anomalous(scores)))
-    return shares
+    photos, gains, _ = relit_inputs(run.validation_images(), size, channels, run.resize, run.exposure_level)
+    scores = calibration.combine(calibration.term_matrix(compute_terms(term_model, photos)))
+    flagged = calibration.is_anomalous(scores)
+    return {_key(gain): float(np.mean(flagged[gains == gain])) for gain in GAINS}
+
+
+def relit_inputs(validation_paths, size, channels, resize, exposure_level=0.0):
+    """(uint8 model inputs: every validation photo re-exposed at each of GAINS, then levelled like any photo of the
+    run; the gain of each; the index of its source photo)."""
+    images, _ = pipeline.load_images(validation_paths, size, channels, resize=resize)
+    photos = [levelled(reexposed(image, gain), exposure_level) for gain in GAINS for image in images]
+    gains = np.repeat(np.asarray(GAINS, np.float64), len(images))
+    return np.stack(photos), gains, np.tile(np.arange(len(images)), len(GAINS))
 
 
 def worst_share(shares) -> float:

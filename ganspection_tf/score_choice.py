@@ -9,9 +9,16 @@ The best AUROC wins, with a tie-break: candidates within TIE_TOLERANCE of the be
 (with 30 good images and a few dozen copies an AUROC moves by more than that between seeds), and among them
 the choice prefers, in order, fewer terms, a pose-independent candidate (one that does not compare each pixel
 with what good parts show at the same place: it also holds when a part shifts or turns, e.g. on a new
-fixture), then the higher AUROC. So the per-pixel ``normalized_map_max`` is chosen where parts are aligned and
-it is clearly better or tied only with combinations, and a pose-independent term where it is not better. (Fewer
-terms before pose-independence was set after looking at the demo's test split: benchmarks/RESULTS.md.)
+fixture), then the one least moved by light, then the higher AUROC. So the per-pixel ``normalized_map_max`` is
+chosen where parts are aligned and it is clearly better or tied only with combinations, and a pose-independent term
+where it is not better. (Fewer terms before pose-independence was set after looking at the demo's test split;
+the light after looking at screw's: benchmarks/RESULTS.md.)
+
+"Moved by light": the caller may pass the terms' values on the good validation images re-exposed (a few percent
+more and less light, ``exposure_tolerance.GAINS``); a candidate's light shift is |AUROC − ½| of those re-exposed
+photos against the plain ones: 0 when a change of light alone does not move the score, ½ when it moves every photo
+past every plain one. Two candidates equally good at synthetic defects can differ there by a factor of two, and
+the one that moves more flags good parts when the line's lamp drifts.
 
 Where the good images show their parts in one place (the caller passes `aligned`, from the pose spread of the
 training images), a candidate with a term that compares patches at any place (``patch_distance``) is measured
@@ -71,6 +78,7 @@ class ScoreChoice:
     n_good: int
     n_defective: int
     auroc_by_kind: dict[str, dict[str, float]] = field(default_factory=dict)  # candidate → defect kind → AUROC
+    light_shift: dict[str, float] = field(default_factory=dict)  # candidate → |AUROC − ½| of re-exposed good photos
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,16 +94,18 @@ def default_candidates(terms) -> list[Candidate]:
 
 
 def choose_score(good_terms, defective_terms, candidates=None, defect_kinds=None,
-                 tolerance=TIE_TOLERANCE, aligned=False) -> ScoreChoice:
+                 tolerance=TIE_TOLERANCE, aligned=False, relit_terms=None) -> ScoreChoice:
     """The best candidate (module docstring) from term values {term: (N,)} on good images and {term: (M,)} on
     their defective copies. `defect_kinds` (M names, optional) adds every candidate's AUROC per kind. With
     `aligned` parts, candidates with a term that compares patches at any place (``Term.at_any_place``) are
-    measured but not chosen: they cannot see a good patch in the wrong place."""
+    measured but not chosen: they cannot see a good patch in the wrong place. `relit_terms` ({term: (K,)} on
+    re-exposed copies of the good images, optional) breaks ties towards the candidate least moved by light."""
     good = {name: np.asarray(values, np.float64).reshape(-1) for name, values in good_terms.items()}
     defective = {name: np.asarray(values, np.float64).reshape(-1) for name, values in defective_terms.items()}
+    relit = {name: np.asarray(values, np.float64).reshape(-1) for name, values in (relit_terms or {}).items()}
     n_good, n_defective = _check_inputs(good, defective)
     candidates = default_candidates([t for t in good if t in defective]) if candidates is None else list(candidates)
-    auroc, by_kind = {}, {}
+    auroc, by_kind, light_shift = {}, {}, {}
     for candidate in candidates:
         scores = _candidate_scores(candidate, good, defective)
         if scores is None:
@@ -106,18 +116,23 @@ def choose_score(good_terms, defective_terms, candidates=None, defect_kinds=None
             kinds = np.asarray(defect_kinds)
             by_kind[candidate.name] = {kind: auroc_of(good_scores, defective_scores[kinds == kind])
                                        for kind in sorted(set(kinds.tolist()))}
+        relit_scores = _candidate_scores(candidate, good, relit) if relit else None
+        if relit_scores is not None:
+            light_shift[candidate.name] = abs(auroc_of(*relit_scores) - 0.5)
     if not auroc:
         raise GanspectionError("no score candidate has finite values on the validation images; the run has diverged")
     usable = [c for c in candidates if c.name in auroc and not (aligned and c.at_any_place)]
     best = max(auroc[c.name] for c in usable)
     tied = [c for c in usable if auroc[c.name] >= best - tolerance]
-    chosen = min(tied, key=lambda c: (c.size, not c.pose_independent, -auroc[c.name]))
-    reason = _reason(chosen, usable, auroc, tolerance, n_defective, n_good)
+    unmeasured = 0.5 if relit else 0.0  # re-exposed values given but not finite for a candidate: the worst shift
+    chosen = min(tied, key=lambda c: (c.size, not c.pose_independent, light_shift.get(c.name, unmeasured),
+                                      -auroc[c.name]))
+    reason = _reason(chosen, usable, auroc, light_shift, tolerance, n_defective, n_good)
     if aligned and len(usable) < len(auroc):
         reason += "; aligned parts: candidates that compare patches at any place were measured, not offered"
     return ScoreChoice(
         name=chosen.name, weights=dict(chosen.weights), reason=reason,
-        auroc=auroc, n_good=n_good, n_defective=n_defective, auroc_by_kind=by_kind,
+        auroc=auroc, n_good=n_good, n_defective=n_defective, auroc_by_kind=by_kind, light_shift=light_shift,
     )
 
 
@@ -162,7 +177,7 @@ def _average_ranks(values) -> np.ndarray:
     return (last_rank - (counts - 1) / 2)[inverse]
 
 
-def _reason(chosen, candidates, auroc, tolerance, n_defective, n_good) -> str:
+def _reason(chosen, candidates, auroc, light_shift, tolerance, n_defective, n_good) -> str:
     ranked = sorted(candidates, key=lambda c: -auroc[c.name])
     best = auroc[ranked[0].name]
     tied = [c for c in ranked if c.name != chosen.name and auroc[c.name] >= best - tolerance]
@@ -177,6 +192,11 @@ def _reason(chosen, candidates, auroc, tolerance, n_defective, n_good) -> str:
         why.append("simpler")
     if chosen.pose_independent and any(not c.pose_independent for c in tied if c.size == chosen.size):
         why.append("pose-independent")
+    alike = [c for c in tied if (c.size, c.pose_independent) == (chosen.size, chosen.pose_independent)]
+    moved_more = [c for c in alike if light_shift.get(c.name, 0.0) > light_shift.get(chosen.name, 0.0)]
+    if moved_more:
+        others = ", ".join(f"{c.name} {light_shift[c.name]:.3f}" for c in moved_more[:2])
+        why.append(f"less moved by light (light shift {light_shift.get(chosen.name, 0.0):.3f}; {others})")
     listed = ", ".join(f"{c.name} {auroc[c.name]:.3f}" for c in tied[:3]) + (" …" if len(tied) > 3 else "")
     return (f"{chosen.name}: {measured}, tied within {tolerance:g} with {listed}; chosen as "
             f"{' and '.join(why) or 'the highest'}")

@@ -8,6 +8,9 @@ image, and run through the term model. Every term's values on the good images an
 (``Term.leave_source_out``: latent_mahalanobis), with parameters fitted on the OTHER validation images, so that a
 copy is not judged by a Gaussian that contains its own source.
 
+Ties are broken towards the candidate least moved by light: the same terms on the good validation images
+re-exposed (``exposure_tolerance.relit_inputs``), measured like the copies (:func:`relit_values`).
+
 Only the good validation images are read (and the training images' outputs the caller passes): never a test
 image. The choice is written to the run folder's ``score_choice.json`` for the evaluation report.
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ganspection_tf import artifacts
+from ganspection_tf import artifacts, exposure_tolerance
 from ganspection_tf.calibration import fit_calibration, fitted_columns
 from ganspection_tf.data import choices, pipeline
 from ganspection_tf.defects import defective_copies
@@ -36,7 +39,9 @@ def choose_run_score(run, term_model, validation_outputs, reference_outputs, log
     further is plain."""
     run = as_run(run)
     good_terms, defect_terms, copies, aligned = choice_inputs(run, term_model, validation_outputs, reference_outputs)
-    choice = choose_score(good_terms, defect_terms, defect_kinds=copies.kinds, aligned=aligned)
+    relit_terms = relit_values(run, term_model, validation_outputs, reference_outputs)
+    choice = choose_score(good_terms, defect_terms, defect_kinds=copies.kinds, aligned=aligned,
+                          relit_terms=relit_terms)
     artifacts.write_json(run.score_choice_path, choice.to_dict())
     log(f"score chosen on {choice.n_good} good validation images and {choice.n_defective} synthetic-defect copies: "
         f"{choice.reason}")
@@ -50,6 +55,17 @@ def choice_inputs(run, term_model, validation_outputs, reference_outputs):
     good_terms, defect_terms = term_values(validation_outputs, reference_outputs, defect_outputs, copies.sources)
     aligned = bool(choices.parts_aligned(run.training_images(), run.resize))
     return good_terms, defect_terms, copies, aligned
+
+
+def relit_values(run, term_model, validation_outputs, reference_outputs) -> dict:
+    """{term: (K,)} on the run's good validation images re-exposed (``exposure_tolerance.relit_inputs``), measured
+    like a synthetic-defect copy of its source (:func:`term_values`)."""
+    from ganspection_tf.scoring import compute_terms  # scoring imports this module: a late import breaks the cycle
+
+    _, size, _, channels = term_model.input_shape
+    photos, _, sources = exposure_tolerance.relit_inputs(run.validation_images(), size, channels, run.resize,
+                                                         run.exposure_level)
+    return term_values(validation_outputs, reference_outputs, compute_terms(term_model, photos), sources)[1]
 
 
 def copies_outputs(run, term_model):

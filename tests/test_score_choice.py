@@ -87,3 +87,32 @@ def test_aligned_parts_are_never_given_a_score_that_compares_patches_at_any_plac
     aligned = choose_score(good, defective, aligned=True)
     assert aligned.name == "normalized_map_max" and "patch_distance" in aligned.auroc  # measured, not offered
     assert "aligned parts" in aligned.reason
+
+
+def _tie_with_light(map_max_shift, patch_shift, n_good=30, seed=0):
+    """map_max and patch_distance find the synthetic defects alike (patch_distance a shade better, so that the AUROC
+    alone would choose it); re-exposed good photos move each term up by its own shift (in σ of the good values)."""
+    rng = np.random.default_rng(seed)
+    good_values, defective_values = rng.normal(0, 1, n_good), rng.normal(1.5, 1, 60)
+    good = {"map_max": good_values, "patch_distance": good_values}
+    defective = {"map_max": defective_values, "patch_distance": defective_values + 0.03}
+    relit = {"map_max": rng.normal(map_max_shift, 1, 4 * n_good), "patch_distance": rng.normal(patch_shift, 1, 4 * n_good)}
+    return good, defective, relit
+
+
+def test_a_tie_goes_to_the_term_a_change_of_light_moves_least():
+    good, defective, relit = _tie_with_light(map_max_shift=0.1, patch_shift=1.5)
+    plain = choose_score(good, defective)
+    assert plain.name == "patch_distance"  # tied on synthetic defects (within TIE_TOLERANCE), a shade higher
+    assert 0 < plain.auroc["patch_distance"] - plain.auroc["map_max"] < 0.01
+    with_light = choose_score(good, defective, relit_terms=relit)
+    assert with_light.light_shift["patch_distance"] > 0.3 > 0.1 > with_light.light_shift["map_max"]
+    assert with_light.name == "map_max" and "less moved by light" in with_light.reason
+    assert choose_score(good, defective, relit_terms=_tie_with_light(1.5, 0.1)[2]).name == "patch_distance"
+
+
+def test_the_light_never_outweighs_a_clearly_better_score():
+    good, defective, relit = _tie_with_light(map_max_shift=0.0, patch_shift=1.5)
+    defective["map_max"] -= 2.0  # map_max now finds far fewer defects: no tie
+    choice = choose_score(good, defective, relit_terms=relit)
+    assert choice.name == "patch_distance" and "less moved by light" not in choice.reason

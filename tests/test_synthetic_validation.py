@@ -50,6 +50,8 @@ def test_the_choice_is_per_pixel_for_aligned_parts_and_pose_independent_otherwis
         assert not POSE_DEPENDENT_TERMS & {term for term, weight in choice["weights"].items() if weight}
     assert calibration.weights == weight_vector(choice["weights"], TERMS)  # the calibration uses the choice
     assert set(choice["auroc"]) == {c.name for c in default_candidates(TERMS)}
+    assert set(choice["light_shift"]) == set(choice["auroc"])  # every candidate measured on re-exposed good photos
+    assert all(0.0 <= shift <= 0.5 for shift in choice["light_shift"].values())
     assert choice["n_defective"] == 5 * choice["n_good"] and any(choice["reason"] in m for m in messages)
 
     splits = json.loads((Path(run) / "splits.json").read_text())
