@@ -645,8 +645,8 @@ def _choice_html(choice):
     return f"""<h2>Score choice</h2>
 <p>Chosen on the good validation images and {choice['n_defective']} copies of them with synthetic defects (never a
 test image): <b>{html.escape(choice['reason'])}</b> ({status}). Light shift: how far the good validation photos,
-re-exposed, score from the plain ones (|AUROC − ½|; 0: a change of light alone does not move the score); it breaks
-ties.</p>
+re-exposed at a few percent less and more light, score from the plain ones on balance (|AUROC − ½|; 0: no net shift);
+it breaks ties.</p>
 <table><tr><th>candidate</th><th>validation AUROC, synthetic defects</th><th>light shift</th></tr>{rows}</table>"""
 
 

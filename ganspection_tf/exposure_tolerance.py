@@ -5,7 +5,7 @@ A model trained on photos lit alike can call every part defective once the lamp 
 statistics of a fixed camera are narrow), and a test split photographed in the same light does not show it.
 ``evaluate`` reports the figure (it reads good validation images only, no test image). A re-exposed photo is
 levelled like any photo of a run trained with ``--exposure-level``, so such a run is measured as its camera sees it.
-The score chooser uses the same re-exposed photos to break ties (``score_choice``: the candidate least moved by light).
+The score chooser uses the same re-exposed photos to break ties (``score_choice``: the smallest light shift).
 """
 
 from __future__ import annotations

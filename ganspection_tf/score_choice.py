@@ -9,16 +9,18 @@ The best AUROC wins, with a tie-break: candidates within TIE_TOLERANCE of the be
 (with 30 good images and a few dozen copies an AUROC moves by more than that between seeds), and among them
 the choice prefers, in order, fewer terms, a pose-independent candidate (one that does not compare each pixel
 with what good parts show at the same place: it also holds when a part shifts or turns, e.g. on a new
-fixture), then the one least moved by light, then the higher AUROC. So the per-pixel ``normalized_map_max`` is
+fixture), then the one whose good photos light shifts least, then the higher AUROC. So the per-pixel ``normalized_map_max`` is
 chosen where parts are aligned and it is clearly better or tied only with combinations, and a pose-independent term
 where it is not better. (Fewer terms before pose-independence was set after looking at the demo's test split;
 the light after looking at screw's: benchmarks/RESULTS.md.)
 
-"Moved by light": the caller may pass the terms' values on the good validation images re-exposed (a few percent
-more and less light, ``exposure_tolerance.GAINS``); a candidate's light shift is |AUROC − ½| of those re-exposed
-photos against the plain ones: 0 when a change of light alone does not move the score, ½ when it moves every photo
-past every plain one. Two candidates equally good at synthetic defects can differ there by a factor of two, and
-the one that moves more flags good parts when the line's lamp drifts.
+The light shift: the caller may pass the terms' values on the good validation images re-exposed (a few percent
+more and less light alike, ``exposure_tolerance.GAINS``); a candidate's light shift is |AUROC − ½| of all those
+re-exposed photos together against the plain ones: how far a drift of light, as likely darker as brighter, moves
+good photos' scores on balance. ½: every re-exposed photo scores above (or below) every plain one, as with a score
+to which any change of light looks unusual; 0: no net shift, which includes a score that rises with more light
+and falls with less by as much (it trades false alarms in brighter light for misses in darker light, rather than
+raising both). Two candidates equally good at synthetic defects can differ there by a factor of two.
 
 Where the good images show their parts in one place (the caller passes `aligned`, from the pose spread of the
 training images), a candidate with a term that compares patches at any place (``patch_distance``) is measured
@@ -99,7 +101,7 @@ def choose_score(good_terms, defective_terms, candidates=None, defect_kinds=None
     their defective copies. `defect_kinds` (M names, optional) adds every candidate's AUROC per kind. With
     `aligned` parts, candidates with a term that compares patches at any place (``Term.at_any_place``) are
     measured but not chosen: they cannot see a good patch in the wrong place. `relit_terms` ({term: (K,)} on
-    re-exposed copies of the good images, optional) breaks ties towards the candidate least moved by light."""
+    re-exposed copies of the good images, optional) breaks ties towards the candidate with the smallest light shift."""
     good = {name: np.asarray(values, np.float64).reshape(-1) for name, values in good_terms.items()}
     defective = {name: np.asarray(values, np.float64).reshape(-1) for name, values in defective_terms.items()}
     relit = {name: np.asarray(values, np.float64).reshape(-1) for name, values in (relit_terms or {}).items()}
@@ -196,7 +198,7 @@ def _reason(chosen, candidates, auroc, light_shift, tolerance, n_defective, n_go
     moved_more = [c for c in alike if light_shift.get(c.name, 0.0) > light_shift.get(chosen.name, 0.0)]
     if moved_more:
         others = ", ".join(f"{c.name} {light_shift[c.name]:.3f}" for c in moved_more[:2])
-        why.append(f"less moved by light (light shift {light_shift.get(chosen.name, 0.0):.3f}; {others})")
+        why.append(f"less shifted by light (light shift {light_shift.get(chosen.name, 0.0):.3f}; {others})")
     listed = ", ".join(f"{c.name} {auroc[c.name]:.3f}" for c in tied[:3]) + (" …" if len(tied) > 3 else "")
     return (f"{chosen.name}: {measured}, tied within {tolerance:g} with {listed}; chosen as "
             f"{' and '.join(why) or 'the highest'}")

@@ -100,14 +100,14 @@ def _tie_with_light(map_max_shift, patch_shift, n_good=30, seed=0):
     return good, defective, relit
 
 
-def test_a_tie_goes_to_the_term_a_change_of_light_moves_least():
+def test_a_tie_goes_to_the_term_a_change_of_light_shifts_least():
     good, defective, relit = _tie_with_light(map_max_shift=0.1, patch_shift=1.5)
     plain = choose_score(good, defective)
     assert plain.name == "patch_distance"  # tied on synthetic defects (within TIE_TOLERANCE), a shade higher
     assert 0 < plain.auroc["patch_distance"] - plain.auroc["map_max"] < 0.01
     with_light = choose_score(good, defective, relit_terms=relit)
     assert with_light.light_shift["patch_distance"] > 0.3 > 0.1 > with_light.light_shift["map_max"]
-    assert with_light.name == "map_max" and "less moved by light" in with_light.reason
+    assert with_light.name == "map_max" and "less shifted by light" in with_light.reason
     assert choose_score(good, defective, relit_terms=_tie_with_light(1.5, 0.1)[2]).name == "patch_distance"
 
 
@@ -115,4 +115,4 @@ def test_the_light_never_outweighs_a_clearly_better_score():
     good, defective, relit = _tie_with_light(map_max_shift=0.0, patch_shift=1.5)
     defective["map_max"] -= 2.0  # map_max now finds far fewer defects: no tie
     choice = choose_score(good, defective, relit_terms=relit)
-    assert choice.name == "patch_distance" and "less moved by light" not in choice.reason
+    assert choice.name == "patch_distance" and "less shifted by light" not in choice.reason
