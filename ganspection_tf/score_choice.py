@@ -9,9 +9,9 @@ The best AUROC wins, with a tie-break: candidates within TIE_TOLERANCE of the be
 (with 30 good images and a few dozen copies an AUROC moves by more than that between seeds), and among them
 the choice prefers, in order, fewer terms, a pose-independent candidate (one that does not compare each pixel
 with what good parts show at the same place: it also holds when a part shifts or turns, e.g. on a new
-fixture), then the one whose good photos light shifts least, then the higher AUROC. So the per-pixel ``normalized_map_max`` is
-chosen where parts are aligned and it is clearly better or tied only with combinations, and a pose-independent term
-where it is not better. (Fewer terms before pose-independence was set after looking at the demo's test split;
+fixture), then the one whose good photos light shifts least, then the higher AUROC. So the per-pixel
+``normalized_map_max`` is chosen where parts are aligned and it is clearly better or tied only with combinations,
+and a pose-independent term where it is not better. (Fewer terms before pose-independence was set after looking at the demo's test split;
 the light after looking at screw's: benchmarks/RESULTS.md.)
 
 The light shift: the caller may pass the terms' values on the good validation images re-exposed (a few percent
@@ -80,7 +80,7 @@ class ScoreChoice:
     n_good: int
     n_defective: int
     auroc_by_kind: dict[str, dict[str, float]] = field(default_factory=dict)  # candidate → defect kind → AUROC
-    light_shift: dict[str, float] = field(default_factory=dict)  # candidate → |AUROC − ½| of re-exposed good photos
+    light_shift: dict[str, float] = field(default_factory=dict)  # candidate → |AUROC − ½|, re-exposed good photos
 
     def to_dict(self) -> dict:
         return asdict(self)

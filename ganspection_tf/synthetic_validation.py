@@ -8,8 +8,8 @@ image, and run through the term model. Every term's values on the good images an
 (``Term.leave_source_out``: latent_mahalanobis), with parameters fitted on the OTHER validation images, so that a
 copy is not judged by a Gaussian that contains its own source.
 
-Ties are broken towards the candidate with the smallest light shift (``score_choice``): the same terms on the good validation images
-re-exposed (``exposure_tolerance.relit_inputs``), measured like the copies (:func:`relit_values`).
+Ties are broken towards the candidate with the smallest light shift (``score_choice``): the same terms on the good
+validation images re-exposed (``exposure_tolerance.relit_inputs``), measured like the copies (:func:`relit_values`).
 
 Only the good validation images are read (and the training images' outputs the caller passes): never a test
 image. The choice is written to the run folder's ``score_choice.json`` for the evaluation report.

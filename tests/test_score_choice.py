@@ -96,7 +96,8 @@ def _tie_with_light(map_max_shift, patch_shift, n_good=30, seed=0):
     good_values, defective_values = rng.normal(0, 1, n_good), rng.normal(1.5, 1, 60)
     good = {"map_max": good_values, "patch_distance": good_values}
     defective = {"map_max": defective_values, "patch_distance": defective_values + 0.03}
-    relit = {"map_max": rng.normal(map_max_shift, 1, 4 * n_good), "patch_distance": rng.normal(patch_shift, 1, 4 * n_good)}
+    relit = {"map_max": rng.normal(map_max_shift, 1, 4 * n_good),
+             "patch_distance": rng.normal(patch_shift, 1, 4 * n_good)}
     return good, defective, relit
 
 
