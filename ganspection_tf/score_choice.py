@@ -11,8 +11,8 @@ the choice prefers, in order, fewer terms, a pose-independent candidate (one tha
 with what good parts show at the same place: it also holds when a part shifts or turns, e.g. on a new
 fixture), then the one whose good photos light shifts least, then the higher AUROC. So the per-pixel
 ``normalized_map_max`` is chosen where parts are aligned and it is clearly better or tied only with combinations,
-and a pose-independent term where it is not better. (Fewer terms before pose-independence was set after looking at the demo's test split;
-the light after looking at screw's: benchmarks/RESULTS.md.)
+and a pose-independent term where it is not better. (Fewer terms before pose-independence was set after looking
+at the demo's test split; the light after looking at screw's: benchmarks/RESULTS.md.)
 
 The light shift: the caller may pass the terms' values on the good validation images re-exposed (a few percent
 more and less light alike, ``exposure_tolerance.GAINS``); a candidate's light shift is |AUROC − ½| of all those
