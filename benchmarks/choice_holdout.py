@@ -30,7 +30,7 @@ def chooser_data(run_dir):
     run = RunFolder(run_dir)
     term_model = scoring.build_term_model(run.load_model())
     validation, reference = scoring.calibration_outputs(run, term_model, log=lambda *_: None)
-    good, defective, copies, aligned = choice_inputs(run, term_model, validation, reference)
+    good, defective, copies, aligned, _ = choice_inputs(run, term_model, validation, reference)
     return good, defective, np.asarray(copies.sources), aligned
 
 

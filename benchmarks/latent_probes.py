@@ -60,7 +60,7 @@ def probe(run_dir, with_test):
     term_model = scoring.build_term_model(run.load_model())
     validation, reference = scoring.calibration_outputs(run, term_model, log=lambda *_: None)
     defect_outputs, copies = copies_outputs(run, term_model)
-    good, defective = term_values(validation, reference, defect_outputs, copies.sources)
+    good, defective = term_values(validation, reference, (defect_outputs, copies.sources))
     rows = measures(reference[CODE_OUTPUT])
     product = "latent_mahalanobis (product)"
     on_validation = {product: auroc_of(good["latent_mahalanobis"], defective["latent_mahalanobis"])}

@@ -278,8 +278,8 @@ class SyntheticDefectValidation(keras.callbacks.Callback):
         self.refresh_averaged_networks()
         good, reference, copies, relit = (compute_terms(self.term_model, images) for images in
                                           (self.good, self.reference_images, self.copy_inputs, self.relit_inputs))
-        good_terms, copy_terms = synthetic_validation.term_values(good, reference, copies, self.copies.sources)
-        _, relit_terms = synthetic_validation.term_values(good, reference, relit, self.relit_sources)
+        good_terms, copy_terms, relit_terms = synthetic_validation.term_values(
+            good, reference, (copies, self.copies.sources), (relit, self.relit_sources))
         return choose_score(good_terms, copy_terms, aligned=self.aligned, relit_terms=relit_terms)
 
 

@@ -9,7 +9,7 @@ image, and run through the term model. Every term's values on the good images an
 copy is not judged by a Gaussian that contains its own source.
 
 Ties are broken towards the candidate with the smallest light shift (``score_choice``): the same terms on the good
-validation images re-exposed (``exposure_tolerance.relit_inputs``), measured like the copies (:func:`relit_values`).
+validation images re-exposed (``exposure_tolerance.relit_inputs``), measured like the copies (:func:`term_values`).
 
 Only the good validation images are read (and the training images' outputs the caller passes): never a test
 image. The choice is written to the run folder's ``score_choice.json`` for the evaluation report.
@@ -38,8 +38,8 @@ def choose_run_score(run, term_model, validation_outputs, reference_outputs, log
     ``score_choice.json``. The copies are drawn on squares made with the run's resize mode, so resizing them
     further is plain."""
     run = as_run(run)
-    good_terms, defect_terms, copies, aligned = choice_inputs(run, term_model, validation_outputs, reference_outputs)
-    relit_terms = relit_values(run, term_model, validation_outputs, reference_outputs)
+    good_terms, defect_terms, copies, aligned, relit_terms = choice_inputs(run, term_model, validation_outputs,
+                                                                           reference_outputs)
     choice = choose_score(good_terms, defect_terms, defect_kinds=copies.kinds, aligned=aligned,
                           relit_terms=relit_terms)
     artifacts.write_json(run.score_choice_path, choice.to_dict())
@@ -50,22 +50,25 @@ def choose_run_score(run, term_model, validation_outputs, reference_outputs, log
 
 def choice_inputs(run, term_model, validation_outputs, reference_outputs):
     """What the choice is made from: ({term: (N,)} on the good validation images, {term: (M,)} on their
-    synthetic-defect copies, the copies' ``DefectiveCopies``, whether the training images show aligned parts)."""
+    synthetic-defect copies, the copies' ``DefectiveCopies``, whether the training images show aligned parts,
+    {term: (K,)} on the good validation images re-exposed)."""
     defect_outputs, copies = copies_outputs(run, term_model)
-    good_terms, defect_terms = term_values(validation_outputs, reference_outputs, defect_outputs, copies.sources)
+    relit_outputs, relit_sources = relit_photo_outputs(run, term_model)
+    good_terms, defect_terms, relit_terms = term_values(
+        validation_outputs, reference_outputs, (defect_outputs, copies.sources), (relit_outputs, relit_sources))
     aligned = bool(choices.parts_aligned(run.training_images(), run.resize))
-    return good_terms, defect_terms, copies, aligned
+    return good_terms, defect_terms, copies, aligned, relit_terms
 
 
-def relit_values(run, term_model, validation_outputs, reference_outputs) -> dict:
-    """{term: (K,)} on the run's good validation images re-exposed (``exposure_tolerance.relit_inputs``), measured
-    like a synthetic-defect copy of its source (:func:`term_values`)."""
+def relit_photo_outputs(run, term_model):
+    """(raw model outputs of the run's good validation images re-exposed, ``exposure_tolerance.relit_inputs``; the
+    index of each one's source image)."""
     from ganspection_tf.scoring import compute_terms  # scoring imports this module: a late import breaks the cycle
 
     _, size, _, channels = term_model.input_shape
     photos, _, sources = exposure_tolerance.relit_inputs(run.validation_images(), size, channels, run.resize,
                                                          run.exposure_level)
-    return term_values(validation_outputs, reference_outputs, compute_terms(term_model, photos), sources)[1]
+    return compute_terms(term_model, photos), sources
 
 
 def copies_outputs(run, term_model):
@@ -88,17 +91,22 @@ def defective_inputs(validation_paths, size, channels, resize, exposure_level=0.
     return np.stack([levelled(resize_image(image, size), exposure_level) for image in copies.images]), copies
 
 
-def term_values(validation_outputs, reference_outputs, defect_outputs, sources) -> tuple[dict, dict]:
-    """({term: (N,)} on the good validation images, {term: (M,)} on their copies) as the calibration sees them:
-    the good values are each term's honest validation column (``Term.fit_on``), the copies' values use the
-    fitted parameters, or parameters fitted without the copy's source (``Term.leave_source_out``)."""
+def term_values(validation_outputs, reference_outputs, *copy_sets) -> tuple[dict, ...]:
+    """({term: (N,)} on the good validation images, then {term: (M,)} for each (outputs, sources) of copies of
+    them in `copy_sets`) as the calibration sees them, its parameters fitted once: the good values are each term's
+    honest validation column (``Term.fit_on``), a copy's values use the fitted parameters, or parameters fitted
+    without the copy's source (``Term.leave_source_out``)."""
     parameters, good = fitted_columns(validation_outputs, TERMS, reference_outputs)
     fitted = fit_calibration(good, TERMS, **parameters)  # refuses too few or non-finite validation values
-    defective = fitted.term_matrix(defect_outputs)
-    good_terms, defect_terms = {}, {}
+    good_terms = {name: good[:, j] for j, name in enumerate(fitted.terms)}
+    return (good_terms, *(_copy_values(fitted, validation_outputs, outputs, sources) for outputs, sources in copy_sets))
+
+
+def _copy_values(fitted, validation_outputs, copy_outputs, sources) -> dict:
+    matrix = fitted.term_matrix(copy_outputs)
+    values = {}
     for j, name in enumerate(fitted.terms):
         leave_source_out = BY_NAME[name].leave_source_out
-        good_terms[name] = good[:, j]
-        defect_terms[name] = (defective[:, j] if leave_source_out is None
-                              else leave_source_out(validation_outputs, defect_outputs, sources))
-    return good_terms, defect_terms
+        values[name] = (matrix[:, j] if leave_source_out is None
+                        else leave_source_out(validation_outputs, copy_outputs, sources))
+    return values
