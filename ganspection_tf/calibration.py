@@ -166,7 +166,7 @@ class Calibration:
 
     def heatmap_needs_error_map(self) -> bool:
         """Whether heatmaps are drawn from the error map (no term's own map): only then does an edge bundle ship
-        it, and the encoder and generator behind it (a `patch_distance` scorer is the critic's first layers)."""
+        it, and the encoder and generator behind it (a patch term's scorer is the critic's first layers)."""
         return self.map_term() is None
 
     def pixel_maps(self, outputs: dict, side: int) -> np.ndarray | None:

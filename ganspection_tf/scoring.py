@@ -46,6 +46,7 @@ from ganspection_tf.terms import (
     BY_NAME,
     CODE_OUTPUT,
     ERROR_MAP_OUTPUT,
+    FINE_PATCH_OUTPUT,
     MODEL_OUTPUTS,
     PATCH_OUTPUT,
     TERMS,
@@ -199,8 +200,8 @@ def term_model_tensors(model, image, grid, subpixel=False) -> dict:
     code = encoder(tile)
     reconstruction = generator(code)
     cycled_code = encoder(reconstruction)
-    critic_value, critic_features, patches = critic([tile, code])
-    _, reconstruction_critic_features, _ = critic([reconstruction, code])
+    critic_value, critic_features, fine_patches, patches = critic([tile, code])
+    _, reconstruction_critic_features, *_ = critic([reconstruction, code])
     error_map = MeanGap(last_axis_only=True, name="error_map_term")([tile, reconstruction])
     if grid.count > 1:
         error_map = FromTiles(grid.per_side, name="error_map_of_image")(error_map)
@@ -208,7 +209,7 @@ def term_model_tensors(model, image, grid, subpixel=False) -> dict:
     return {"image": tile, CODE_OUTPUT: code, "reconstruction": reconstruction, "cycled_code": cycled_code,
             "critic_value": critic_value, "critic_features": critic_features,
             "reconstruction_critic_features": reconstruction_critic_features, ERROR_MAP_OUTPUT: error_map,
-            "smoothed_error_map": smoothed, PATCH_OUTPUT: patches}
+            "smoothed_error_map": smoothed, FINE_PATCH_OUTPUT: fine_patches, PATCH_OUTPUT: patches}
 
 
 def _apply(graph, tensors, term):

@@ -12,8 +12,8 @@ line of its own), or computed here in numpy (``compute``) from model outputs (``
 tensor of the term model, which the term model then outputs too).
 
 For an image x in [-1, 1], z = E(x), x̂ = G(z) (the reconstruction), f(·, z) = the critic's joint features; the
-first six terms are outputs of the term model (``scoring.build_term_model``, EMA weights), the last three are
-computed here from its ``code``, ``error_map`` and ``critic_patches`` outputs with what the calibration fitted on
+first six terms are outputs of the term model (``scoring.build_term_model``, EMA weights), the last four are
+computed here from its ``code``, ``error_map``, ``critic_patches`` and ``critic_fine_patches`` outputs with what the calibration fitted on
 good images:
 
 * ``latent``  ½‖z‖₂², the N(0, I) negative log-likelihood of z without its constant. Chosen over the distance
@@ -41,6 +41,9 @@ good images:
   is a candidate for parts that move and for textures, whose good surface is many similar patches. Without
   training images the bank comes from the validation images, each validation value leave-one-out. When it
   carries the chosen score, the heatmaps show its map (every patch's distance) instead of the error map.
+* ``fine_patch_distance`` = the same in the critic's first stage (stride 2, 4-pixel patches, its own bank): a
+  smaller patch is a finer reference, for defects a few pixels wide (a screw's thread) that a 10-pixel patch
+  averages away. Which of the two sizes a run scores by is the score choice's, per run.
 
 Measurements behind these choices: benchmarks/RESULTS.md ("Score terms" and "Score variants").
 """
@@ -58,8 +61,10 @@ from ganspection_tf.errors import GanspectionError
 from ganspection_tf.heatmaps import smooth_error_maps
 from ganspection_tf.stats import MIN_SAMPLES, whitening_matrix
 
-CODE_OUTPUT, ERROR_MAP_OUTPUT, PATCH_OUTPUT = "code", "error_map", "critic_patches"
-NEAREST_PATCHES = "nearest_patch_distances"  # derived (Term.derive): every patch's distance from the bank
+CODE_OUTPUT, ERROR_MAP_OUTPUT = "code", "error_map"
+PATCH_OUTPUT, FINE_PATCH_OUTPUT = "critic_patches", "critic_fine_patches"  # the critic's stages 2 and 1
+# derived (Term.derive): every patch's distance from its bank
+NEAREST_PATCHES, NEAREST_FINE_PATCHES = "nearest_patch_distances", "nearest_fine_patch_distances"
 PATCH_BANK_SIZE = 1024  # patch features kept from the good training images (calibration.json, edge metadata)
 PATCH_BANK_CANDIDATES = 50_000  # the k-centre selection runs on at most this many of their patches (time)
 MAP_STD_FLOOR = 0.5  # × the mean per-pixel spread: no pixel counts as more than twice as steady as the average one
@@ -286,11 +291,18 @@ def patch_bank(features, size=PATCH_BANK_SIZE, seed=0) -> np.ndarray:
     if len(patches) <= size:
         return patches
     picked = [int(rng.integers(len(patches)))]
-    farthest = np.sum(np.square(patches - patches[picked[0]]), axis=1)
+    difference = np.empty_like(patches)  # reused buffers: the loop runs `size` times over every candidate
+    farthest = _squared_distances(patches, patches[picked[0]], difference)
+    distances = np.empty_like(farthest)
     for _ in range(size - 1):
         picked.append(int(farthest.argmax()))
-        farthest = np.minimum(farthest, np.sum(np.square(patches - patches[picked[-1]]), axis=1))
+        np.minimum(farthest, _squared_distances(patches, patches[picked[-1]], difference, distances), out=farthest)
     return patches[picked]
+
+
+def _squared_distances(patches, centre, difference, out=None) -> np.ndarray:
+    np.subtract(patches, centre, out=difference)
+    return np.einsum("ij,ij->i", difference, difference, out=out)
 
 
 def nearest_patch_distances(features, bank) -> np.ndarray:
@@ -327,22 +339,47 @@ def largest_patch_distance(distances) -> np.ndarray:
     return np.asarray(distances).max(axis=(1, 2)).astype(np.float64)
 
 
-def _fit_patch_distance(validation, reference):
-    if reference is not None:  # bank from training images: the validation images are out of sample
-        bank = patch_bank(reference[PATCH_OUTPUT])
-        return {"patch_bank": bank}, patch_distance(validation[PATCH_OUTPUT], bank)
-    features = np.asarray(validation[PATCH_OUTPUT])  # no training images: leave-one-out over the validation images
-    column = np.array([patch_distance(features[i : i + 1], patch_bank(np.delete(features, i, axis=0)))[0]
-                       for i in range(len(features))])
-    return {"patch_bank": patch_bank(features)}, column
+def fitted_patch_bank(output: str, parameter: str):
+    """The `fit` of a patch-distance term on the model output `output`, its bank stored as `parameter`: a bank of the
+    training images' patches, against which the validation images are out of sample; without training images a
+    bank of the validation images, each validation value leave-one-out."""
+
+    def fit(validation, reference):
+        if reference is not None:
+            bank = patch_bank(reference[output])
+            return {parameter: bank}, patch_distance(validation[output], bank)
+        features = np.asarray(validation[output])
+        column = np.array([patch_distance(features[i : i + 1], patch_bank(np.delete(features, i, axis=0)))[0]
+                           for i in range(len(features))])
+        return {parameter: patch_bank(features)}, column
+
+    return fit
 
 
-def _check_patch_bank(parameters) -> str | None:
-    bank = parameters["patch_bank"]
-    if (not isinstance(bank, list) or not bank or not isinstance(bank[0], list)
-            or not all(isinstance(row, list) and len(row) == len(bank[0]) and all_finite_numbers(row) for row in bank)):
-        return "'patch_bank' must be a non-empty matrix of finite numbers (term 'patch_distance')"
-    return None
+def checked_patch_bank(parameter: str, term: str):
+    """The `check` of a patch-distance term whose bank is stored as `parameter`."""
+
+    def check(parameters) -> str | None:
+        bank = parameters[parameter]
+        if (not isinstance(bank, list) or not bank or not isinstance(bank[0], list)
+                or not all(isinstance(row, list) and len(row) == len(bank[0]) and all_finite_numbers(row)
+                           for row in bank)):
+            return f"{parameter!r} must be a non-empty matrix of finite numbers (term {term!r})"
+        return None
+
+    return check
+
+
+def patch_distance_term(name: str, explanation: str, output: str, nearest: str, parameter: str) -> Term:
+    """A term that compares the image's patches in the model output `output` (B, h, w, F) with a bank of good
+    patches from any place (``parameter``), its largest nearest-neighbour distance; its pixel map is every patch's
+    distance (``nearest``, derived once per batch for both)."""
+    return Term(
+        name, explanation, inputs=(output,), compute=lambda outputs, p: largest_patch_distance(outputs[nearest]),
+        derive=(nearest, lambda outputs, p: nearest_patch_distances(outputs[output], p[parameter])),
+        fit=fitted_patch_bank(output, parameter), parameters=(parameter,), fitted="the bank of good patches",
+        check=checked_patch_bank(parameter, name), rows_like=((parameter, output),), at_any_place=True,
+        pixel_map=lambda outputs, p, side: patch_distance_map(outputs[nearest], side))
 
 
 # ------------------------------------------------------------------------------------------ the registry
@@ -376,14 +413,13 @@ REGISTRY: tuple[Term, ...] = (
          fit=_fit_normalized_map_max, parameters=("map_mean", "map_std"), fitted="the per-pixel Gaussian",
          check=_check_map_gaussian, default_weight=1.0, float_encoder=True, pose_dependent=True,
          shaped_like=(("map_mean", ERROR_MAP_OUTPUT),)),
-    Term("patch_distance",
-         "the largest distance of a patch of the image, as the critic's second stage sees it, from the nearest of "
-         "the good training images' patches at any place",
-         inputs=(PATCH_OUTPUT,), compute=lambda outputs, p: largest_patch_distance(outputs[NEAREST_PATCHES]),
-         derive=(NEAREST_PATCHES, lambda outputs, p: nearest_patch_distances(outputs[PATCH_OUTPUT], p["patch_bank"])),
-         fit=_fit_patch_distance, parameters=("patch_bank",), fitted="the bank of good patches",
-         check=_check_patch_bank, rows_like=(("patch_bank", PATCH_OUTPUT),), at_any_place=True,
-         pixel_map=lambda outputs, p, side: patch_distance_map(outputs[NEAREST_PATCHES], side)),
+    patch_distance_term(
+        "patch_distance", "the largest distance of a patch of the image, as the critic's second stage sees it, from "
+        "the nearest of the good training images' patches at any place", PATCH_OUTPUT, NEAREST_PATCHES, "patch_bank"),
+    patch_distance_term(
+        "fine_patch_distance", "patch_distance in the critic's first stage: the image's 4-pixel patches (stride 2) "
+        "against the nearest of the good training images' at any place", FINE_PATCH_OUTPUT, NEAREST_FINE_PATCHES,
+        "fine_patch_bank"),
 )
 # `export --score`: one term alone (its export_score name), or "combined" (the calibrated combination).
 COMBINED_SCORE = "combined"

@@ -289,6 +289,7 @@ def test_terms_that_count_keeps_each_gaussian_only_for_its_term():
     outputs["code"] = rng.normal(size=(30, 4))
     outputs["error_map"] = np.abs(rng.normal(size=(30, 8, 8)))
     outputs["critic_patches"] = rng.normal(size=(30, 2, 2, 3))
+    outputs["critic_fine_patches"] = rng.normal(size=(30, 4, 4, 2))
     default = export.terms_that_count(fit_calibration_from_outputs(outputs))
     assert default.terms == ["normalized_map_max"] and np.asarray(default.parameters["map_mean"]).shape == (8, 8)
     assert set(default.parameters) == {"map_mean", "map_std"}
@@ -302,6 +303,9 @@ def test_terms_that_count_keeps_each_gaussian_only_for_its_term():
     patches = export.terms_that_count(fit_calibration_from_outputs(outputs, weights={"patch_distance": 1.0}))
     assert patches.terms == ["patch_distance"] and set(patches.parameters) == {"patch_bank"}
     assert outputs_needed(patches.terms) == ["critic_patches"]
+    fine = export.terms_that_count(fit_calibration_from_outputs(outputs, weights={"fine_patch_distance": 1.0}))
+    assert fine.terms == ["fine_patch_distance"] and set(fine.parameters) == {"fine_patch_bank"}
+    assert outputs_needed(fine.terms) == ["critic_fine_patches"]
 
 
 # ------------------------------------------------------------------------------------------------ the gate

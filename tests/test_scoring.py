@@ -58,7 +58,8 @@ def validation_matrix(n=40, seed=0):
     base = rng.normal(size=(n, 1))
     # Correlated, differently scaled terms, like the real ones (one column per term).
     return np.hstack([base + 0.3 * rng.normal(size=(n, 1)), 5 + 2 * base, rng.normal(size=(n, 3)) * [1, 10, 0.1],
-                      0.2 + 0.05 * rng.random((n, 1)), 8 + 3 * base ** 2, 2 + base, 1 + 0.1 * np.abs(base)])
+                      0.2 + 0.05 * rng.random((n, 1)), 8 + 3 * base ** 2, 2 + base, 1 + 0.1 * np.abs(base),
+                      0.5 + 0.1 * np.abs(base) + 0.01 * rng.random((n, 1))])
 
 
 def code_gaussian(n=30, d=8, seed=0):
@@ -74,12 +75,14 @@ def map_gaussian(side=8, seed=0):
 
 
 def patch_bank(rows=16, width=4, seed=0):
-    return {"patch_bank": np.random.default_rng(seed).normal(size=(rows, width))}
+    """Both patch terms' banks (patch_distance, fine_patch_distance)."""
+    rng = np.random.default_rng(seed)
+    return {"patch_bank": rng.normal(size=(rows, width)), "fine_patch_bank": rng.normal(size=(rows, width // 2))}
 
 
 def fit(matrix, **options):
     """fit_calibration with every term: the latent_mahalanobis and normalized_map_max Gaussians and the
-    patch_distance bank included."""
+    patch_distance banks included."""
     return cal.fit_calibration(matrix, **code_gaussian(), **map_gaussian(), **patch_bank(), **options)
 
 
@@ -102,15 +105,18 @@ def test_term_model_outputs_match_their_definitions(tiny_model, term_model, imag
         "critic": -value[:, 0],
         "error_map": np.mean(np.abs(x - recon), axis=3),
         "code": z,
-        "critic_patches": numpy(with_patch_features(critic)([x, z])[2]),
+        "critic_fine_patches": numpy(with_patch_features(critic)([x, z])[2]),
+        "critic_patches": numpy(with_patch_features(critic)([x, z])[3]),
     }
     terms = scoring.compute_terms(term_model, images)
     assert set(terms) == set(registry.MODEL_OUTPUTS) == (set(registry.TERMS) - {
-        "latent_mahalanobis", "normalized_map_max", "patch_distance"}) | {"error_map", "code", "critic_patches"}
+        "latent_mahalanobis", "normalized_map_max", "patch_distance", "fine_patch_distance"}) | {
+        "error_map", "code", "critic_patches", "critic_fine_patches"}
     for name, values in expected.items():
         np.testing.assert_allclose(terms[name], values, rtol=1e-4, atol=1e-5, err_msg=name)
     assert terms["error_map"].shape == (5, 32, 32) and terms["code"].shape == (5, 8)
     assert terms["critic_patches"].shape[:3] == (5, 8, 8)  # the critic's stage 2: stride 4
+    assert terms["critic_fine_patches"].shape[:3] == (5, 16, 16)  # its stage 1: stride 2
 
 
 def test_map_max_is_the_maximum_of_the_smoothed_error_map(term_model, images):
@@ -219,7 +225,7 @@ def test_calibration_module_never_imports_tensorflow():
 
 def test_weighted_combination_is_standardised_weighted_sum():
     val = validation_matrix()
-    weights = [1.0, 0.5, 0.0, 2.0, 0.25, 1.0, 0.0, 0.5, 0.75]
+    weights = [1.0, 0.5, 0.0, 2.0, 0.25, 1.0, 0.0, 0.5, 0.75, 0.3]
     fitted = fit(val, weights=weights)
     mean, std = val.mean(axis=0), val.std(axis=0, ddof=1)
     np.testing.assert_allclose(fitted.mean, mean)
@@ -301,12 +307,12 @@ def test_calibration_round_trips_through_json():
         (lambda d: d.update(extra=1), "unknown keys"),
         (lambda d: d.update(threshold="high"), "'threshold' has type str"),
         (lambda d: d.update(n_validation=True), "'n_validation' has type bool"),
-        (lambda d: d.update(mean=d["mean"][:2]), "'mean' must hold 9"),
-        (lambda d: d.update(std=[0.0] * 9), "'std' must be positive"),
-        (lambda d: d.update(weights=[float("nan")] * 9), "'weights' must hold 9 finite"),
+        (lambda d: d.update(mean=d["mean"][:2]), "'mean' must hold 10"),
+        (lambda d: d.update(std=[0.0] * 10), "'std' must be positive"),
+        (lambda d: d.update(weights=[float("nan")] * 10), "'weights' must hold 10 finite"),
         (lambda d: d.update(method="median"), "'method'"),
-        (lambda d: d.update(method="mahalanobis"), "'whitening' must be a 9x9"),
-        (lambda d: d.update(terms=["latent"] * 9), "distinct"),
+        (lambda d: d.update(method="mahalanobis"), "'whitening' must be a 10x10"),
+        (lambda d: d.update(terms=["latent"] * 10), "distinct"),
         (lambda d: d.update(terms=[*registry.TERMS[:-1], "bogus"]), "unknown terms"),
         (lambda d: d.pop("code_mean"), "'code_mean'"),
         (lambda d: d.update(code_whitening=d["code_whitening"][:3]), "'code_whitening' must be a 8x8"),
@@ -316,6 +322,7 @@ def test_calibration_round_trips_through_json():
         (lambda d: d.update(map_std=[[0.0] * 8] * 8), "'map_std' must be positive"),
         (lambda d: d.pop("patch_bank"), "'patch_bank'"),
         (lambda d: d.update(patch_bank=[[1.0, 2.0], [3.0]]), "'patch_bank' must be a non-empty matrix"),
+        (lambda d: d.update(fine_patch_bank=[]), "'fine_patch_bank' must be a non-empty matrix"),
     ],
 )
 def test_corrupt_calibration_dicts_are_refused_naming_the_source(change, message):
@@ -348,6 +355,7 @@ def model_outputs(n, seed, shift=0.0):
     outputs["code"] = rng.normal(size=(n, 8)) * np.linspace(0.5, 2.0, 8) + shift
     outputs["error_map"] = np.abs(rng.normal(0.1, 0.02, size=(n, 16, 16))).astype(np.float32)
     outputs["critic_patches"] = rng.normal(size=(n, 4, 4, 6)).astype(np.float32) + shift
+    outputs["critic_fine_patches"] = rng.normal(size=(n, 8, 8, 3)).astype(np.float32) + shift
     return outputs
 
 
@@ -587,44 +595,56 @@ def test_patch_bank_covers_rare_good_patches_that_a_random_sample_drops():
     assert registry.patch_distance(rare.reshape(1, 3, 1, 4), bank)[0] < 1e-6  # a good rare patch is familiar
 
 
-def test_patch_distance_fits_its_bank_on_training_images_else_leave_one_out():
+PATCH_TERMS = pytest.mark.parametrize("name, output, bank", [
+    ("patch_distance", "critic_patches", "patch_bank"),
+    ("fine_patch_distance", "critic_fine_patches", "fine_patch_bank"),
+])
+
+
+@PATCH_TERMS
+def test_patch_distance_fits_its_bank_on_training_images_else_leave_one_out(name, output, bank):
     validation, reference = model_outputs(6, 0), model_outputs(20, 1)
-    term = registry.term("patch_distance")
+    term = registry.term(name)
     fitted, column = term.fit_on(validation, reference)
-    np.testing.assert_allclose(column, registry.patch_distance(validation["critic_patches"], fitted["patch_bank"]))
+    np.testing.assert_allclose(column, registry.patch_distance(validation[output], fitted[bank]))
     _, honest = term.fit_on(validation, None)
-    in_sample = registry.patch_distance(validation["critic_patches"],
-                                        registry.patch_bank(validation["critic_patches"]))
+    in_sample = registry.patch_distance(validation[output], registry.patch_bank(validation[output]))
     assert np.all(in_sample < 1e-2) and np.all(honest > 0.1)  # in sample every patch is in the bank: 0 (float32)
 
 
-def test_patch_distance_finds_a_patch_no_good_image_has():
+@PATCH_TERMS
+def test_patch_distance_finds_a_patch_no_good_image_has(name, output, bank):
     validation, reference = model_outputs(8, 0), model_outputs(20, 1)
-    defective = {name: values.copy() for name, values in model_outputs(8, 2).items()}
-    defective["critic_patches"][:, 2, 1] += 6.0  # one unfamiliar patch per image
-    term = registry.term("patch_distance")
+    defective = {key: values.copy() for key, values in model_outputs(8, 2).items()}
+    defective[output][:, 2, 1] += 6.0  # one unfamiliar patch per image
+    term = registry.term(name)
     fitted, good = term.fit_on(validation, reference)
     assert term.column(defective, fitted).min() > good.max()
+    other = "critic_patches" if output == "critic_fine_patches" else "critic_fine_patches"
+    unchanged = {**defective, other: model_outputs(8, 2)[other] + 6.0}  # the other stage's patches: not this term's
+    np.testing.assert_array_equal(term.column(unchanged, fitted), term.column(defective, fitted))
 
 
-def test_heatmaps_show_the_patch_map_where_patch_distance_carries_the_score():
+@PATCH_TERMS
+def test_heatmaps_show_the_patch_map_where_patch_distance_carries_the_score(name, output, bank):
     validation, reference = model_outputs(12, 0), model_outputs(20, 1)
     defective = model_outputs(2, 2)
-    defective["critic_patches"][:, 3, 1] += 6.0  # one unfamiliar patch per image: row 3, column 1 of the 4×4 grid
-    by_patches = cal.fit_calibration_from_outputs(validation, reference_outputs=reference,
-                                                  weights={"patch_distance": 1.0})
+    grid = defective[output].shape[1]  # 4 × 4 patches (stride 4 at 16 px), or 8 × 8 (stride 2)
+    defective[output][:, grid - 1, grid // 4] += 6.0  # one unfamiliar patch per image: last row, a quarter across
+    by_patches = cal.fit_calibration_from_outputs(validation, reference_outputs=reference, weights={name: 1.0})
     by_error = cal.fit_calibration_from_outputs(validation, reference_outputs=reference,
                                                 weights={"normalized_map_max": 1.0})
     maps = by_patches.pixel_maps(defective, side=16)
     assert maps.shape == (2, 16, 16)
-    for image_map in maps:  # the peak lies in that patch's cell of the image (stride 4)
+    stride = 16 // grid
+    for image_map in maps:  # the peak lies in that patch's cell of the image
         row, column = np.unravel_index(np.argmax(image_map), image_map.shape)
-        assert 12 <= row < 16 and 4 <= column < 8
+        assert 16 - stride <= row < 16 and 4 <= column < 4 + stride
     np.testing.assert_array_equal(by_error.pixel_maps(defective, side=16), defective["error_map"])
 
 
 def test_score_and_heatmap_share_one_nearest_patch_search(monkeypatch):
-    """The camera's postprocess searches the bank once per batch for the patch_distance score and its map."""
+    """The camera's postprocess searches each bank once per batch for the patch terms' scores and the heatmap."""
     from ganspection_tf.scorer import Scorer
 
     validation, reference = model_outputs(12, 0), model_outputs(20, 1)
@@ -632,7 +652,8 @@ def test_score_and_heatmap_share_one_nearest_patch_search(monkeypatch):
                                                   weights={"patch_distance": 1.0})
     searches = []
     search = registry.nearest_patch_distances
-    monkeypatch.setattr(registry, "nearest_patch_distances", lambda *args: searches.append(1) or search(*args))
+    monkeypatch.setattr(registry, "nearest_patch_distances",
+                        lambda features, bank: searches.append(np.shape(bank)) or search(features, bank))
 
     class Fixed(Scorer):
         calibration, threshold, image_size, keeps_error_map, resize = by_patches, 0.0, 16, True, "stretch"
@@ -641,7 +662,8 @@ def test_score_and_heatmap_share_one_nearest_patch_search(monkeypatch):
             return model_outputs(3, 5)
 
     results = Fixed().postprocess(model_outputs(3, 5))
-    assert len(searches) == 1 and len(results) == 3
+    banks = [np.shape(by_patches.parameters[bank]) for bank in ("patch_bank", "fine_patch_bank")]
+    assert sorted(searches) == sorted(banks) and len(results) == 3  # each bank once: not again for the map
     expected = registry.patch_distance(model_outputs(3, 5)["critic_patches"], by_patches.parameters["patch_bank"])
     np.testing.assert_allclose([r.terms["patch_distance"] for r in results], expected)
     assert all(r.error_map.shape == (16, 16) for r in results)

@@ -21,7 +21,9 @@ from ganspection_tf.config import SUPPORTED_SIZES
 
 LEAK = 0.2
 MAX_WIDTH_MULTIPLIER = 8
-PATCH_STAGE = 1  # the critic stage whose activations are its patch features: stride 4, a receptive field of 10 px
+# The critic stages whose activations are its patch features, finest first: stride 2 (a receptive field of 4 px)
+# and stride 4 (10 px).
+PATCH_STAGES = (0, 1)
 
 
 def pyramid_depth(image_size: int) -> int:
@@ -191,10 +193,11 @@ def build_critic(
 
 
 def with_patch_features(critic):
-    """The critic with a third output, its image path at stage PATCH_STAGE: (B, S/4, S/4, F) patch features.
+    """The critic with more outputs, its image path at each of PATCH_STAGES: (B, S/2, S/2, F0), (B, S/4, S/4, F1)
+    patch features.
 
     The same layers (and weights) as `critic`, seen as a new functional model, so a scorer that uses this view
     instead of the critic holds every layer once (Keras saves shared layers once). Each position describes a
     small neighbourhood of the image as the critic sees it, independent of z and of where it is."""
-    patches = critic.get_layer(f"crit_act{PATCH_STAGE}").output
-    return keras.Model(critic.inputs, [*critic.outputs, patches], name=critic.name)
+    patches = [critic.get_layer(f"crit_act{stage}").output for stage in PATCH_STAGES]
+    return keras.Model(critic.inputs, [*critic.outputs, *patches], name=critic.name)
