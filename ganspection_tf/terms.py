@@ -13,8 +13,8 @@ tensor of the term model, which the term model then outputs too).
 
 For an image x in [-1, 1], z = E(x), x̂ = G(z) (the reconstruction), f(·, z) = the critic's joint features; the
 first six terms are outputs of the term model (``scoring.build_term_model``, EMA weights), the last four are
-computed here from its ``code``, ``error_map``, ``critic_patches`` and ``critic_fine_patches`` outputs with what the calibration fitted on
-good images:
+computed here from its ``code``, ``error_map``, ``critic_patches`` and ``critic_fine_patches`` outputs with what the
+calibration fitted on good images:
 
 * ``latent``  ½‖z‖₂², the N(0, I) negative log-likelihood of z without its constant. Chosen over the distance
   |‖z‖ − √d| from the shell where N(0, I) codes concentrate: the trained encoder's codes sit well inside that
@@ -62,7 +62,8 @@ from ganspection_tf.heatmaps import smooth_error_maps
 from ganspection_tf.stats import MIN_SAMPLES, whitening_matrix
 
 CODE_OUTPUT, ERROR_MAP_OUTPUT = "code", "error_map"
-PATCH_OUTPUT, FINE_PATCH_OUTPUT = "critic_patches", "critic_fine_patches"  # the critic's stages 2 and 1
+# The critic's patch features (networks.PATCH_STAGES): its second stage (stride 4) and its first (stride 2).
+PATCH_OUTPUT, FINE_PATCH_OUTPUT = "critic_patches", "critic_fine_patches"
 # derived (Term.derive): every patch's distance from its bank
 NEAREST_PATCHES, NEAREST_FINE_PATCHES = "nearest_patch_distances", "nearest_fine_patch_distances"
 PATCH_BANK_SIZE = 1024  # patch features kept from the good training images (calibration.json, edge metadata)
