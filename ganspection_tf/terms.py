@@ -340,7 +340,7 @@ def largest_patch_distance(distances) -> np.ndarray:
     return np.asarray(distances).max(axis=(1, 2)).astype(np.float64)
 
 
-def fitted_patch_bank(output: str, parameter: str):
+def _patch_bank_fit(output: str, parameter: str):
     """The `fit` of a patch-distance term on the model output `output`, its bank stored as `parameter`: a bank of the
     training images' patches, against which the validation images are out of sample; without training images a
     bank of the validation images, each validation value leave-one-out."""
@@ -357,7 +357,7 @@ def fitted_patch_bank(output: str, parameter: str):
     return fit
 
 
-def checked_patch_bank(parameter: str, term: str):
+def _patch_bank_check(parameter: str, term: str):
     """The `check` of a patch-distance term whose bank is stored as `parameter`."""
 
     def check(parameters) -> str | None:
@@ -378,8 +378,8 @@ def patch_distance_term(name: str, explanation: str, output: str, nearest: str, 
     return Term(
         name, explanation, inputs=(output,), compute=lambda outputs, p: largest_patch_distance(outputs[nearest]),
         derive=(nearest, lambda outputs, p: nearest_patch_distances(outputs[output], p[parameter])),
-        fit=fitted_patch_bank(output, parameter), parameters=(parameter,), fitted="the bank of good patches",
-        check=checked_patch_bank(parameter, name), rows_like=((parameter, output),), at_any_place=True,
+        fit=_patch_bank_fit(output, parameter), parameters=(parameter,), fitted="the bank of good patches",
+        check=_patch_bank_check(parameter, name), rows_like=((parameter, output),), at_any_place=True,
         pixel_map=lambda outputs, p, side: patch_distance_map(outputs[nearest], side))
 
 

@@ -97,6 +97,7 @@ def test_term_model_outputs_match_their_definitions(tiny_model, term_model, imag
     recon = numpy(generator(z))
     value, features = (numpy(t) for t in critic([x, z]))
     _, recon_features = (numpy(t) for t in critic([recon, z]))
+    _, _, fine_patches, patches = (numpy(t) for t in with_patch_features(critic)([x, z]))
     expected = {
         "latent": 0.5 * np.sum(z**2, axis=1),
         "cycle": np.mean((z - numpy(encoder(recon))) ** 2, axis=1),
@@ -105,8 +106,8 @@ def test_term_model_outputs_match_their_definitions(tiny_model, term_model, imag
         "critic": -value[:, 0],
         "error_map": np.mean(np.abs(x - recon), axis=3),
         "code": z,
-        "critic_fine_patches": numpy(with_patch_features(critic)([x, z])[2]),
-        "critic_patches": numpy(with_patch_features(critic)([x, z])[3]),
+        "critic_fine_patches": fine_patches,
+        "critic_patches": patches,
     }
     terms = scoring.compute_terms(term_model, images)
     assert set(terms) == set(registry.MODEL_OUTPUTS) == (set(registry.TERMS) - {
