@@ -66,8 +66,8 @@ CODE_OUTPUT, ERROR_MAP_OUTPUT = "code", "error_map"
 PATCH_OUTPUT, FINE_PATCH_OUTPUT = "critic_patches", "critic_fine_patches"
 # derived (Term.derive): every patch's distance from its bank
 NEAREST_PATCHES, NEAREST_FINE_PATCHES = "nearest_patch_distances", "nearest_fine_patch_distances"
-PATCH_BANK_SIZE = 1024  # patch features kept from the good training images (calibration.json, edge metadata)
-PATCH_BANK_CANDIDATES = 50_000  # the k-centre selection runs on at most this many of their patches (time)
+PATCH_BANK_SIZE = 4096  # patch features kept from the good training images (calibration.json, edge metadata)
+PATCH_BANK_CANDIDATES = 1_000_000  # the k-centre selection runs on at most this many of their patches (time)
 MAP_STD_FLOOR = 0.5  # × the mean per-pixel spread: no pixel counts as more than twice as steady as the average one
 STD_FLOOR_ABSOLUTE = 1e-8
 
@@ -291,19 +291,24 @@ def patch_bank(features, size=PATCH_BANK_SIZE, seed=0) -> np.ndarray:
         patches = patches[rng.choice(len(patches), PATCH_BANK_CANDIDATES, replace=False)]
     if len(patches) <= size:
         return patches
+    # |p − c|² = |p|² − 2 p·c + |c|²: one matrix-vector product per pick reads the candidates once (time)
+    norms = np.einsum("ij,ij->i", patches, patches)
     picked = [int(rng.integers(len(patches)))]
-    difference = np.empty_like(patches)  # reused buffers: the loop runs `size` times over every candidate
-    farthest = _squared_distances(patches, patches[picked[0]], difference)
-    distances = np.empty_like(farthest)
+    farthest = np.empty_like(norms)
+    _squared_distances(patches, norms, picked[0], out=farthest)
+    distances = np.empty_like(norms)
     for _ in range(size - 1):
         picked.append(int(farthest.argmax()))
-        np.minimum(farthest, _squared_distances(patches, patches[picked[-1]], difference, distances), out=farthest)
+        np.minimum(farthest, _squared_distances(patches, norms, picked[-1], out=distances), out=farthest)
     return patches[picked]
 
 
-def _squared_distances(patches, centre, difference, out=None) -> np.ndarray:
-    np.subtract(patches, centre, out=difference)
-    return np.einsum("ij,ij->i", difference, difference, out=out)
+def _squared_distances(patches, norms, centre, out) -> np.ndarray:
+    np.matmul(patches, patches[centre], out=out)
+    out *= -2.0
+    out += norms
+    out += norms[centre]
+    return out
 
 
 def nearest_patch_distances(features, bank) -> np.ndarray:
