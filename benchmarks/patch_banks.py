@@ -44,12 +44,7 @@ def run_outputs(run):
 def bank_figures(outputs, gains, output, size, candidates, seed):
     """(validation AUROC, {gain: share of re-exposed good photos above the good ones' 95th percentile}, seconds)."""
     started = time.perf_counter()
-    default_candidates = terms.PATCH_BANK_CANDIDATES
-    terms.PATCH_BANK_CANDIDATES = candidates  # the product's selection, on another number of candidates
-    try:
-        bank = terms.patch_bank(outputs["reference"][output], size=size, seed=seed)
-    finally:
-        terms.PATCH_BANK_CANDIDATES = default_candidates
+    bank = terms.patch_bank(outputs["reference"][output], size=size, seed=seed, candidates=candidates)
     seconds = time.perf_counter() - started
     good, defective, relit = (terms.patch_distance(outputs[split][output], bank)
                               for split in ("good", "defective", "relit"))

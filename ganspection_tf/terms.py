@@ -280,15 +280,15 @@ def _check_map_gaussian(parameters) -> str | None:
 # ------------------------------------------------------------------------------------------ patch_distance
 
 
-def patch_bank(features, size=PATCH_BANK_SIZE, seed=0) -> np.ndarray:
+def patch_bank(features, size=PATCH_BANK_SIZE, seed=0, candidates=PATCH_BANK_CANDIDATES) -> np.ndarray:
     """(K ≤ size, F) float32 patch features of good images (N, h, w, F) that cover all of them: greedy k-centre
-    (each pick the patch farthest from those already picked, as PatchCore's coreset), on at most
-    PATCH_BANK_CANDIDATES patches drawn at random. Covering rather than sampling keeps the rare good patches
+    (each pick the patch farthest from those already picked, as PatchCore's coreset), on at most `candidates`
+    patches drawn at random. Covering rather than sampling keeps the rare good patches
     (a thread's tip, an edge) that a random sample would drop and then flag on every good part."""
     patches = np.asarray(features, np.float32).reshape(-1, np.shape(features)[-1])
     rng = np.random.default_rng(seed)
-    if len(patches) > PATCH_BANK_CANDIDATES:
-        patches = patches[rng.choice(len(patches), PATCH_BANK_CANDIDATES, replace=False)]
+    if len(patches) > candidates:
+        patches = patches[rng.choice(len(patches), candidates, replace=False)]
     if len(patches) <= size:
         return patches
     # |p − c|² = |p|² − 2 p·c + |c|²: one matrix-vector product per pick reads the candidates once (time)
