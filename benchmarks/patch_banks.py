@@ -60,15 +60,15 @@ def main():
     args = parser.parse_args()
     print("| run | term | bank | candidates | validation AUROC, mean (range) | above q95 at ×0.9 / ×1.1 | fit |")
     print("|---|---|---|---|---|---|---|")
-    for run_dir in args.run:
-        outputs, gains = run_outputs(RunFolder(run_dir))
+    for run in map(RunFolder, args.run):
+        outputs, gains = run_outputs(run)
         for term, output in OUTPUTS.items():
             for size in SIZES:
                 for candidates in CANDIDATES:
                     figures = [bank_figures(outputs, gains, output, size, candidates, seed) for seed in range(args.seeds)]
                     aurocs = [auroc for auroc, _, _ in figures]
                     light = " / ".join(f"{np.mean([shares[gain] for _, shares, _ in figures]):.0%}" for gain in LIGHT_GAINS)
-                    print(f"| {RunFolder(run_dir).path.name} | {term} | {size} | {candidates:,} | {np.mean(aurocs):.3f} "
+                    print(f"| {run.path.name} | {term} | {size} | {candidates:,} | {np.mean(aurocs):.3f} "
                           f"({min(aurocs):.3f}–{max(aurocs):.3f}) | {light} | {np.mean([s for *_, s in figures]):.0f} s |",
                           flush=True)
 

@@ -32,7 +32,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from ganspection_tf import artifacts, exposure_tolerance, scoring
-from ganspection_tf.calibration import fit_calibration_from_outputs, weight_vector
+from ganspection_tf.calibration import fit_calibration, fitted_columns, weight_vector
 from ganspection_tf.data import mvtec
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.heatmaps import anomaly_map, map_sigma
@@ -357,10 +357,10 @@ def _comparison_scores(validation_outputs, reference_outputs, scored, calibratio
         "fusion: weighted, equal α": {"method": "weighted", "weights": [1.0] * len(TERMS)},
         "fusion: mahalanobis": {"method": "mahalanobis"},
     }
+    parameters, matrix = fitted_columns(validation_outputs, TERMS, reference_outputs)  # once: only α and method differ
     fusions = {}
     for name, options in candidates.items():
-        fitted = fit_calibration_from_outputs(validation_outputs, TERMS, reference_outputs=reference_outputs,
-                                              max_fpr=calibration.max_fpr, **options)
+        fitted = fit_calibration(matrix, TERMS, **parameters, max_fpr=calibration.max_fpr, **options)
         fusions[name] = fitted.combine(fitted.term_matrix(scored["outputs"]))
     return fusions
 

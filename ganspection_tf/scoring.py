@@ -25,7 +25,8 @@ from ganspection_tf import tiles
 from ganspection_tf.calibration import (
     DEFAULT_MAX_FPR,
     MAX_REFERENCE_IMAGES,
-    fit_calibration_from_outputs,
+    fit_calibration,
+    fitted_columns,
     weight_vector,
 )
 from ganspection_tf.data import pipeline
@@ -366,10 +367,11 @@ def ensure_calibration(run, model=None, log=print, *, term_model=None, method=No
     if outputs is None:
         outputs = calibration_outputs(run, term_model, log)
     validation, reference = outputs
+    parameters, matrix = columns = fitted_columns(validation, TERMS, reference)  # fitted once: choice and calibration
     if weights is None and method in (None, "weighted"):  # no α given: choose the score from good images only
-        weights = choose_run_score(run, term_model, validation, reference, log).weights
-    calibration = fit_calibration_from_outputs(
-        validation, TERMS, reference_outputs=reference, weights=weights, method=method or "weighted",
+        weights = choose_run_score(run, term_model, validation, reference, log, columns).weights
+    calibration = fit_calibration(
+        matrix, TERMS, **parameters, weights=weights, method=method or "weighted",
         max_fpr=DEFAULT_MAX_FPR if max_fpr is None else max_fpr, config_hash=config_hash, model_step=step,
     )
     run.write_calibration(calibration)

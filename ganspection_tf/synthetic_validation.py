@@ -33,13 +33,13 @@ COPIES_PER_IMAGE = 5
 DEFECT_SEED = 0
 
 
-def choose_run_score(run, term_model, validation_outputs, reference_outputs, log=print) -> ScoreChoice:
+def choose_run_score(run, term_model, validation_outputs, reference_outputs, log=print, columns=None) -> ScoreChoice:
     """The chosen score of a run (a RunFolder or its path; module docstring), also written to its
     ``score_choice.json``. The copies are drawn on squares made with the run's resize mode, so resizing them
-    further is plain."""
+    further is plain. `columns`: ``calibration.fitted_columns`` of these outputs, when the caller has them."""
     run = as_run(run)
     good_terms, defect_terms, copies, aligned, relit_terms = choice_inputs(run, term_model, validation_outputs,
-                                                                           reference_outputs)
+                                                                           reference_outputs, columns)
     choice = choose_score(good_terms, defect_terms, defect_kinds=copies.kinds, aligned=aligned,
                           relit_terms=relit_terms)
     artifacts.write_json(run.score_choice_path, choice.to_dict())
@@ -48,14 +48,15 @@ def choose_run_score(run, term_model, validation_outputs, reference_outputs, log
     return choice
 
 
-def choice_inputs(run, term_model, validation_outputs, reference_outputs):
+def choice_inputs(run, term_model, validation_outputs, reference_outputs, columns=None):
     """What the choice is made from: ({term: (N,)} on the good validation images, {term: (M,)} on their
     synthetic-defect copies, the copies' ``DefectiveCopies``, whether the training images show aligned parts,
     {term: (K,)} on the good validation images re-exposed)."""
     defect_outputs, copies = copies_outputs(run, term_model)
     relit_outputs, relit_sources = relit_photo_outputs(run, term_model)
     good_terms, defect_terms, relit_terms = term_values(
-        validation_outputs, reference_outputs, (defect_outputs, copies.sources), (relit_outputs, relit_sources))
+        validation_outputs, reference_outputs, (defect_outputs, copies.sources), (relit_outputs, relit_sources),
+        columns=columns)
     aligned = bool(choices.parts_aligned(run.training_images(), run.resize))
     return good_terms, defect_terms, copies, aligned, relit_terms
 
@@ -91,12 +92,13 @@ def defective_inputs(validation_paths, size, channels, resize, exposure_level=0.
     return np.stack([levelled(resize_image(image, size), exposure_level) for image in copies.images]), copies
 
 
-def term_values(validation_outputs, reference_outputs, *copy_sets) -> tuple[dict, ...]:
+def term_values(validation_outputs, reference_outputs, *copy_sets, columns=None) -> tuple[dict, ...]:
     """({term: (N,)} on the good validation images, then {term: (M,)} for each (outputs, sources) of copies of
     them in `copy_sets`) as the calibration sees them, its parameters fitted once: the good values are each term's
     honest validation column (``Term.fit_on``), a copy's values use the fitted parameters, or parameters fitted
-    without the copy's source (``Term.leave_source_out``)."""
-    parameters, good = fitted_columns(validation_outputs, TERMS, reference_outputs)
+    without the copy's source (``Term.leave_source_out``). `columns`: ``fitted_columns`` of these outputs, when
+    the caller has them (the patch banks' k-centre is the slow part of a fit)."""
+    parameters, good = columns or fitted_columns(validation_outputs, TERMS, reference_outputs)
     fitted = fit_calibration(good, TERMS, **parameters)  # refuses too few or non-finite validation values
     good_terms = {name: good[:, j] for j, name in enumerate(fitted.terms)}
     return (good_terms, *(_copy_values(fitted, validation_outputs, outputs, sources) for outputs, sources in copy_sets))
