@@ -78,7 +78,8 @@ def main(argv=None):
             counted[quantize] = macs.count_macs((bundle / edge.MODEL_FILE).read_bytes())
             for threads in args.threads:
                 scorer = edge.EdgeScorer(bundle, threads=threads)
-                rows.append(scorer_row(label(quantize), quantize, threads, scorer, size, paths, frames, labels))
+                rows.append(scorer_row(label(quantize, scorer.metadata.quantization), quantize, threads, scorer,
+                                       size, paths, frames, labels))
     print(markdown_table(rows))
     print(targets(rows))
     print(compute_report(rows, counted, *int8_peak()))
@@ -110,8 +111,10 @@ def test_split(category_dir):
 # ------------------------------------------------------------------------------------------------ timing
 
 
-def label(quantize):
-    return f"TFLite {'float32' if quantize == FLOAT32 else quantize}"
+def label(quantize, shipped):
+    """The row's name; export ships float32 for int8 when int8 would quantise no weighted layer."""
+    name = f"TFLite {'float32' if quantize == FLOAT32 else quantize}"
+    return name if shipped == quantize else f"{name} (shipped as {'float32' if shipped == FLOAT32 else shipped})"
 
 
 def scorer_row(variant, quantize, threads, scorer, size_bytes, paths, frames, labels):

@@ -103,6 +103,15 @@ def float_island_layers(model: keras.Model) -> tuple[set[str], set[str], set[str
     return names, always, always | fallback
 
 
+def int8_weight_layers(scorer: keras.Model, float_layers) -> list[str]:
+    """The scorer's weighted layers that an int8 conversion keeping `float_layers` in float quantises. None: that
+    "int8" model computes in float32 between rounding steps, no smaller and no faster than float32, and only the
+    rounding differs (screw's one-convolution patch scorer; benchmarks/RESULTS.md)."""
+    read = {id(weight) for weight in weights_read(scorer)}
+    return sorted(layer.name for network in networks(scorer) for layer in network.layers
+                  if any(id(weight) in read for weight in layer.weights) and layer.name not in set(float_layers))
+
+
 def _weightless_inputs(layer, stop_at) -> set[str]:
     """Names of the weightless layers that produce `layer`'s input, followed back to a weighted layer, a
     `stop_at` layer or the network's input."""
@@ -236,7 +245,12 @@ def _owning_layer(tensor_name: str, layers) -> str | None:
 
 
 def weights_needed(scorer: keras.Model) -> int:
-    """The number of weights the scorer's outputs depend on: what its TFLite file must hold.
+    """The number of weights the scorer's outputs depend on: what its TFLite file must hold."""
+    return sum(int(np.prod(weight.shape)) for weight in weights_read(scorer))
+
+
+def weights_read(scorer: keras.Model) -> list:
+    """The weights (Keras variables) the scorer's outputs depend on.
 
     ``count_params`` counts every weight of a network the scorer calls, but a scorer may use a part of one
     (patch_distance needs the critic's first two stages only) and the converter drops the rest. So this traces
@@ -254,7 +268,7 @@ def weights_needed(scorer: keras.Model) -> int:
             pending += [source.split(":")[0] for source in nodes[name].input if not source.startswith("^")]
     handles = {id(weight.value.handle): weight for weight in scorer.weights}
     read = [handles.get(id(external)) for external, internal in function.graph.captures if internal.op.name in reached]
-    return sum(int(np.prod(weight.shape)) for weight in read if weight is not None)
+    return [weight for weight in read if weight is not None]
 
 
 def check_weights_present(tflite_model: bytes, weight_count: int, quantize: str) -> None:

@@ -163,6 +163,32 @@ def test_int8_keeps_in_float_only_the_layers_its_check_needs(run_dir, tmp_path, 
     assert details["model_bytes"] < edge.read_metadata(fallback).details["model_bytes"]  # int8 weights are smaller
 
 
+def test_int8_that_keeps_every_weighted_layer_float_is_exported_as_float32(run_dir, tmp_path, monkeypatch):
+    """A run scored by fine_patch_distance needs one convolution; when the check accepts int8 only with it in
+    float, int8 would hold no integer weight: the bundle is float32 and scores exactly like Keras."""
+    run = RunFolder(shutil.copytree(run_dir, tmp_path / "run"))
+    scoring.ensure_calibration(run, weights={"fine_patch_distance": 1.0}, log=quiet)
+    calls = []
+
+    def accepts_the_second_candidate(self, tflite_model):
+        calls.append(len(tflite_model))
+        return {"spearman": 1.0, "auroc": None, "auroc_float": None, "accepted": len(calls) == 2}
+
+    monkeypatch.setattr(int8_acceptance.Int8Acceptance, "__call__", accepts_the_second_candidate)
+    out = tmp_path / "bundle"
+    report = export.export_bundle(run.path, out, quantize="int8", log=quiet)
+    metadata = edge.read_metadata(out)
+    assert len(calls) == 2 and metadata.details["int8_float_layers"] == []  # the float32 model's: none
+    assert [t["float_layers"] for t in metadata.details["int8_candidates"]] == [[], ["crit_conv0"]]
+    assert metadata.quantization == "none" and metadata.details["requested_quantization"] == "int8"
+    assert report["quantization"] == "none" and report["max_abs_diff"] < 1e-4
+    calls.clear()
+    monkeypatch.setattr(int8_acceptance.Int8Acceptance, "__call__", lambda self, model: {
+        "spearman": 1.0, "auroc": None, "auroc_float": None, "accepted": True})
+    export.export_bundle(run.path, tmp_path / "int8", quantize="int8", force=True, log=quiet)
+    assert edge.read_metadata(tmp_path / "int8").quantization == "int8"  # its convolution is int8: kept
+
+
 def test_the_int8_check_scores_good_training_and_validation_images_and_copies_never_a_test_image(run_dir, monkeypatch):
     """int8 against float on the same images: every good image of the run (validation and training), each with
     its synthetic-defect copies; the test split is not read."""
