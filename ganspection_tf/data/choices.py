@@ -58,6 +58,8 @@ EXPOSURE_ENABLED = (f"exposure: each training image at a random gain of 1 ± {EX
                     "change of light within that range is not a defect (without it the categories benchmark's bottle "
                     "model fails every good photo at 5 % less light; benchmarks/RESULTS.md, \"Exposure augmentation, "
                     "the default\")")
+SURFACES_AT_256 = ("measured on the synthetic texture: image AUROC 0.62 at 64 px, 0.91 at 256 px (benchmarks/RESULTS.md, "
+                   "\"Surfaces inspected at 256 px\")")
 LEVELLING_NOT_ENABLED = ("not enabled: measured on four categories, it removes the lighting shift of screw's test "
                          "photos but lowers bottle's and the synthetic unaligned parts' validation AUROC "
                          "(benchmarks/RESULTS.md, \"Exposure levelling\")")
@@ -68,6 +70,11 @@ POSE_SIDE = 32  # px: coarse, so that a fixture's small jitter does not count, f
 # Pose spread below which parts count as aligned; set from training images only (benchmarks/RESULTS.md, "Pose
 # spread"), between the aligned categories (≤ 0.15) and the unaligned ones and textures (≥ 0.65).
 ALIGNED_BELOW = 0.35
+# Coarse structure below which the training images count as a surface (a texture, no part to place); set from
+# training images only (benchmarks/RESULTS.md, "Surfaces inspected at 256 px"), between the synthetic texture
+# (≤ 0.11 per image) and every category of parts measured (≥ 0.48 per image: bottle, screw, synthetic parts).
+SURFACE_BELOW = 0.3
+COARSE_REGIONS = 4  # regions per side of the POSE_SIDE sample whose means coarse_structure compares
 EQUAL_CHANNELS_LEVELS = 4  # largest channel difference (grey levels, at POSE_SIDE) of gray content stored as RGB
 
 
@@ -144,6 +151,19 @@ def pose_spread(gray_images) -> float:
     return float(flat.var(axis=0).mean())
 
 
+def coarse_structure(gray_images) -> float:
+    """How much of an image's variation its large regions carry, the median over images (N, S, S): the spread of
+    the means of its COARSE_REGIONS × COARSE_REGIONS regions over the spread of its pixels. Near 0 for a surface
+    whose every region looks alike (a texture), well above for a part on a background (part, rims and
+    background differ)."""
+    ratios = []
+    for image in np.asarray(gray_images, dtype=np.float64):
+        side = image.shape[0] // COARSE_REGIONS * COARSE_REGIONS
+        regions = image[:side, :side].reshape(COARSE_REGIONS, side // COARSE_REGIONS, COARSE_REGIONS, -1)
+        ratios.append(regions.mean(axis=(1, 3)).std() / max(float(image.std()), 1e-6))
+    return float(np.median(ratios))
+
+
 def parts_aligned(paths, resize) -> bool | None:
     """Whether the good images show their parts in one place (pose spread below ALIGNED_BELOW); None when fewer
     than 2 of them can be read. The score choice offers place-free terms only where parts move."""
@@ -178,8 +198,17 @@ class TrainingImages:
     @cached_property
     def pose_spread(self) -> float | None:
         """:func:`pose_spread` of the sample in gray, or None with fewer than 2 readable images."""
-        gray = [convert_channels(image, 1)[..., 0] for image in self.sample]
+        gray = self.gray_sample
         return pose_spread(gray) if len(gray) >= 2 else None
+
+    @cached_property
+    def coarse_structure(self) -> float | None:
+        """:func:`coarse_structure` of the sample in gray, or None without a readable image."""
+        return coarse_structure(self.gray_sample) if self.gray_sample else None
+
+    @cached_property
+    def gray_sample(self) -> list[np.ndarray]:
+        return [convert_channels(image, 1)[..., 0] for image in self.sample]
 
 
 def _header_or_none(path):
@@ -226,9 +255,19 @@ def _image_size(images, config):
 
 def _inspect_size(images, config):
     size = config.model.image_size
-    reason = f"the image size: each image is inspected whole at {size} px, no tiles"
     shorter = [min(width, height) for width, height, _ in images.headers]
     larger = [side for side in SUPPORTED_SIZES if shorter and size < side <= min(shorter)]
+    structure = images.coarse_structure
+    if structure is None:
+        finding = "coarse structure not measured (no readable training image)"
+    else:
+        kind = "a surface (a texture, no part)" if structure < SURFACE_BELOW else "parts"
+        finding = (f"coarse structure {structure:.2f} {'<' if structure < SURFACE_BELOW else '≥'} {SURFACE_BELOW} "
+                   f"over {len(images.sample)} training images: {kind}")
+    if larger and structure is not None and structure < SURFACE_BELOW:
+        return Choice(larger[-1], f"{larger[-1]} px by {size} px tiles: {finding}, whose defects (lost or changed "
+                                  f"texture) are finer than the whole image at {size} px keeps; {SURFACES_AT_256}")
+    reason = f"the image size: each image is inspected whole at {size} px, no tiles; {finding}"
     if larger:
         reason += (f"; {' or '.join(map(str, larger))} px by {size} px tiles would keep finer defects, "
                    f"{TILES_NOT_BETTER}")
