@@ -4,7 +4,7 @@
 
 Every variant is a scorer of the one scorer contract (``scorer.py``: preprocess → forward → postprocess): Keras
 (``scoring.KerasScorer`` on the very sub-graph the bundles hold, ``scoring.term_model_for``) and each bundle
-(``edge.EdgeScorer``), scoring with the calibration the bundles ship (``export.score_calibration``). This script
+(``edge.EdgeScorer``, numpy's BLAS held to the same thread count), scoring with the calibration the bundles ship (``export.score_calibration``). This script
 knows no score term. For every variant: per-image p50 latency of the model alone (``forward`` of one
 preprocessed uint8 image), of a whole frame (the decoded full-size image through all three steps: what the
 camera pays for a frame that arrives decoded) and of a whole file (``score_file``: decoding the test image file
@@ -34,6 +34,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from ganspection_tf import convert, edge, export, macs, parity, scoring  # noqa: E402
 from ganspection_tf.data import mvtec  # noqa: E402
@@ -78,8 +79,9 @@ def main(argv=None):
             counted[quantize] = macs.count_macs((bundle / edge.MODEL_FILE).read_bytes())
             for threads in args.threads:
                 scorer = edge.EdgeScorer(bundle, threads=threads)
-                rows.append(scorer_row(label(quantize, scorer.metadata.quantization), quantize, threads, scorer,
-                                       size, paths, frames, labels))
+                with threadpool_limits(threads):  # numpy's own matrix products (the nearest-patch search) too
+                    rows.append(scorer_row(label(quantize, scorer.metadata.quantization), quantize, threads,
+                                           scorer, size, paths, frames, labels))
     print(markdown_table(rows))
     print(targets(rows))
     print(compute_report(rows, counted, *int8_peak()))

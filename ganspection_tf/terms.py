@@ -68,6 +68,7 @@ PATCH_OUTPUT, FINE_PATCH_OUTPUT = "critic_patches", "critic_fine_patches"
 NEAREST_PATCHES, NEAREST_FINE_PATCHES = "nearest_patch_distances", "nearest_fine_patch_distances"
 PATCH_BANK_SIZE = 4096  # patch features kept from the good training images (calibration.json, edge metadata)
 PATCH_BANK_CANDIDATES = 1_000_000  # the k-centre selection runs on at most this many of their patches (time)
+NEAREST_BLOCK = 256  # patches per matrix product of the nearest-patch search
 MAP_STD_FLOOR = 0.5  # × the mean per-pixel spread: no pixel counts as more than twice as steady as the average one
 STD_FLOOR_ABSOLUTE = 1e-8
 
@@ -317,13 +318,19 @@ def nearest_patch_distances(features, bank) -> np.ndarray:
     features = np.asarray(features, np.float32)
     if features.ndim != 4 or bank.ndim != 2 or features.shape[-1] != bank.shape[1]:
         raise GanspectionError(f"expected patch features (N, h, w, {bank.shape[-1]}), got {features.shape}")
-    bank_norms = np.sum(np.square(bank), axis=1)
-    distances = np.empty(features.shape[:3], np.float32)
-    for i, image in enumerate(features):  # one image at a time: (h·w, K) distances stay small
-        patches = image.reshape(-1, bank.shape[1])
-        squared = np.sum(np.square(patches), axis=1)[:, None] - 2.0 * patches @ bank.T + bank_norms[None, :]
-        distances[i] = np.sqrt(np.maximum(squared.min(axis=1), 0.0)).reshape(image.shape[:2])
-    return distances
+    # |p − b|² = |p|² + min over b of (|b|² − 2 p·b), and [p, 1] · [−2 b; |b|²] is that bracket: one matrix
+    # product per block of NEAREST_BLOCK patches, whose (block, K) result stays in cache (time: the camera's frame)
+    augmented_bank = np.vstack([-2.0 * bank.T, np.sum(np.square(bank), axis=1)[np.newaxis]]).astype(np.float32)
+    patches = features.reshape(-1, bank.shape[1])
+    block = np.ones((min(NEAREST_BLOCK, len(patches)), bank.shape[1] + 1), np.float32)
+    products = np.empty((len(block), len(bank)), np.float32)
+    squared = np.empty(len(patches), np.float32)
+    for start in range(0, len(patches), len(block)):
+        rows = patches[start:start + len(block)]
+        block[:len(rows), :-1] = rows
+        np.matmul(block[:len(rows)], augmented_bank, out=products[:len(rows)])
+        squared[start:start + len(rows)] = products[:len(rows)].min(axis=1) + np.einsum("ij,ij->i", rows, rows)
+    return np.sqrt(np.maximum(squared, 0.0)).reshape(features.shape[:3])
 
 
 def patch_distance_map(distances, side) -> np.ndarray:
