@@ -13,9 +13,11 @@ NOT_ENABLED where they would suggest another value, or NOT_BETTER where a run me
   Finding: colour files whose three channels are equal in the decoded sample hold gray content;
 * image_size: the images' own size and how much smaller the model sees them; larger model sizes would keep
   finer defects when the images are that large;
-* inspect_size: the image size (the whole image in one tile); larger sizes, inspected by tiles of the image
-  size, would keep finer defects when the images are that large (128 px on four categories: not a better
-  image score, finer maps of moving parts and blurred ones of aligned parts: TILES_NOT_BETTER);
+* inspect_size: for a surface (:func:`coarse_structure` below SURFACE_BELOW: a texture, no part) the largest
+  supported size the images have, by tiles of the image size: its defects are a change of texture finer than
+  the whole image at 64 px keeps (SURFACES_AT_256). For parts the image size (the whole image in one tile);
+  larger sizes would keep finer defects when the images are that large, but measured at 128 px on four
+  categories and at 256 px on screw they gave no better image score (TILES_NOT_BETTER);
 * augment: the pose spread of the training images (:func:`pose_spread`). Aligned parts (below ALIGNED_BELOW)
   would look unlike every good image after a flip or a quarter turn; parts at any pose, or a texture, would
   stay good, which would make such augmentation useful (on screw it did not help the image AUROC: NOT_BETTER).
@@ -52,8 +54,8 @@ from ganspection_tf.tiles import tile_grid
 USER = "set by the user"
 NOT_ENABLED = "not enabled until measured (benchmarks/RESULTS.md)"
 NOT_BETTER = "not enabled: measured on screw, no better image AUROC (benchmarks/RESULTS.md)"
-TILES_NOT_BETTER = ("not enabled: measured at 128 px on four categories, no better image AUROC, and blurred maps of "
-                    "aligned parts (benchmarks/RESULTS.md)")
+TILES_NOT_BETTER = ("not enabled for parts: measured at 128 px on four categories and at 256 px on screw, no better "
+                    "image AUROC, and blurred maps of aligned parts (benchmarks/RESULTS.md)")
 EXPOSURE_ENABLED = (f"exposure: each training image at a random gain of 1 ± {EXPOSURE_GAIN_SPREAD:g}, so that a "
                     "change of light within that range is not a defect (without it the categories benchmark's bottle "
                     "model fails every good photo at 5 % less light; benchmarks/RESULTS.md, \"Exposure augmentation, "
