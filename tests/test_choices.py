@@ -41,28 +41,21 @@ def test_the_pose_spread_tells_aligned_parts_from_parts_at_any_pose(modes):
     assert choices.pose_spread(np.stack([same[0], 255 - same[0]])) == pytest.approx(1.0)  # nothing in common
 
 
-def test_the_coarse_structure_tells_a_surface_from_parts(modes):
-    structure = {mode: choices.coarse_structure([read_image(path, 1)[..., 0] for path in
-                                                 list_images(modes[mode] / "train" / "good")]) for mode in modes}
-    assert structure["texture"] < choices.SURFACE_BELOW < min(structure["aligned"], structure["unaligned"]), structure
-    flat = np.full((2, 32, 32), 100.0) + np.random.default_rng(0).normal(0, 5, (2, 32, 32))
-    halves = np.zeros((2, 32, 32))
-    halves[:, :, 16:] = 255
-    assert choices.coarse_structure(flat) < 0.3 and choices.coarse_structure(halves) > 0.99  # noise is alike everywhere
-
-
-def test_a_surface_is_inspected_at_256_px_by_tiles_and_parts_whole(tmp_path):
-    for mode, inspected in (("texture", 256), ("unaligned", 64), ("aligned", 64)):
+def test_parts_at_any_pose_and_surfaces_are_inspected_at_256_px_by_tiles_and_aligned_parts_whole(tmp_path):
+    for mode, inspected in (("texture", 256), ("unaligned", 256), ("aligned", 64)):
         category = synthetic.write_synthetic_category(tmp_path, name=mode, image_size=256, n_train=4, n_test_good=0,
                                                       n_test_per_defect=0, mode=mode)
         config, chosen = choices.choose(TrainConfig.from_flat(data=str(category)), list_images(category / "train" /
                                                                                                "good"))
         assert (config.model.image_size, config.model.inspect_size) == (64, inspected), chosen["inspect_size"]
-        assert ("a surface" in chosen["inspect_size"].reason) == (mode == "texture")
-    small = synthetic.write_synthetic_category(tmp_path, name="small", image_size=64, n_train=4, n_test_good=0,
+        assert ("patch by patch" in chosen["inspect_size"].reason) == (inspected == 256)
+    small = synthetic.write_synthetic_category(tmp_path, name="small", image_size=128, n_train=4, n_test_good=0,
                                                n_test_per_defect=0, mode="texture")
     config, chosen = choices.choose(TrainConfig.from_flat(data=str(small)), list_images(small / "train" / "good"))
-    assert config.model.inspect_size == 64 and "a surface" in chosen["inspect_size"].reason  # no finer pixels to see
+    assert config.model.inspect_size == 128  # the largest size the images have
+    config, chosen = choices.choose(TrainConfig.from_flat(data=str(small), inspect_size=64),
+                                    list_images(small / "train" / "good"))
+    assert config.model.inspect_size == 64 and chosen["inspect_size"].reason == choices.USER
 
 
 def test_unset_settings_get_the_recipe_with_the_finding_in_the_reason(modes):
