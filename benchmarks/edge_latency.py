@@ -4,16 +4,16 @@
 
 Every variant is a scorer of the one scorer contract (``scorer.py``: preprocess → forward → postprocess): Keras
 (``scoring.KerasScorer`` on the very sub-graph the bundles hold, ``scoring.term_model_for``) and each bundle
-(``edge.EdgeScorer``, numpy's BLAS held to the same thread count), scoring with the calibration the bundles ship (``export.score_calibration``). This script
-knows no score term. For every variant: per-image p50 latency of the model alone (``forward`` of one
-preprocessed uint8 image), of a whole frame (the decoded full-size image through all three steps: what the
-camera pays for a frame that arrives decoded) and of a whole file (``score_file``: decoding the test image file
-first, as ``camera --source DIR`` and ``score`` do; ``decode_latency.py`` breaks decoding down), the model size
-(Keras: the scorer's fp32 weights), and the image AUROC of the score on the test split of --data (default: the
-run's own category). Prints a markdown table, then the targets of each quantised bundle against the float32
-bundle on one thread (≥ 2× faster, ≤ ½ its size, the frame within 20 ms) and against Keras (AUROC within 0.005
-either way: a bundle that ranks the test images better than Keras does not score like it either; the rank
-correlation of its per-image scores with Keras' says how alike they are).
+(``edge.EdgeScorer``, numpy's BLAS held to the same thread count), scoring with the calibration the bundles ship
+(``export.score_calibration``). This script knows no score term. For every variant: per-image p50 latency of the
+model alone (``forward`` of one preprocessed uint8 image), of a whole frame (the decoded full-size image through
+all three steps: what the camera pays for a frame that arrives decoded) and of a whole file (``score_file``:
+decoding the test image file first, as ``camera --source DIR`` and ``score`` do; ``decode_latency.py`` breaks
+decoding down), the model size (Keras: the scorer's fp32 weights), and the image AUROC of the score on the test
+split of --data (default: the run's own category). Prints a markdown table, then the targets of each quantised
+bundle against the float32 bundle on one thread (≥ 2× faster, ≤ ½ its size, the frame within 20 ms) and against
+Keras (AUROC within 0.005 either way: a bundle that ranks the test images better than Keras does not score like it
+either; the rank correlation of its per-image scores with Keras' says how alike they are).
 Last, the model's multiply-accumulates per frame, counted from the int8 bundle's TFLite graph
 (``macs.count_macs``: convolutions, transposed convolutions and fully-connected layers), and how far each int8
 row is from this CPU's int8 peak (its assumption printed beside it: ``int8_peak``). Bundles are exported with

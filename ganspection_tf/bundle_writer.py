@@ -20,15 +20,15 @@ import tensorflow as tf
 import ganspection_tf
 from ganspection_tf import artifacts, ownership, scoring
 from ganspection_tf.bundle_metadata import BundleMetadata, Preprocessing
-from ganspection_tf.convert import weights_needed
 from ganspection_tf.run import as_run
 from ganspection_tf.terms import ERROR_MAP_OUTPUT
 
 
 def bundle_metadata(
-    run, model, scorer, calibration, score, quantize, tflite_model, **details
+    run, model, scorer, calibration, score, quantize, tflite_model, scorer_weights, **details
 ) -> BundleMetadata:
-    """The bundle's metadata; `details` (figures for people, not read by the scorer) are recorded as given."""
+    """The bundle's metadata; `scorer_weights` (``convert.weights_needed``) and `details` (figures for people, not
+    read by the scorer) are recorded as given."""
     run = as_run(run)
     outputs = list(scorer.output)
     return BundleMetadata(
@@ -52,7 +52,7 @@ def bundle_metadata(
             run_dir=str(run.path.resolve()),
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             model_bytes=len(tflite_model),
-            scorer_weights=weights_needed(scorer),
+            scorer_weights=scorer_weights,
             tile_size=int(model.image_size),  # the TFLite model cuts image_size into these itself
             **details,
         ),

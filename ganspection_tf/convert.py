@@ -103,13 +103,14 @@ def float_island_layers(model: keras.Model) -> tuple[set[str], set[str], set[str
     return names, always, always | fallback
 
 
-def int8_weight_layers(scorer: keras.Model, float_layers) -> list[str]:
-    """The scorer's weighted layers that an int8 conversion keeping `float_layers` in float quantises. None: that
-    "int8" model computes in float32 between rounding steps, no smaller and no faster than float32, and only the
-    rounding differs (screw's one-convolution patch scorer; benchmarks/RESULTS.md)."""
-    read = {id(weight) for weight in weights_read(scorer)}
+def int8_weight_layers(scorer: keras.Model, weights, float_layers) -> list[str]:
+    """The scorer's weighted layers (those holding any of `weights`, :func:`weights_read`) that an int8
+    conversion keeping `float_layers` in float quantises. None: that "int8" model computes in float32 between
+    rounding steps, no smaller and no faster than float32, and only the rounding differs (screw's one-convolution
+    patch scorer; benchmarks/RESULTS.md)."""
+    read, kept = {id(weight) for weight in weights}, set(float_layers)
     return sorted(layer.name for network in networks(scorer) for layer in network.layers
-                  if any(id(weight) in read for weight in layer.weights) and layer.name not in set(float_layers))
+                  if layer.name not in kept and any(id(weight) in read for weight in layer.weights))
 
 
 def _weightless_inputs(layer, stop_at) -> set[str]:
@@ -244,9 +245,10 @@ def _owning_layer(tensor_name: str, layers) -> str | None:
     return None
 
 
-def weights_needed(scorer: keras.Model) -> int:
-    """The number of weights the scorer's outputs depend on: what its TFLite file must hold."""
-    return sum(int(np.prod(weight.shape)) for weight in weights_read(scorer))
+def weights_needed(scorer: keras.Model, weights=None) -> int:
+    """The number of weights the scorer's outputs depend on (`weights`: its :func:`weights_read`, when the caller
+    has them): what its TFLite file must hold."""
+    return sum(int(np.prod(weight.shape)) for weight in (weights_read(scorer) if weights is None else weights))
 
 
 def weights_read(scorer: keras.Model) -> list:

@@ -14,7 +14,7 @@ from ganspection_tf import artifacts, edge, ownership, scoring
 from ganspection_tf.bundle_writer import bundle_metadata, publish, staging_folder
 from ganspection_tf.calibration import Calibration, fit_calibration_from_outputs
 from ganspection_tf.convert import (CALIBRATED, build_scorer, check_runs, check_weights_present, convert,
-                                    int8_weight_layers, weights_needed)
+                                    int8_weight_layers, weights_needed, weights_read)
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.int8_acceptance import Int8Acceptance
 from ganspection_tf.latency import model_latency_ms
@@ -47,19 +47,20 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
     if quantize in CALIBRATED:
         representative = representative_images(run, model.inspected_size, model.channels, calibration_dir, log,
                                                resize=run.resize, exposure_level=run.exposure_level)
-    weight_count = weights_needed(scorer)
+    weights = weights_read(scorer)  # traced once: the size check, the int8 decision and the metadata
+    weight_count = weights_needed(scorer, weights)
     log(f"converting the {score} scorer ({weight_count:,} weights) to TFLite ({quantize}) …")
     acceptance = Int8Acceptance.for_run(run, scorer, calibration) if quantize == "int8" else None
     tflite_model, float_layers, tried = convert(scorer, quantize, representative, acceptance, log)
     requested = quantize
-    if quantize == "int8" and not int8_weight_layers(scorer, float_layers):
+    if quantize == "int8" and not int8_weight_layers(scorer, weights, float_layers):
         log("int8 keeps every weighted layer in float: exporting float32 (--quantize none) instead, as small and as "
             "fast, without the rounding of the activations")
         quantize, (tflite_model, float_layers, _) = "none", convert(scorer, "none")
     check_weights_present(tflite_model, weight_count, quantize)
     check_runs(tflite_model, quantize)
 
-    metadata = bundle_metadata(run, model, scorer, calibration, score, quantize, tflite_model,
+    metadata = bundle_metadata(run, model, scorer, calibration, score, quantize, tflite_model, weight_count,
                                int8_float_layers=float_layers, int8_candidates=tried, requested_quantization=requested,
                                representative_images=0 if representative is None else len(representative))
     with staging_folder(out) as staging:

@@ -325,8 +325,8 @@ def nearest_patch_distances(features, bank) -> np.ndarray:
     block = np.ones((min(NEAREST_BLOCK, len(patches)), bank.shape[1] + 1), np.float32)
     products = np.empty((len(block), len(bank)), np.float32)
     squared = np.empty(len(patches), np.float32)
-    for start in range(0, len(patches), len(block)):
-        rows = patches[start:start + len(block)]
+    for start in range(0, len(patches), NEAREST_BLOCK):
+        rows = patches[start:start + NEAREST_BLOCK]
         block[:len(rows), :-1] = rows
         np.matmul(block[:len(rows)], augmented_bank, out=products[:len(rows)])
         squared[start:start + len(rows)] = products[:len(rows)].min(axis=1) + np.einsum("ij,ij->i", rows, rows)

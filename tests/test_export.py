@@ -182,7 +182,6 @@ def test_int8_that_keeps_every_weighted_layer_float_is_exported_as_float32(run_d
     assert [t["float_layers"] for t in metadata.details["int8_candidates"]] == [[], ["crit_conv0"]]
     assert metadata.quantization == "none" and metadata.details["requested_quantization"] == "int8"
     assert report["quantization"] == "none" and report["max_abs_diff"] < 1e-4
-    calls.clear()
     monkeypatch.setattr(int8_acceptance.Int8Acceptance, "__call__", lambda self, model: {
         "spearman": 1.0, "auroc": None, "auroc_float": None, "accepted": True})
     export.export_bundle(run.path, tmp_path / "int8", quantize="int8", force=True, log=quiet)
