@@ -63,6 +63,7 @@ class EdgeScorer(Scorer):
         self.terms = list(self.metadata.terms)
         self.threshold = float(self.calibration.threshold)
         self.has_heatmap = self.keeps_error_map = self.metadata.heatmap
+        self.maps_on_demand = True  # a frame's heatmap only when asked for (camera: anomalous frames it saves)
         self._runner = self._load_model(threads)
 
     @property

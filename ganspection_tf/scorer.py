@@ -12,7 +12,8 @@ numpy, OpenCV and the TF-free package modules only: the camera imports it. A sco
    (``scoring.KerasScorer``, ``edge.EdgeScorer``);
 3. :meth:`Scorer.postprocess`: raw outputs → one :class:`ScoreResult` per image, with the calibration: its term
    matrix (``Calibration.term_matrix``), standardised and combined (``Calibration.combine``), compared with
-   the scorer's threshold; the error map is kept for the heatmap (:meth:`ScoreResult.heatmap_at`).
+   the scorer's threshold; the error map is kept for the heatmap (:meth:`ScoreResult.heatmap_at`), or computed
+   when first read where the scorer defers it (the camera).
 
 ``score``, ``evaluate``, the export parity gate and the camera all go through these steps, so the
 postprocessing is written once.
@@ -22,7 +23,8 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +45,8 @@ class ScoreResult:
     anomalous: bool | None = None
     terms: dict[str, float] | None = None  # in the calibration's term order
     error_map: np.ndarray | None = None  # (S, S) at the inspected size: the map the heatmaps show, the error map or the
-    # map of the term that carries the score (Calibration.pixel_maps); None: a bundle without heatmaps
+    # map of the term that carries the score (Calibration.pixel_maps); None: a bundle without heatmaps, or not yet
+    # computed (`pending_map`: read it through pixel_map())
     resize: str = images.DEFAULT_RESIZE  # the run's resize mode, to map the error map back onto the image
     heatmap: np.ndarray | None = None  # float32 anomaly map at the image's size, when asked for
     latency_ms: float | None = None  # preprocess → postprocess of this image (the camera's single frames)
@@ -51,10 +54,17 @@ class ScoreResult:
     original_hw: tuple[int, int] | None = None  # the decoded image's size
     original: np.ndarray | None = None  # the decoded image, only when the caller keeps it (heatmap overlays)
     error: UnreadableImage | None = None
+    pending_map: Callable[[], np.ndarray] | None = field(default=None, repr=False)  # computes error_map when first read
+
+    def pixel_map(self) -> np.ndarray | None:
+        """`error_map`, computed now if the scorer left it for later (``Scorer.maps_on_demand``)."""
+        if self.error_map is None and self.pending_map is not None:
+            self.error_map, self.pending_map = self.pending_map(), None
+        return self.error_map
 
     def heatmap_at(self, height: int, width: int) -> np.ndarray:
-        """The anomaly map at an image's size, from the map this scoring already produced (no second inference)."""
-        return anomaly_map(self.error_map, (height, width), resize=self.resize)
+        """The anomaly map at an image's size, from this scoring's model outputs (no second inference)."""
+        return anomaly_map(self.pixel_map(), (height, width), resize=self.resize)
 
 
 @dataclass
@@ -77,6 +87,9 @@ class Scorer(ABC):
     exposure_level: float  # images.levelled; 0: off
     threshold: float  # the calibration's, unless the caller chose another (camera/score --threshold, --max-fpr)
     keeps_error_map: bool  # results carry the error map (heatmaps)
+    # Each result's map is computed when it is first read (ScoreResult.pixel_map), not with the score: the camera,
+    # whose frame scores by a patch term need its largest patch distance only, a far shorter search than the map's.
+    maps_on_demand: bool = False
 
     def preprocess(self, frames, color_order: str = "rgb") -> np.ndarray:
         """One frame (H, W[, C]) → its uint8 (S, S, C) model image; a sequence of frames (or an (N, H, W, C)
@@ -98,9 +111,11 @@ class Scorer(ABC):
 
     def postprocess(self, outputs: dict[str, np.ndarray]) -> list[ScoreResult]:
         """Raw outputs of N images → N :class:`ScoreResult` (terms, score, decision, error map)."""
-        outputs = self.calibration.with_derived(outputs)  # what score and map share is computed once
+        maps_now = self.keeps_error_map and not self.maps_on_demand
+        if maps_now:
+            outputs = self.calibration.with_derived(outputs)  # what score and map share is computed once
         scored = self.scores(outputs)
-        error_maps = self.calibration.pixel_maps(outputs, self.image_size) if self.keeps_error_map else None
+        error_maps = self.calibration.pixel_maps(outputs, self.image_size) if maps_now else None
         return [
             ScoreResult(
                 score=float(scored.combined[k]),
@@ -108,9 +123,15 @@ class Scorer(ABC):
                 terms={name: float(value) for name, value in zip(self.calibration.terms, scored.terms[k])},
                 error_map=None if error_maps is None else error_maps[k],
                 resize=self.resize,
+                pending_map=self._map_of(outputs, k) if self.keeps_error_map and not maps_now else None,
             )
             for k in range(len(scored.combined))
         ]
+
+    def _map_of(self, outputs: dict[str, np.ndarray], k: int) -> Callable[[], np.ndarray]:
+        """Computes the error map of image `k` of a batch's outputs when called."""
+        image = {name: value[k:k + 1] for name, value in outputs.items()}
+        return lambda: self.calibration.pixel_maps(image, self.image_size)[0]
 
     def score_batch(self, frames, color_order: str = "rgb") -> list[ScoreResult]:
         """The three steps for a sequence of frames."""

@@ -59,6 +59,7 @@ import numpy as np
 
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.heatmaps import smooth_error_maps
+from ganspection_tf.patch_search import largest_nearest_distances, nearest_patch_distances
 from ganspection_tf.stats import MIN_SAMPLES, whitening_matrix
 
 CODE_OUTPUT, ERROR_MAP_OUTPUT = "code", "error_map"
@@ -68,7 +69,6 @@ PATCH_OUTPUT, FINE_PATCH_OUTPUT = "critic_patches", "critic_fine_patches"
 NEAREST_PATCHES, NEAREST_FINE_PATCHES = "nearest_patch_distances", "nearest_fine_patch_distances"
 PATCH_BANK_SIZE = 4096  # patch features kept from the good training images (calibration.json, edge metadata)
 PATCH_BANK_CANDIDATES = 1_000_000  # the k-centre selection runs on at most this many of their patches (time)
-NEAREST_BLOCK = 256  # patches per matrix product of the nearest-patch search
 MAP_STD_FLOOR = 0.5  # × the mean per-pixel spread: no pixel counts as more than twice as steady as the average one
 STD_FLOOR_ABSOLUTE = 1e-8
 
@@ -125,8 +125,9 @@ class Term:
     # Its own pixel map, where it is not the error map: (outputs, parameters, side) → (N, side, side), in the
     # term's units, at the inspected size. The heatmaps show it when the term carries the score (Calibration).
     pixel_map: Callable[[Outputs, Parameters, int], np.ndarray] | None = None
-    # (name, (outputs, parameters) → array): computed once per batch and shared by `compute` and `pixel_map`
-    # (the nearest-patch search of patch_distance), added to the outputs under that name (with_derived).
+    # (name, (outputs, parameters) → array): computed once per batch and shared by `compute` and `pixel_map` when
+    # both are wanted (the full nearest-patch search of patch_distance), added to the outputs under that name
+    # (with_derived); `compute` uses it when the outputs hold it and does without otherwise.
     derive: tuple[str, Callable[[Outputs, Parameters], np.ndarray]] | None = None
 
     def __post_init__(self):
@@ -141,7 +142,7 @@ class Term:
         """(N,) float64 values of the term from raw model outputs and its fitted parameters."""
         if self.compute is None:
             return np.asarray(outputs[self.name], dtype=np.float64).reshape(-1)
-        return self.compute(self.with_derived(outputs, parameters), parameters)
+        return self.compute(outputs, parameters)
 
     def with_derived(self, outputs: Outputs, parameters: Parameters) -> Outputs:
         """`outputs` plus what the term derives from them (`derive`), unless they hold it already."""
@@ -312,27 +313,6 @@ def _squared_distances(patches, norms, centre, out) -> np.ndarray:
     return out
 
 
-def nearest_patch_distances(features, bank) -> np.ndarray:
-    """(N, h, w) Euclidean distance of every patch feature of images (N, h, w, F) to its nearest bank row (K, F)."""
-    bank = np.asarray(bank, np.float32)
-    features = np.asarray(features, np.float32)
-    if features.ndim != 4 or bank.ndim != 2 or features.shape[-1] != bank.shape[1]:
-        raise GanspectionError(f"expected patch features (N, h, w, {bank.shape[-1]}), got {features.shape}")
-    # |p − b|² = |p|² + min over b of (|b|² − 2 p·b), and [p, 1] · [−2 b; |b|²] is that bracket: one matrix
-    # product per block of NEAREST_BLOCK patches, whose (block, K) result stays in cache (time: the camera's frame)
-    augmented_bank = np.vstack([-2.0 * bank.T, np.sum(np.square(bank), axis=1)[np.newaxis]]).astype(np.float32)
-    patches = features.reshape(-1, bank.shape[1])
-    block = np.ones((min(NEAREST_BLOCK, len(patches)), bank.shape[1] + 1), np.float32)
-    products = np.empty((len(block), len(bank)), np.float32)
-    squared = np.empty(len(patches), np.float32)
-    for start in range(0, len(patches), NEAREST_BLOCK):
-        rows = patches[start:start + NEAREST_BLOCK]
-        block[:len(rows), :-1] = rows
-        np.matmul(block[:len(rows)], augmented_bank, out=products[:len(rows)])
-        squared[start:start + len(rows)] = products[:len(rows)].min(axis=1) + np.einsum("ij,ij->i", rows, rows)
-    return np.sqrt(np.maximum(squared, 0.0)).reshape(features.shape[:3])
-
-
 def patch_distance_map(distances, side) -> np.ndarray:
     """(N, side, side) float32: how much farther each patch lies from the bank than the image's median patch
     (`distances`: :func:`nearest_patch_distances`, (N, h, w)), clipped at 0, bilinearly enlarged from the patch
@@ -345,7 +325,7 @@ def patch_distance_map(distances, side) -> np.ndarray:
 
 def patch_distance(features, bank) -> np.ndarray:
     """(N,) float64: the largest nearest-neighbour distance over an image's patches (its least familiar patch)."""
-    return largest_patch_distance(nearest_patch_distances(features, bank))
+    return largest_nearest_distances(features, bank)
 
 
 def largest_patch_distance(distances) -> np.ndarray:
@@ -386,9 +366,16 @@ def _patch_bank_check(parameter: str, term: str):
 def patch_distance_term(name: str, explanation: str, output: str, nearest: str, parameter: str) -> Term:
     """A term that compares the image's patches in the model output `output` (B, h, w, F) with a bank of good
     patches from any place (``parameter``), its largest nearest-neighbour distance; its pixel map is every patch's
-    distance (``nearest``, derived once per batch for both)."""
+    distance (``nearest``, derived once per batch when the map is wanted too; the score alone needs the largest
+    distance only, a shorter search)."""
+
+    def compute(outputs, p):
+        if nearest in outputs:
+            return largest_patch_distance(outputs[nearest])
+        return patch_distance(outputs[output], p[parameter])
+
     return Term(
-        name, explanation, inputs=(output,), compute=lambda outputs, p: largest_patch_distance(outputs[nearest]),
+        name, explanation, inputs=(output,), compute=compute,
         derive=(nearest, lambda outputs, p: nearest_patch_distances(outputs[output], p[parameter])),
         fit=_patch_bank_fit(output, parameter), parameters=(parameter,), fitted="the bank of good patches",
         check=_patch_bank_check(parameter, name), rows_like=((parameter, output),), at_any_place=True,

@@ -668,3 +668,32 @@ def test_score_and_heatmap_share_one_nearest_patch_search(monkeypatch):
     expected = registry.patch_distance(model_outputs(3, 5)["critic_patches"], by_patches.parameters["patch_bank"])
     np.testing.assert_allclose([r.terms["patch_distance"] for r in results], expected)
     assert all(r.error_map.shape == (16, 16) for r in results)
+
+
+def test_a_scorer_with_maps_on_demand_scores_without_the_full_search_and_maps_when_asked(monkeypatch):
+    """The camera's postprocess: a patch term's score from the largest-distance search alone; a result's map, when
+    first read, is the map the workstation computes with the score."""
+    from ganspection_tf.scorer import Scorer
+
+    by_patches = cal.fit_calibration_from_outputs(model_outputs(12, 0), reference_outputs=model_outputs(20, 1),
+                                                  weights={"fine_patch_distance": 1.0})
+
+    class Fixed(Scorer):
+        calibration, threshold, image_size, keeps_error_map, resize = by_patches, 0.0, 16, True, "stretch"
+
+        def forward(self, batch):
+            return model_outputs(3, 5)
+
+    class OnDemand(Fixed):
+        maps_on_demand = True
+
+    eager = Fixed().postprocess(model_outputs(3, 5))
+    searches = []
+    search = registry.nearest_patch_distances
+    monkeypatch.setattr(registry, "nearest_patch_distances",
+                        lambda features, bank: searches.append(np.shape(bank)) or search(features, bank))
+    deferred = OnDemand().postprocess(model_outputs(3, 5))
+    assert searches == [] and all(result.error_map is None for result in deferred)
+    np.testing.assert_allclose([r.score for r in deferred], [r.score for r in eager], rtol=1e-5)
+    np.testing.assert_allclose(deferred[1].pixel_map(), eager[1].error_map, rtol=1e-5)
+    assert deferred[1].heatmap_at(32, 32).shape == (32, 32) and len(searches) == 1  # the map is kept once computed
