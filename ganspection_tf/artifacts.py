@@ -64,7 +64,12 @@ def write_text(target, text: str):
 
 
 def write_json(target, payload):
-    write_text(target, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    write_text(target, json_text(payload))
+
+
+def json_text(payload) -> str:
+    """`payload` as write_json writes it."""
+    return json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
 
 
 def read_json(path, what="file"):

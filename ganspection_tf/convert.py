@@ -103,16 +103,6 @@ def float_island_layers(model: keras.Model) -> tuple[set[str], set[str], set[str
     return names, always, always | fallback
 
 
-def int8_weight_layers(scorer: keras.Model, weights, float_layers) -> list[str]:
-    """The scorer's weighted layers (those holding any of `weights`, :func:`weights_read`) that an int8
-    conversion keeping `float_layers` in float quantises. None: that "int8" model computes in float32 between
-    rounding steps, no smaller and no faster than float32, and only the rounding differs (screw's one-convolution
-    patch scorer; benchmarks/RESULTS.md)."""
-    read, kept = {id(weight) for weight in weights}, set(float_layers)
-    return sorted(layer.name for network in networks(scorer) for layer in network.layers
-                  if layer.name not in kept and any(id(weight) in read for weight in layer.weights))
-
-
 def _weightless_inputs(layer, stop_at) -> set[str]:
     """Names of the weightless layers that produce `layer`'s input, followed back to a weighted layer, a
     `stop_at` layer or the network's input."""

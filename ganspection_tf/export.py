@@ -14,7 +14,7 @@ from ganspection_tf import artifacts, edge, ownership, scoring
 from ganspection_tf.bundle_writer import bundle_metadata, publish, staging_folder
 from ganspection_tf.calibration import Calibration, fit_calibration_from_outputs
 from ganspection_tf.convert import (CALIBRATED, build_scorer, check_runs, check_weights_present, convert,
-                                    int8_weight_layers, weights_needed, weights_read)
+                                    weights_needed, weights_read)
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.int8_acceptance import Int8Acceptance
 from ganspection_tf.latency import model_latency_ms
@@ -24,6 +24,10 @@ from ganspection_tf.run import RunFolder
 from ganspection_tf.terms import COMBINED_SCORE, SCORES, export_terms
 
 SLOW_FACTOR = 2.0  # --quantize dynamic warns when it is this many times slower than float32
+# int8 ships only when it makes the bundle (model and metadata) at least this much smaller than float32: its
+# rounding costs accuracy, worth paying for a smaller, faster model, not for a patch scorer's one convolution
+# beside its bank of good patches (benchmarks/RESULTS.md).
+MIN_INT8_SAVING = 0.1
 
 
 def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_dir=None, force=False, log=print,
@@ -53,16 +57,26 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
     acceptance = Int8Acceptance.for_run(run, scorer, calibration) if quantize == "int8" else None
     tflite_model, float_layers, tried = convert(scorer, quantize, representative, acceptance, log)
     requested = quantize
-    if quantize == "int8" and not int8_weight_layers(scorer, weights, float_layers):
-        log("int8 keeps every weighted layer in float: exporting float32 (--quantize none) instead, as small and as "
-            "fast, without the rounding of the activations")
-        quantize, (tflite_model, float_layers, _) = "none", convert(scorer, "none")
+
+    def metadata_for(quantization, model_bytes, layers):
+        return bundle_metadata(run, model, scorer, calibration, score, quantization, model_bytes, weight_count,
+                               int8_float_layers=layers, int8_candidates=tried, requested_quantization=requested,
+                               representative_images=0 if representative is None else len(representative))
+
+    if quantize == "int8":
+        float32_model, _, _ = convert(scorer, "none")
+        saving = int8_saving(metadata_for(quantize, tflite_model, float_layers), tflite_model, float32_model)
+        saved = f"int8 saves {max(saving, 0.0):.1%} of the float32 bundle's bytes"
+        if saving < MIN_INT8_SAVING:
+            log(f"{saved} (under {MIN_INT8_SAVING:.0%}): exporting float32 (--quantize none) instead, which scores "
+                "exactly like Keras")
+            quantize, tflite_model, float_layers = "none", float32_model, []
+        else:
+            log(saved)
     check_weights_present(tflite_model, weight_count, quantize)
     check_runs(tflite_model, quantize)
 
-    metadata = bundle_metadata(run, model, scorer, calibration, score, quantize, tflite_model, weight_count,
-                               int8_float_layers=float_layers, int8_candidates=tried, requested_quantization=requested,
-                               representative_images=0 if representative is None else len(representative))
+    metadata = metadata_for(quantize, tflite_model, float_layers)
     with staging_folder(out) as staging:
         artifacts.write_bytes(staging / edge.MODEL_FILE, tflite_model)
         artifacts.write_json(staging / edge.METADATA_FILE, metadata.to_dict())
@@ -78,6 +92,12 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
         publish(staging, out)
     log(f"edge bundle written to {out} ({len(tflite_model) / 1024:.0f} KiB model)")
     return report
+
+
+def int8_saving(int8_metadata, int8_model: bytes, float32_model: bytes) -> float:
+    """The share of the float32 bundle's bytes (model and metadata) that the int8 bundle saves."""
+    metadata_bytes = len(artifacts.json_text(int8_metadata.to_dict()).encode())
+    return (len(float32_model) - len(int8_model)) / (len(float32_model) + metadata_bytes)
 
 
 def score_calibration(run, model, term_model, score, log=print) -> Calibration:

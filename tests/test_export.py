@@ -161,11 +161,13 @@ def test_int8_keeps_in_float_only_the_layers_its_check_needs(run_dir, tmp_path, 
     assert len(details["int8_candidates"]) == 1 and details["int8_candidates"][0]["accepted"]
     assert not {"enc_conv0", "enc_conv1"} & set(details["int8_float_layers"])  # the encoder is int8 now
     assert details["model_bytes"] < edge.read_metadata(fallback).details["model_bytes"]  # int8 weights are smaller
+    assert edge.read_metadata(out).quantization == "int8"  # the reconstruction scorer: int8 is worth shipping
 
 
-def test_int8_that_keeps_every_weighted_layer_float_is_exported_as_float32(run_dir, tmp_path, monkeypatch):
-    """A run scored by fine_patch_distance needs one convolution; when the check accepts int8 only with it in
-    float, int8 would hold no integer weight: the bundle is float32 and scores exactly like Keras."""
+def test_int8_that_hardly_shrinks_the_bundle_is_exported_as_float32(run_dir, tmp_path, monkeypatch):
+    """A run scored by fine_patch_distance needs one convolution beside its bank of good patches: int8 saves under
+    MIN_INT8_SAVING of the bundle (nothing at all when its check keeps the convolution in float), so the bundle is
+    float32 and scores exactly like Keras; with a lower bar the int8 convolution ships."""
     run = RunFolder(shutil.copytree(run_dir, tmp_path / "run"))
     scoring.ensure_calibration(run, weights={"fine_patch_distance": 1.0}, log=quiet)
     calls = []
@@ -185,7 +187,11 @@ def test_int8_that_keeps_every_weighted_layer_float_is_exported_as_float32(run_d
     monkeypatch.setattr(int8_acceptance.Int8Acceptance, "__call__", lambda self, model: {
         "spearman": 1.0, "auroc": None, "auroc_float": None, "accepted": True})
     export.export_bundle(run.path, tmp_path / "int8", quantize="int8", force=True, log=quiet)
-    assert edge.read_metadata(tmp_path / "int8").quantization == "int8"  # its convolution is int8: kept
+    assert edge.read_metadata(tmp_path / "int8").quantization == "none"  # its int8 convolution saves a few KiB
+    monkeypatch.setattr(export, "MIN_INT8_SAVING", 0.0)
+    export.export_bundle(run.path, tmp_path / "int8", quantize="int8", force=True, log=quiet)
+    shipped = edge.read_metadata(tmp_path / "int8")
+    assert shipped.quantization == "int8" and shipped.details["model_bytes"] < metadata.details["model_bytes"]
 
 
 def test_the_int8_check_scores_good_training_and_validation_images_and_copies_never_a_test_image(run_dir, monkeypatch):
