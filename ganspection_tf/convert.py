@@ -235,10 +235,9 @@ def _owning_layer(tensor_name: str, layers) -> str | None:
     return None
 
 
-def weights_needed(scorer: keras.Model, weights=None) -> int:
-    """The number of weights the scorer's outputs depend on (`weights`: its :func:`weights_read`, when the caller
-    has them): what its TFLite file must hold."""
-    return sum(int(np.prod(weight.shape)) for weight in (weights_read(scorer) if weights is None else weights))
+def weights_needed(scorer: keras.Model) -> int:
+    """The number of weights the scorer's outputs depend on: what its TFLite file must hold."""
+    return sum(int(np.prod(weight.shape)) for weight in weights_read(scorer))
 
 
 def weights_read(scorer: keras.Model) -> list:

@@ -14,7 +14,7 @@ from ganspection_tf import artifacts, edge, ownership, scoring
 from ganspection_tf.bundle_writer import bundle_metadata, publish, staging_folder
 from ganspection_tf.calibration import Calibration, fit_calibration_from_outputs
 from ganspection_tf.convert import (CALIBRATED, build_scorer, check_runs, check_weights_present, convert,
-                                    weights_needed, weights_read)
+                                    weights_needed)
 from ganspection_tf.errors import GanspectionError
 from ganspection_tf.int8_acceptance import Int8Acceptance
 from ganspection_tf.latency import model_latency_ms
@@ -51,8 +51,7 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
     if quantize in CALIBRATED:
         representative = representative_images(run, model.inspected_size, model.channels, calibration_dir, log,
                                                resize=run.resize, exposure_level=run.exposure_level)
-    weights = weights_read(scorer)  # traced once: the size check, the int8 decision and the metadata
-    weight_count = weights_needed(scorer, weights)
+    weight_count = weights_needed(scorer)  # traced once: the size check and the metadata
     log(f"converting the {score} scorer ({weight_count:,} weights) to TFLite ({quantize}) …")
     acceptance = Int8Acceptance.for_run(run, scorer, calibration) if quantize == "int8" else None
     tflite_model, float_layers, tried = convert(scorer, quantize, representative, acceptance, log)

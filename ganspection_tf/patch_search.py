@@ -8,8 +8,8 @@ Two questions are asked of a bank of good patch features (K, F):
   camera needs for a frame without a heatmap. It gives the same value as the largest of the full search while
   measuring most patches against a few bank rows only.
 
-Both use |p − b|² = |p|² + (|b|² − 2 p·b), the bracket as one matrix product of [p, 1] with the bank augmented by
-its squared norms ([−2 bᵀ; |b|²]), NEAREST_BLOCK patches at a time so the (block, K) product stays in cache.
+Both use |p − b|² = |p|² + (|b|² − 2 p·b), the bracket as one matrix product of [p, 1] with the bank augmented
+by its squared norms ([−2 bᵀ; |b|²]), NEAREST_BLOCK patches at a time so the (block, K) product stays in cache.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _search_index(bank) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     rows = np.asarray(bank, np.float32)
     if not np.array_equal(_last_index[0], rows):
         centres = min(SEARCH_CENTRES, len(rows))
-        nearest = np.argmin(_products(rows, augmented(rows[:centres])), axis=1)
+        nearest = np.argmin(_with_ones(rows) @ augmented(rows[:centres]), axis=1)
         nearest[:centres] = np.arange(centres)
         by_centre = np.argsort(nearest, kind="stable")
         members, bounds = augmented(rows[by_centre]), np.searchsorted(nearest[by_centre], np.arange(centres + 1))
@@ -90,9 +90,9 @@ def _search_index(bank) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     return _last_index[1]
 
 
-def _products(patches, augmented_bank) -> np.ndarray:
-    """(P, K) |b|² − 2 p·b for every patch and bank row."""
-    return patches @ augmented_bank[:-1] + augmented_bank[-1]
+def _with_ones(patches) -> np.ndarray:
+    """(P, F + 1) patches with a 1 appended: times an augmented bank, |b|² − 2 p·b for every row b."""
+    return np.hstack([patches, np.ones((len(patches), 1), np.float32)])
 
 
 def _upper_bounds(patches, centres, cells) -> np.ndarray:
@@ -112,7 +112,7 @@ def _upper_bounds(patches, centres, cells) -> np.ndarray:
 def _largest_squared(patches, full, centres, cells) -> float:
     """The largest squared nearest distance of one image's patches (P, F) (see largest_nearest_distances)."""
     norms = np.einsum("ij,ij->i", patches, patches)
-    patches = np.hstack([patches, np.ones((len(patches), 1), np.float32)])
+    patches = _with_ones(patches)
     upper = _upper_bounds(patches, centres, cells) + norms
     order = np.argsort(-upper)
     largest = -np.inf

@@ -644,25 +644,37 @@ def test_heatmaps_show_the_patch_map_where_patch_distance_carries_the_score(name
     np.testing.assert_array_equal(by_error.pixel_maps(defective, side=16), defective["error_map"])
 
 
-def test_score_and_heatmap_share_one_nearest_patch_search(monkeypatch):
-    """The camera's postprocess searches each bank once per batch for the patch terms' scores and the heatmap."""
+def fixed_outputs_scorer(calibration, maps_on_demand=False):
+    """A scorer of the contract whose forward gives fixed model outputs: its postprocess is what is tested."""
     from ganspection_tf.scorer import Scorer
 
-    validation, reference = model_outputs(12, 0), model_outputs(20, 1)
-    by_patches = cal.fit_calibration_from_outputs(validation, reference_outputs=reference,
-                                                  weights={"patch_distance": 1.0})
-    searches = []
-    search = registry.nearest_patch_distances
-    monkeypatch.setattr(registry, "nearest_patch_distances",
-                        lambda features, bank: searches.append(np.shape(bank)) or search(features, bank))
-
     class Fixed(Scorer):
-        calibration, threshold, image_size, keeps_error_map, resize = by_patches, 0.0, 16, True, "stretch"
+        threshold, image_size, keeps_error_map, resize = 0.0, 16, True, "stretch"
 
         def forward(self, batch):
             return model_outputs(3, 5)
 
-    results = Fixed().postprocess(model_outputs(3, 5))
+    scorer = Fixed()
+    scorer.calibration, scorer.maps_on_demand = calibration, maps_on_demand
+    return scorer
+
+
+def counted_full_searches(monkeypatch) -> list:
+    """The bank shape of every full nearest-patch search made from now on."""
+    searches, search = [], registry.nearest_patch_distances
+    monkeypatch.setattr(registry, "nearest_patch_distances",
+                        lambda features, bank: searches.append(np.shape(bank)) or search(features, bank))
+    return searches
+
+
+def test_score_and_heatmap_share_one_nearest_patch_search(monkeypatch):
+    """The workstation's postprocess searches each bank once per batch for the patch terms' scores and the
+    heatmap."""
+    validation, reference = model_outputs(12, 0), model_outputs(20, 1)
+    by_patches = cal.fit_calibration_from_outputs(validation, reference_outputs=reference,
+                                                  weights={"patch_distance": 1.0})
+    searches = counted_full_searches(monkeypatch)
+    results = fixed_outputs_scorer(by_patches).postprocess(model_outputs(3, 5))
     banks = [np.shape(by_patches.parameters[bank]) for bank in ("patch_bank", "fine_patch_bank")]
     assert sorted(searches) == sorted(banks) and len(results) == 3  # each bank once: not again for the map
     expected = registry.patch_distance(model_outputs(3, 5)["critic_patches"], by_patches.parameters["patch_bank"])
@@ -673,26 +685,11 @@ def test_score_and_heatmap_share_one_nearest_patch_search(monkeypatch):
 def test_a_scorer_with_maps_on_demand_scores_without_the_full_search_and_maps_when_asked(monkeypatch):
     """The camera's postprocess: a patch term's score from the largest-distance search alone; a result's map, when
     first read, is the map the workstation computes with the score."""
-    from ganspection_tf.scorer import Scorer
-
     by_patches = cal.fit_calibration_from_outputs(model_outputs(12, 0), reference_outputs=model_outputs(20, 1),
                                                   weights={"fine_patch_distance": 1.0})
-
-    class Fixed(Scorer):
-        calibration, threshold, image_size, keeps_error_map, resize = by_patches, 0.0, 16, True, "stretch"
-
-        def forward(self, batch):
-            return model_outputs(3, 5)
-
-    class OnDemand(Fixed):
-        maps_on_demand = True
-
-    eager = Fixed().postprocess(model_outputs(3, 5))
-    searches = []
-    search = registry.nearest_patch_distances
-    monkeypatch.setattr(registry, "nearest_patch_distances",
-                        lambda features, bank: searches.append(np.shape(bank)) or search(features, bank))
-    deferred = OnDemand().postprocess(model_outputs(3, 5))
+    eager = fixed_outputs_scorer(by_patches).postprocess(model_outputs(3, 5))
+    searches = counted_full_searches(monkeypatch)
+    deferred = fixed_outputs_scorer(by_patches, maps_on_demand=True).postprocess(model_outputs(3, 5))
     assert searches == [] and all(result.error_map is None for result in deferred)
     np.testing.assert_allclose([r.score for r in deferred], [r.score for r in eager], rtol=1e-5)
     np.testing.assert_allclose(deferred[1].pixel_map(), eager[1].error_map, rtol=1e-5)
