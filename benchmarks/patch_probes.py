@@ -5,9 +5,10 @@
 For every trained run given: each stage of the encoder's and the critic's image path (and raw 4×4 pixel
 patches, stride 2, as the learning-free row) as patch features; a bank from up to --reference good TRAINING
 images of the run (all patches, at most 20 000 drawn at random, or ``terms.patch_bank``'s k-centre selection of
-`terms.PATCH_BANK_SIZE`); the score of an image is its largest nearest-neighbour distance (``terms.patch_distance``). Printed: the
-AUROC of good validation images against their synthetic-defect copies (``synthetic_validation.defective_inputs``:
-the copies the score chooser draws), one column per run and the mean. No test image is read.
+`terms.PATCH_BANK_SIZE`); the score of an image is the mean of its `terms.PATCH_SCORE_COUNT` largest
+nearest-neighbour distances (``terms.patch_distance``). Printed: the AUROC of good validation images against their
+synthetic-defect copies (``synthetic_validation.defective_inputs``: the copies the score chooser draws), one
+column per run and the mean. No test image is read.
 """
 
 import argparse

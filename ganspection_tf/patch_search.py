@@ -4,8 +4,8 @@ Two questions are asked of a bank of good patch features (K, F):
 
 * every patch's distance to its nearest bank row (:func:`nearest_patch_distances`): the patch map, for heatmaps
   and pixel metrics;
-* the largest of those distances per image (:func:`largest_nearest_distances`): the image's score, all the
-  camera needs for a frame without a heatmap. It gives the same value as the largest of the full search while
+* the few largest of those distances per image (:func:`largest_nearest_distances`): the image's score, all the
+  camera needs for a frame without a heatmap. It gives the same values as the largest of the full search while
   measuring most patches against a few bank rows only.
 
 Both use |p − b|² = |p|² + (|b|² − 2 p·b), the bracket as one matrix product of [p, 1] with the bank augmented
@@ -37,18 +37,21 @@ def nearest_patch_distances(features, bank) -> np.ndarray:
     return np.sqrt(np.maximum(squared, 0.0)).reshape(np.shape(features)[:3])
 
 
-def largest_nearest_distances(features, bank) -> np.ndarray:
-    """(N,) float64: the largest nearest-bank-row distance over each image's patches, the maximum of
-    :func:`nearest_patch_distances` (to float rounding), without measuring every patch against the whole bank.
+def largest_nearest_distances(features, bank, count=1) -> np.ndarray:
+    """(N, count) float64: the `count` largest nearest-bank-row distances over each image's patches, largest
+    first: those of :func:`nearest_patch_distances` (to float rounding), without measuring every patch against
+    the whole bank. `count` is at most the patches of an image.
 
     Every patch is first measured against a few rows only: the cells of the SEARCH_CENTRES first rows nearest to
     it and its neighbours in a block (:func:`_upper_bounds`), an upper bound of its distance. Patches are then
     measured against the whole bank in the order of those bounds, largest first, until the next bound is no larger
-    than the largest distance found, which no remaining patch can then exceed. On good images the bound is usually
-    the distance, so one block of the full search ends it (benchmarks/RESULTS.md)."""
+    than the `count`-th largest distance found, which no remaining patch can then exceed. On good images the bound
+    is usually the distance, so one block of the full search ends it (benchmarks/RESULTS.md)."""
     patches = _patches(features, bank).reshape(np.shape(features)[0], -1, np.shape(bank)[1])
+    if not 1 <= count <= patches.shape[1]:
+        raise GanspectionError(f"cannot take the {count} largest of {patches.shape[1]} patch distances per image")
     index = _search_index(bank)
-    return np.array([_largest_squared(image, *index) for image in patches], np.float64) ** 0.5
+    return np.array([_largest_squared(image, count, *index) for image in patches], np.float64).reshape(-1, count) ** 0.5
 
 
 def _patches(features, bank) -> np.ndarray:
@@ -109,16 +112,18 @@ def _upper_bounds(patches, centres, cells) -> np.ndarray:
     return upper
 
 
-def _largest_squared(patches, full, centres, cells) -> float:
-    """The largest squared nearest distance of one image's patches (P, F) (see largest_nearest_distances)."""
+def _largest_squared(patches, count, full, centres, cells) -> np.ndarray:
+    """(count,) the largest squared nearest distances of one image's patches (P, F), largest first (see
+    largest_nearest_distances)."""
     norms = np.einsum("ij,ij->i", patches, patches)
     patches = _with_ones(patches)
     upper = _upper_bounds(patches, centres, cells) + norms
     order = np.argsort(-upper)
-    largest = -np.inf
+    largest = np.full(count, -np.inf, np.float32)  # the `count` largest found so far, largest first
     for start in range(0, len(order), NEAREST_BLOCK):
-        if upper[order[start]] <= largest:
+        if upper[order[start]] <= largest[-1]:
             break
         block = order[start:start + NEAREST_BLOCK]
-        largest = max(largest, float(((patches[block] @ full).min(axis=1) + norms[block]).max()))
-    return max(largest, 0.0)
+        found = (patches[block] @ full).min(axis=1) + norms[block]
+        largest = -np.sort(-np.concatenate([largest, found]))[:count]
+    return np.maximum(largest, 0.0)

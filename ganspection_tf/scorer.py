@@ -88,7 +88,7 @@ class Scorer(ABC):
     threshold: float  # the calibration's, unless the caller chose another (camera/score --threshold, --max-fpr)
     keeps_error_map: bool  # results carry the error map (heatmaps)
     # Each result's map is computed when it is first read (ScoreResult.pixel_map), not with the score: the camera,
-    # whose frame scores by a patch term need its largest patch distance only, a far shorter search than the map's.
+    # whose frame scores by a patch term need its few largest patch distances only, a far shorter search than the map's.
     maps_on_demand: bool = False
 
     def preprocess(self, frames, color_order: str = "rgb") -> np.ndarray:

@@ -35,12 +35,14 @@ calibration fitted on good images:
   more maps for a per-pixel spread, and the validation values that set the standardisation and the threshold
   stay out of sample. Without training maps m and s come from the validation maps, each validation value
   leave-one-out. The default score.
-* ``patch_distance`` = max over the image's patches of the distance from the nearest patch of a bank drawn from
-  the good training images (``patch_bank``), in the critic's stage-2 features (stride 4 in the image). A local
-  reference at any place: no reconstruction has to be sharp and no part has to sit where the others did, so it
-  is a candidate for parts that move and for textures, whose good surface is many similar patches. Without
-  training images the bank comes from the validation images, each validation value leave-one-out. When it
-  carries the chosen score, the heatmaps show its map (every patch's distance) instead of the error map.
+* ``patch_distance`` = the mean of the PATCH_SCORE_COUNT largest, over the image's patches, distances from the
+  nearest patch of a bank drawn from the good training images (``patch_bank``), in the critic's stage-2 features
+  (stride 4 in the image). A local reference at any place: no reconstruction has to be sharp and no part has to
+  sit where the others did, so it is a candidate for parts that move and for textures, whose good surface is
+  many similar patches. A defect spans several patches, while a good image's single least familiar patch is
+  often a stray one: the mean of the few largest ranks the synthetic defects better than the largest alone.
+  Without training images the bank comes from the validation images, each validation value leave-one-out. When
+  it carries the chosen score, the heatmaps show its map (every patch's distance) instead of the error map.
 * ``fine_patch_distance`` = the same in the critic's first stage (stride 2, 4-pixel patches, its own bank): a
   smaller patch is a finer reference, for defects a few pixels wide (a screw's thread) that a 10-pixel patch
   averages away. Which of the two sizes a run scores by is the score choice's, per run.
@@ -69,6 +71,9 @@ PATCH_OUTPUT, FINE_PATCH_OUTPUT = "critic_patches", "critic_fine_patches"
 NEAREST_PATCHES, NEAREST_FINE_PATCHES = "nearest_patch_distances", "nearest_fine_patch_distances"
 PATCH_BANK_SIZE = 4096  # patch features kept from the good training images (calibration.json, edge metadata)
 PATCH_BANK_CANDIDATES = 1_000_000  # the k-centre selection runs on at most this many of their patches (time)
+# An image's patch score is the mean of its this many largest patch distances (calibration.json, edge metadata;
+# files without it were fitted on the largest alone, which they keep).
+PATCH_SCORE_COUNT = 16
 MAP_STD_FLOOR = 0.5  # × the mean per-pixel spread: no pixel counts as more than twice as steady as the average one
 STD_FLOOR_ABSOLUTE = 1e-8
 
@@ -323,62 +328,78 @@ def patch_distance_map(distances, side) -> np.ndarray:
     return np.stack([cv2.resize(grid, (side, side), interpolation=cv2.INTER_LINEAR) for grid in above])
 
 
-def patch_distance(features, bank) -> np.ndarray:
-    """(N,) float64: the largest nearest-neighbour distance over an image's patches (its least familiar patch)."""
-    return largest_nearest_distances(features, bank)
+def patch_distance(features, bank, count=PATCH_SCORE_COUNT) -> np.ndarray:
+    """(N,) float64: the mean of the `count` largest nearest-neighbour distances over an image's patches (its least
+    familiar patches)."""
+    return largest_nearest_distances(features, bank, count).mean(axis=1)
 
 
-def largest_patch_distance(distances) -> np.ndarray:
-    return np.asarray(distances).max(axis=(1, 2)).astype(np.float64)
+def mean_of_largest(distances, count=PATCH_SCORE_COUNT) -> np.ndarray:
+    """(N,) float64: the mean of the `count` largest of each image's patch distances (N, h, w)."""
+    flat = np.asarray(distances, np.float64).reshape(len(distances), -1)
+    return np.partition(flat, flat.shape[1] - count, axis=1)[:, -count:].mean(axis=1)
 
 
-def _patch_bank_fit(output: str, parameter: str):
-    """The `fit` of a patch-distance term on the model output `output`, its bank stored as `parameter`: a bank of the
-    training images' patches, against which the validation images are out of sample; without training images a
-    bank of the validation images, each validation value leave-one-out."""
+def _patch_bank_fit(output: str, parameter: str, count_parameter: str):
+    """The `fit` of a patch-distance term on the model output `output`, its bank stored as `parameter` (and
+    PATCH_SCORE_COUNT as `count_parameter`): a bank of the training images' patches, against which the validation
+    images are out of sample; without training images a bank of the validation images, each validation value
+    leave-one-out."""
 
     def fit(validation, reference):
+        features = np.asarray(validation[output])
+        count = min(PATCH_SCORE_COUNT, int(np.prod(features.shape[1:3])))
         if reference is not None:
             bank = patch_bank(reference[output])
-            return {parameter: bank}, patch_distance(validation[output], bank)
-        features = np.asarray(validation[output])
-        column = np.array([patch_distance(features[i : i + 1], patch_bank(np.delete(features, i, axis=0)))[0]
+            return {parameter: bank, count_parameter: count}, patch_distance(features, bank, count)
+        column = np.array([patch_distance(features[i : i + 1], patch_bank(np.delete(features, i, axis=0)), count)[0]
                            for i in range(len(features))])
-        return {parameter: patch_bank(features)}, column
+        return {parameter: patch_bank(features), count_parameter: count}, column
 
     return fit
 
 
-def _patch_bank_check(parameter: str, term: str):
-    """The `check` of a patch-distance term whose bank is stored as `parameter`."""
+def _patch_bank_check(parameter: str, count_parameter: str, term: str):
+    """The `check` of a patch-distance term whose bank is stored as `parameter`, its count as `count_parameter`."""
 
     def check(parameters) -> str | None:
-        bank = parameters[parameter]
+        bank, count = parameters[parameter], parameters[count_parameter]
         if (not isinstance(bank, list) or not bank or not isinstance(bank[0], list)
                 or not all(isinstance(row, list) and len(row) == len(bank[0]) and all_finite_numbers(row)
                            for row in bank)):
             return f"{parameter!r} must be a non-empty matrix of finite numbers (term {term!r})"
+        if count is not None and not (all_finite_numbers([count]) and count >= 1 and float(count).is_integer()):
+            return f"{count_parameter!r} must be a whole number of patches, at least 1, or absent (term {term!r})"
         return None
 
     return check
 
 
-def patch_distance_term(name: str, explanation: str, output: str, nearest: str, parameter: str) -> Term:
+def _stored_count(parameters, count_parameter) -> int:
+    """The number of largest patch distances a calibration averages: files without it took the largest alone."""
+    count = parameters.get(count_parameter)
+    return 1 if count is None else int(count)
+
+
+def patch_distance_term(name: str, explanation: str, output: str, nearest: str, parameter: str,
+                        count_parameter: str) -> Term:
     """A term that compares the image's patches in the model output `output` (B, h, w, F) with a bank of good
-    patches from any place (``parameter``), its largest nearest-neighbour distance; its pixel map is every patch's
-    distance (``nearest``, derived once per batch when the map is wanted too; the score alone needs the largest
-    distance only, a shorter search)."""
+    patches from any place (``parameter``), the mean of its ``count_parameter`` largest nearest-neighbour distances;
+    its pixel map is every patch's distance (``nearest``, derived once per batch when the map is wanted too; the
+    score alone needs the largest distances only, a shorter search)."""
 
     def compute(outputs, p):
+        count = _stored_count(p, count_parameter)
         if nearest in outputs:
-            return largest_patch_distance(outputs[nearest])
-        return patch_distance(outputs[output], p[parameter])
+            return mean_of_largest(outputs[nearest], count)
+        return patch_distance(outputs[output], p[parameter], count)
 
     return Term(
         name, explanation, inputs=(output,), compute=compute,
         derive=(nearest, lambda outputs, p: nearest_patch_distances(outputs[output], p[parameter])),
-        fit=_patch_bank_fit(output, parameter), parameters=(parameter,), fitted="the bank of good patches",
-        check=_patch_bank_check(parameter, name), rows_like=((parameter, output),), at_any_place=True,
+        fit=_patch_bank_fit(output, parameter, count_parameter), parameters=(parameter, count_parameter),
+        fitted="the bank of good patches", check=_patch_bank_check(parameter, count_parameter, name),
+        rows_like=((parameter, output),), at_any_place=True,
         pixel_map=lambda outputs, p, side: patch_distance_map(outputs[nearest], side))
 
 
@@ -414,12 +435,13 @@ REGISTRY: tuple[Term, ...] = (
          check=_check_map_gaussian, default_weight=1.0, float_encoder=True, pose_dependent=True,
          shaped_like=(("map_mean", ERROR_MAP_OUTPUT),)),
     patch_distance_term(
-        "patch_distance", "the largest distance of a patch of the image, as the critic's second stage sees it, from "
-        "the nearest of the good training images' patches at any place", PATCH_OUTPUT, NEAREST_PATCHES, "patch_bank"),
+        "patch_distance", f"the mean distance of the image's {PATCH_SCORE_COUNT} least familiar patches, as the "
+        "critic's second stage sees them, from the nearest of the good training images' patches at any place",
+        PATCH_OUTPUT, NEAREST_PATCHES, "patch_bank", "patch_score_count"),
     patch_distance_term(
         "fine_patch_distance", "patch_distance in the critic's first stage: the image's 4-pixel patches (stride 2) "
         "against the nearest of the good training images' at any place", FINE_PATCH_OUTPUT, NEAREST_FINE_PATCHES,
-        "fine_patch_bank"),
+        "fine_patch_bank", "fine_patch_score_count"),
 )
 # `export --score`: one term alone (its export_score name), or "combined" (the calibrated combination).
 COMBINED_SCORE = "combined"

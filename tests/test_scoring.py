@@ -75,9 +75,10 @@ def map_gaussian(side=8, seed=0):
 
 
 def patch_bank(rows=16, width=4, seed=0):
-    """Both patch terms' banks (patch_distance, fine_patch_distance)."""
+    """Both patch terms' banks and counts (patch_distance, fine_patch_distance)."""
     rng = np.random.default_rng(seed)
-    return {"patch_bank": rng.normal(size=(rows, width)), "fine_patch_bank": rng.normal(size=(rows, width // 2))}
+    return {"patch_bank": rng.normal(size=(rows, width)), "fine_patch_bank": rng.normal(size=(rows, width // 2)),
+            "patch_score_count": registry.PATCH_SCORE_COUNT, "fine_patch_score_count": registry.PATCH_SCORE_COUNT}
 
 
 def fit(matrix, **options):
@@ -324,6 +325,8 @@ def test_calibration_round_trips_through_json():
         (lambda d: d.pop("patch_bank"), "'patch_bank'"),
         (lambda d: d.update(patch_bank=[[1.0, 2.0], [3.0]]), "'patch_bank' must be a non-empty matrix"),
         (lambda d: d.update(fine_patch_bank=[]), "'fine_patch_bank' must be a non-empty matrix"),
+        (lambda d: d.update(patch_score_count=0), "'patch_score_count' must be a whole number of patches"),
+        (lambda d: d.update(fine_patch_score_count=2.5), "'fine_patch_score_count' must be a whole number"),
     ],
 )
 def test_corrupt_calibration_dicts_are_refused_naming_the_source(change, message):
@@ -553,6 +556,25 @@ def test_a_calibration_from_before_validation_scores_keeps_the_runs_score(run_co
     assert refitted.validation_scores is not None  # now kept, so an export ships them for camera --max-fpr
 
 
+def test_a_calibration_from_before_the_patch_score_count_keeps_scoring_by_the_largest_distance(run_copy, monkeypatch):
+    """A calibration.json from the release that scored the patch terms by an image's largest patch distance (no
+    patch_score_count) is still used as it is, and scores as that release did: the run's scores do not change
+    when the package is updated."""
+    current = scoring.ensure_calibration(run_copy, log=lambda *a: None)
+    old = current.to_dict()
+    del old["patch_score_count"], old["fine_patch_score_count"]
+    (run_copy / "calibration.json").write_text(json.dumps(old))
+    monkeypatch.setattr(pipeline, "load_images", lambda *a, **k: pytest.fail("a matching file was fitted again"))
+    kept = scoring.ensure_calibration(run_copy, log=lambda *a: None)
+    monkeypatch.undo()
+    outputs = scoring.validation_terms(run_copy, scoring.build_term_model(RunFolder(run_copy).load_model()))
+    for name, output, bank in (("patch_distance", "critic_patches", "patch_bank"),
+                               ("fine_patch_distance", "critic_fine_patches", "fine_patch_bank")):
+        largest = registry.nearest_patch_distances(outputs[output], kept.parameters[bank]).max(axis=(1, 2))
+        np.testing.assert_allclose(kept.term_matrix(outputs)[:, kept.terms.index(name)], largest, rtol=1e-5)
+        assert np.all(current.term_matrix(outputs)[:, current.terms.index(name)] < largest)  # a mean of 16
+
+
 def test_ensure_calibration_recomputes_a_corrupt_file_with_a_warning(run_copy):
     (run_copy / "calibration.json").write_text("{not json")
     messages = []
@@ -578,12 +600,15 @@ def test_ensure_calibration_refuses_a_run_without_validation_images(run_copy):
 # --------------------------------------------------------------------------------------------- patch_distance
 
 
-def test_patch_distance_is_the_largest_nearest_neighbour_distance_at_any_place():
+def test_patch_distance_is_the_mean_of_the_largest_nearest_neighbour_distances_at_any_place():
     bank = np.array([[0.0, 0.0], [10.0, 0.0]])
     features = np.zeros((2, 2, 2, 2))
     features[0, 1, 1] = [10.0, 0.0]  # a good patch at another place than in the bank's image: distance 0
     features[1, 0, 1] = [5.0, 3.0]  # a new patch: nearest bank row at distance √34
-    np.testing.assert_allclose(registry.patch_distance(features, bank), [0.0, np.sqrt(34.0)], atol=1e-5)
+    features[1, 1, 0] = [0.0, 1.0]  # at 1 from the bank; the image's other two patches are bank rows
+    np.testing.assert_allclose(registry.patch_distance(features, bank, count=1), [0.0, np.sqrt(34.0)], atol=1e-5)
+    np.testing.assert_allclose(registry.patch_distance(features, bank, count=2), [0.0, (np.sqrt(34.0) + 1) / 2],
+                               atol=1e-5)
 
 
 def test_patch_bank_covers_rare_good_patches_that_a_random_sample_drops():
@@ -593,7 +618,7 @@ def test_patch_bank_covers_rare_good_patches_that_a_random_sample_drops():
     features = np.concatenate([common, rare]).reshape(1, -1, 1, 4)
     bank = registry.patch_bank(features, size=64)
     assert bank.shape == (64, 4)
-    assert registry.patch_distance(rare.reshape(1, 3, 1, 4), bank)[0] < 1e-6  # a good rare patch is familiar
+    assert registry.patch_distance(rare.reshape(1, 3, 1, 4), bank, count=3)[0] < 1e-6  # a rare good patch is familiar
 
 
 PATCH_TERMS = pytest.mark.parametrize("name, output, bank", [
