@@ -398,8 +398,8 @@ def patch_distance_term(name: str, explanation: str, output: str, nearest: str, 
         name, explanation, inputs=(output,), compute=compute,
         derive=(nearest, lambda outputs, p: nearest_patch_distances(outputs[output], p[parameter])),
         fit=_patch_bank_fit(output, parameter, count_parameter), parameters=(parameter, count_parameter),
-        fitted="the bank of good patches", check=_patch_bank_check(parameter, count_parameter, name),
-        rows_like=((parameter, output),), at_any_place=True,
+        fitted="the bank of good patches and the patch count", rows_like=((parameter, output),),
+        check=_patch_bank_check(parameter, count_parameter, name), at_any_place=True,
         pixel_map=lambda outputs, p, side: patch_distance_map(outputs[nearest], side))
 
 
