@@ -373,7 +373,8 @@ def _write_heatmap(result, folder):
               help="int8: integer networks calibrated on good images (score arithmetic stays float); the "
                    "fastest; float32 when int8 would save under a tenth of the bundle (a patch scorer). int16x8: "
                    "int16 activations and int8 weights, calibrated on the same images (experimental in LiteRT: "
-                   "measure it on the camera). dynamic: measured 10-22× slower than none (float32) on x86 CPUs, where LiteRT lacks fast kernels for it; export measures it and warns.")
+                   "measure it on the camera). dynamic: measured 10-22× slower than none (float32) on x86 CPUs, "
+                   "where LiteRT lacks fast kernels for it; export measures it and warns.")
 @click.option("--score", "score_name", default="combined", show_default=True, type=click.Choice(SCORES),
               help="; ".join(f"{t.export_score}: {t.name} alone" for t in REGISTRY if t.export_score)
               + "; combined: the calibrated score (the networks its terms need), with heatmaps.")

@@ -62,20 +62,21 @@ def export_bundle(run_dir, out, quantize="int8", score="combined", calibration_d
                                int8_float_layers=layers, int8_candidates=tried, requested_quantization=requested,
                                representative_images=0 if representative is None else len(representative))
 
+    metadata = metadata_for(quantize, tflite_model, float_layers)
     if quantize == "int8":
         float32_model, _, _ = convert(scorer, "none")
-        saving = int8_saving(metadata_for(quantize, tflite_model, float_layers), tflite_model, float32_model)
+        saving = int8_saving(metadata, tflite_model, float32_model)
         saved = f"int8 saves {max(saving, 0.0):.1%} of the float32 bundle's bytes"
         if saving < MIN_INT8_SAVING:
             log(f"{saved} (under {MIN_INT8_SAVING:.0%}): exporting float32 (--quantize none) instead, which scores "
                 "exactly like Keras")
-            quantize, tflite_model, float_layers = "none", float32_model, []
+            quantize, tflite_model = "none", float32_model
+            metadata = metadata_for(quantize, tflite_model, [])
         else:
             log(saved)
     check_weights_present(tflite_model, weight_count, quantize)
     check_runs(tflite_model, quantize)
 
-    metadata = metadata_for(quantize, tflite_model, float_layers)
     with staging_folder(out) as staging:
         artifacts.write_bytes(staging / edge.MODEL_FILE, tflite_model)
         artifacts.write_json(staging / edge.METADATA_FILE, metadata.to_dict())

@@ -339,7 +339,8 @@ def test_terms_that_count_keeps_each_gaussian_only_for_its_term():
     assert patches.terms == ["patch_distance"] and set(patches.parameters) == {"patch_bank", "patch_score_count"}
     assert outputs_needed(patches.terms) == ["critic_patches"]
     fine = export.terms_that_count(fit_calibration_from_outputs(outputs, weights={"fine_patch_distance": 1.0}))
-    assert fine.terms == ["fine_patch_distance"] and set(fine.parameters) == {"fine_patch_bank", "fine_patch_score_count"}
+    assert fine.terms == ["fine_patch_distance"]
+    assert set(fine.parameters) == {"fine_patch_bank", "fine_patch_score_count"}
     assert outputs_needed(fine.terms) == ["critic_fine_patches"]
 
 
