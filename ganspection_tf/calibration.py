@@ -45,6 +45,7 @@ from ganspection_tf.terms import (
     BY_NAME,
     DEFAULT_WEIGHTS,
     ERROR_MAP_OUTPUT,
+    OUTPUTS_VERSION,
     PARAMETERS,
     STD_FLOOR_ABSOLUTE,
     TERMS,
@@ -69,7 +70,7 @@ _FIELD_TYPES = {
     "n_validation": int,
     "config_hash": str,
 }
-_OPTIONAL_FIELDS = {"whitening", "model_step", "validation_scores", *PARAMETERS}
+_OPTIONAL_FIELDS = {"whitening", "model_step", "validation_scores", "outputs_version", *PARAMETERS}
 
 
 @dataclass
@@ -94,6 +95,7 @@ class Calibration:
     # The combined scores of the validation images the threshold was chosen on, sorted: another max_fpr's
     # threshold without recalibrating (:meth:`threshold_for`; shipped in edge bundles). None in older files.
     validation_scores: list[float] | None = None
+    outputs_version: int | None = None  # terms.OUTPUTS_VERSION when fitted; None in older files (version 1)
     parameters: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -116,6 +118,7 @@ class Calibration:
                 raise _invalid(fix, source, f"'{key}' has type {type(values[key]).__name__}")
         calibration = cls(**{key: values[key] for key in _FIELD_TYPES}, whitening=values.get("whitening"),
                           model_step=values.get("model_step"), validation_scores=values.get("validation_scores"),
+                          outputs_version=values.get("outputs_version"),
                           parameters={name: values[name] for name in PARAMETERS if values.get(name) is not None})
         problem = calibration._problem()
         if problem:
@@ -228,8 +231,10 @@ class Calibration:
         if self.validation_scores is not None and (
                 len(self.validation_scores) != self.n_validation or not all_finite_numbers(self.validation_scores)):
             return "'validation_scores' must hold 'n_validation' finite numbers"
-        if self.model_step is not None and (not isinstance(self.model_step, int) or isinstance(self.model_step, bool)):
-            return "'model_step' must be an integer or null"
+        for field in ("model_step", "outputs_version"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                return f"'{field}' must be an integer or null"
         return self._parameters_problem()
 
     def _parameters_problem(self) -> str | None:
@@ -284,6 +289,7 @@ def fit_calibration(
         n_validation=len(matrix),
         config_hash=config_hash,
         model_step=model_step,
+        outputs_version=OUTPUTS_VERSION,
         parameters={name: np.asarray(value, np.float64).tolist() for name, value in parameters.items()
                     if value is not None},
     )

@@ -49,6 +49,7 @@ from ganspection_tf.terms import (
     ERROR_MAP_OUTPUT,
     FINE_PATCH_OUTPUT,
     MODEL_OUTPUTS,
+    OUTPUTS_VERSION,
     PATCH_OUTPUT,
     TERMS,
     outputs_needed,
@@ -169,7 +170,7 @@ class FromTiles(Tiles):
 
 
 # Term-model tensors of the whole image when it is inspected by tiles (the others are per tile, merged at the end).
-PER_IMAGE_TENSORS = frozenset({ERROR_MAP_OUTPUT, "smoothed_error_map"})
+PER_IMAGE_TENSORS = frozenset({ERROR_MAP_OUTPUT, "smoothed_error_map", FINE_PATCH_OUTPUT})
 
 
 def build_term_model(model, subpixel=False) -> keras.Model:
@@ -194,15 +195,17 @@ def build_term_model(model, subpixel=False) -> keras.Model:
 
 def term_model_tensors(model, image, grid, subpixel=False) -> dict:
     """The named tensors a term's graph (``terms.Graph``) can be computed from, for the Keras input `image` cut
-    into the tiles of `grid` (``tiles.TileGrid``): per tile, except the error maps (stitched per image)."""
+    into the tiles of `grid` (``tiles.TileGrid``): per tile, except the error maps (stitched per image) and the
+    fine patch features (the critic's first stage on the whole image: no seams)."""
     encoder, generator, critic = model.scoring_networks(subpixel)
-    critic = with_patch_features(critic)
+    critic = with_patch_features(critic, grid.image)
     tile = image if grid.count == 1 else Tiles(grid.per_side, name="tiles")(image)
     code = encoder(tile)
     reconstruction = generator(code)
     cycled_code = encoder(reconstruction)
-    critic_value, critic_features, fine_patches, patches = critic([tile, code])
-    _, reconstruction_critic_features, *_ = critic([reconstruction, code])
+    critic_value, critic_features, patches, fine_patches = critic([tile, code, image])
+    # (the whole image again only because the view takes it: these fine patches are not used)
+    _, reconstruction_critic_features, *_ = critic([reconstruction, code, image])
     error_map = MeanGap(last_axis_only=True, name="error_map_term")([tile, reconstruction])
     if grid.count > 1:
         error_map = FromTiles(grid.per_side, name="error_map_of_image")(error_map)
@@ -355,11 +358,16 @@ def ensure_calibration(run, model=None, log=print, *, term_model=None, method=No
     config_hash = run.config_hash
     step = model_step(model)
     stored = run.read_calibration(log)
-    if stored is not None and _still_valid(stored, config_hash, step, method, max_fpr, weights):
+    tiled = tiles.tile_grid(model.image_size, model.inspected_size).count > 1
+    if stored is not None and _still_valid(stored, config_hash, step, method, max_fpr, weights, tiled):
         return stored
     if stored is not None and weights is None and _same_model(stored, config_hash, step):
-        # Only the file's format (a release before validation_scores) or the asked method / max FPR changed: the
-        # run keeps the score it was calibrated with instead of choosing anew, so its scores stay the same.
+        # Only the file's format (a release before validation_scores), the outputs its parameters were fitted on
+        # or the asked method / max FPR changed: the run keeps the score (terms and weights) it was calibrated
+        # with instead of choosing anew.
+        if _outputs_changed(stored, tiled):
+            log(f"{run.calibration_path} was fitted on the fine patch features of an earlier release (tile by "
+                "tile); fitting it again on the whole image's, with the same score")
         weights = dict(zip(stored.terms, stored.weights))
         method = method or stored.method
         max_fpr = stored.max_fpr if max_fpr is None else max_fpr
@@ -445,9 +453,16 @@ def _same_model(stored, config_hash, step):
     return stored.config_hash == config_hash and stored.model_step == step and stored.terms == list(TERMS)
 
 
-def _still_valid(stored, config_hash, step, method, max_fpr, weights):
+def _outputs_changed(stored, tiled):
+    """Fitted on model outputs that this release computes otherwise: only those of runs inspected by tiles
+    changed (OUTPUTS_VERSION 2), so the files of other runs stay as they are."""
+    return tiled and stored.outputs_version != OUTPUTS_VERSION
+
+
+def _still_valid(stored, config_hash, step, method, max_fpr, weights, tiled):
     return (
         _same_model(stored, config_hash, step)
+        and not _outputs_changed(stored, tiled)
         and stored.validation_scores is not None  # a file from before they were kept: refit, so export ships them
         and (method is None or stored.method == method)
         and (max_fpr is None or stored.max_fpr == max_fpr)

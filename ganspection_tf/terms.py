@@ -45,7 +45,10 @@ calibration fitted on good images:
   it carries the chosen score, the heatmaps show its map (every patch's distance) instead of the error map.
 * ``fine_patch_distance`` = the same in the critic's first stage (stride 2, 4-pixel patches, its own bank): a
   smaller patch is a finer reference, for defects a few pixels wide (a screw's thread) that a 10-pixel patch
-  averages away. Which of the two sizes a run scores by is the score choice's, per run.
+  averages away. Which of the two sizes a run scores by is the score choice's, per run. An image inspected by
+  tiles gets these features from one pass over the whole image, not tile by tile: a tile's edge patches see the
+  zero padding at its border, patches that no good part has anywhere but at the seams, and they crowded the
+  bank and the good images' largest distances.
 
 Measurements behind these choices: benchmarks/RESULTS.md ("Score terms" and "Score variants").
 """
@@ -65,7 +68,8 @@ from ganspection_tf.patch_search import largest_nearest_distances, nearest_patch
 from ganspection_tf.stats import MIN_SAMPLES, whitening_matrix
 
 CODE_OUTPUT, ERROR_MAP_OUTPUT = "code", "error_map"
-# The critic's patch features (networks.PATCH_STAGES): its second stage (stride 4) and its first (stride 2).
+# The critic's patch features: its second stage (stride 4, per tile; networks.PATCH_STAGE) and its first (stride 2,
+# over the whole inspected image; networks.with_patch_features).
 PATCH_OUTPUT, FINE_PATCH_OUTPUT = "critic_patches", "critic_fine_patches"
 # derived (Term.derive): every patch's distance from its bank
 NEAREST_PATCHES, NEAREST_FINE_PATCHES = "nearest_patch_distances", "nearest_fine_patch_distances"
@@ -74,6 +78,9 @@ PATCH_BANK_CANDIDATES = 1_000_000  # the k-centre selection runs on at most this
 # An image's patch score is the mean of its this many largest patch distances (calibration.json, edge metadata;
 # files without it were fitted on the largest alone, which they keep).
 PATCH_SCORE_COUNT = 16
+# What the model outputs a calibration was fitted on are (calibration.json): 2 = the fine patch features of an image
+# inspected by tiles come from the whole image; 1 (files without it) = tile by tile.
+OUTPUTS_VERSION = 2
 MAP_STD_FLOOR = 0.5  # × the mean per-pixel spread: no pixel counts as more than twice as steady as the average one
 STD_FLOOR_ABSOLUTE = 1e-8
 

@@ -98,7 +98,8 @@ def test_term_model_outputs_match_their_definitions(tiny_model, term_model, imag
     recon = numpy(generator(z))
     value, features = (numpy(t) for t in critic([x, z]))
     _, recon_features = (numpy(t) for t in critic([recon, z]))
-    _, _, fine_patches, patches = (numpy(t) for t in with_patch_features(critic)([x, z]))
+    _, _, patches, _ = (numpy(t) for t in with_patch_features(critic, 32)([x, z, x]))
+    fine_patches = numpy(keras.Model(critic.inputs, critic.get_layer("crit_act0").output)([x, z]))
     expected = {
         "latent": 0.5 * np.sum(z**2, axis=1),
         "cycle": np.mean((z - numpy(encoder(recon))) ** 2, axis=1),
@@ -157,6 +158,10 @@ def test_a_tiled_term_model_gives_per_image_outputs_merged_from_its_tiles(tiled_
         np.testing.assert_allclose(tiled[name], np.max([t[name] for t in per_tile], axis=0), rtol=1e-5, atol=1e-6,
                                    err_msg=name)
     np.testing.assert_allclose(tiled["code"], np.concatenate([t["code"] for t in per_tile], axis=1), atol=1e-6)
+    # The fine patch features come from the whole image: a 32 px window across the seams has, away from its own
+    # border, the features of the same pixels in the tiled image (tile by tile, the seams' would differ).
+    across = scoring.compute_terms(term_model, images[:, 16:48, 16:48])["critic_fine_patches"]
+    np.testing.assert_allclose(tiled["critic_fine_patches"][:, 9:23, 9:23], across[:, 1:15, 1:15], atol=1e-5)
     expected_max = [heatmaps.anomaly_map(error, (64, 64)).max() for error in stitched]
     np.testing.assert_allclose(tiled["map_max"], expected_max, rtol=1e-5, atol=1e-6)
     whole = scoring.reconstruct(tiled_model, images)
@@ -327,6 +332,7 @@ def test_calibration_round_trips_through_json():
         (lambda d: d.update(fine_patch_bank=[]), "'fine_patch_bank' must be a non-empty matrix"),
         (lambda d: d.update(patch_score_count=0), "'patch_score_count' must be a whole number of patches"),
         (lambda d: d.update(fine_patch_score_count=2.5), "'fine_patch_score_count' must be a whole number"),
+        (lambda d: d.update(outputs_version="2"), "'outputs_version' must be an integer or null"),
     ],
 )
 def test_corrupt_calibration_dicts_are_refused_naming_the_source(change, message):
@@ -558,11 +564,12 @@ def test_a_calibration_from_before_validation_scores_keeps_the_runs_score(run_co
 
 def test_a_calibration_from_before_the_patch_score_count_keeps_scoring_by_the_largest_distance(run_copy, monkeypatch):
     """A calibration.json from the release that scored the patch terms by an image's largest patch distance (no
-    patch_score_count) is still used as it is, and scores as that release did: the run's scores do not change
-    when the package is updated."""
+    patch_score_count, nor outputs_version: this run is not inspected by tiles, so its outputs did not change) is
+    still used as it is, and scores as that release did: the run's scores do not change when the package is
+    updated."""
     current = scoring.ensure_calibration(run_copy, log=lambda *a: None)
     old = current.to_dict()
-    del old["patch_score_count"], old["fine_patch_score_count"]
+    del old["patch_score_count"], old["fine_patch_score_count"], old["outputs_version"]
     (run_copy / "calibration.json").write_text(json.dumps(old))
     monkeypatch.setattr(pipeline, "load_images", lambda *a, **k: pytest.fail("a matching file was fitted again"))
     kept = scoring.ensure_calibration(run_copy, log=lambda *a: None)
@@ -573,6 +580,26 @@ def test_a_calibration_from_before_the_patch_score_count_keeps_scoring_by_the_la
         largest = registry.nearest_patch_distances(outputs[output], kept.parameters[bank]).max(axis=(1, 2))
         np.testing.assert_allclose(kept.term_matrix(outputs)[:, kept.terms.index(name)], largest, rtol=1e-5)
         assert np.all(current.term_matrix(outputs)[:, current.terms.index(name)] < largest)  # a mean of 16
+
+
+def test_a_tiled_runs_calibration_fitted_tile_by_tile_is_fitted_again_with_its_score(tmp_path_factory, tmp_path,
+                                                                                       monkeypatch):
+    """A run inspected by tiles whose calibration.json holds fine patch features computed tile by tile (an
+    earlier release: no outputs_version) gets its bank and threshold fitted again on the whole image's features,
+    with the score it was calibrated with (not chosen anew), and says so."""
+    from edge_support import tiled_run
+
+    run = Path(shutil.copytree(tiled_run(tmp_path_factory), tmp_path / "run"))
+    current = scoring.ensure_calibration(run, weights={"fine_patch_distance": 1.0, "critic": 0.5},
+                                         log=lambda *a: None)
+    old = current.to_dict() | {"threshold": 123.0, "fine_patch_bank": [[0.0] * len(current.parameters[
+        "fine_patch_bank"][0])]}
+    del old["outputs_version"]
+    (run / "calibration.json").write_text(json.dumps(old))
+    monkeypatch.setattr(scoring, "choose_run_score", lambda *a, **k: pytest.fail("the score was chosen anew"))
+    messages = []
+    assert scoring.ensure_calibration(run, log=messages.append) == current
+    assert any("fitted on the fine patch features of an earlier release" in m for m in messages)
 
 
 def test_ensure_calibration_recomputes_a_corrupt_file_with_a_warning(run_copy):

@@ -21,9 +21,9 @@ from ganspection_tf.config import SUPPORTED_SIZES
 
 LEAK = 0.2
 MAX_WIDTH_MULTIPLIER = 8
-# The critic stages whose activations are its patch features, finest first: stride 2 (a receptive field of 4 px)
-# and stride 4 (10 px).
-PATCH_STAGES = (0, 1)
+# The critic's stage whose activations are its patch features (stride 4, a receptive field of 10 px); its first
+# stage (stride 2, 4 px) gives the fine patch features (with_patch_features).
+PATCH_STAGE = 1
 
 
 def pyramid_depth(image_size: int) -> int:
@@ -192,12 +192,23 @@ def build_critic(
     return keras.Model([image, z], [value, features], name=name)
 
 
-def with_patch_features(critic):
-    """The critic with more outputs, its image path at each of PATCH_STAGES: (B, S/2, S/2, F0), (B, S/4, S/4, F1)
-    patch features.
+def with_patch_features(critic, inspected_size):
+    """The critic with its patch features: (image, z, whole image) → (critic value, joint features, (B, S/4, S/4,
+    F1) the image's patch features at PATCH_STAGE, (B, I/2, I/2, F0) the whole image's fine patch features).
+
+    The image is one network-sized tile (S px) of the whole inspected image (I px; the tile itself when it is not
+    inspected by tiles). The fine patch features are the critic's first stage (a 4 × 4 convolution, stride 2,
+    never normalised) run over the whole image: only the image's border is zero-padded there, whereas tile by tile
+    every tile's edge would be, and good patches would differ at the seams only because of where the tiles were
+    cut. (The first stage alone can see an image of any size; the next ones normalise over the tile.)
 
     The same layers (and weights) as `critic`, seen as a new functional model, so a scorer that uses this view
     instead of the critic holds every layer once (Keras saves shared layers once). Each position describes a
     small neighbourhood of the image as the critic sees it, independent of z and of where it is."""
-    patches = [critic.get_layer(f"crit_act{stage}").output for stage in PATCH_STAGES]
-    return keras.Model(critic.inputs, [*critic.outputs, *patches], name=critic.name)
+    channels = critic.inputs[0].shape[-1]
+    whole = keras.Input((inspected_size, inspected_size, channels), name="whole_image")
+    by_name = {layer.name: layer for layer in critic.layers}
+    convolution = by_name.get("crit_conv0_sn", by_name.get("crit_conv0"))  # spectral norm wraps the convolution
+    fine_patches = by_name["crit_act0"](convolution(whole))
+    patches = by_name[f"crit_act{PATCH_STAGE}"].output
+    return keras.Model([*critic.inputs, whole], [*critic.outputs, patches, fine_patches], name=critic.name)
