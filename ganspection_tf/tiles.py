@@ -8,7 +8,8 @@ outputs (``scoring.build_term_model``), so that the calibration, the score choic
 export and the camera (the TFLite model holds the same graph) all see per-image outputs at inspect size:
 
 * a per-pixel map (N·T, S, S) is stitched back into the image's map (N, I, I), and a map of features
-  (N·T, h, w, F), the critic's patch features, into (N, h·per_side, w·per_side, F);
+  (N·T, h, w, F), the critic's patch features, into (N, h·per_side, w·per_side, F) (its fine patch features are
+  computed over the whole image instead, without seams: ``networks.with_patch_features``);
 * a scalar per tile (N·T,) becomes the largest over the image's tiles (every term grows with abnormality);
 * a vector per tile (N·T, d), the code, becomes the tiles' codes side by side (N, T·d): a statistic of the
   code (latent_mahalanobis) is then fitted per tile position.
