@@ -4,7 +4,8 @@ Writes ``RUN_DIR/eval/`` (every file atomically):
 
     metrics.json          image AUROC / AUPR (overall and per defect type) for every term and the combined
                           score, F1 at the calibrated threshold, F1-max (labelled "oracle": its threshold is
-                          chosen on the test set), pixel AUROC and AU-PRO (FPR ≤ 0.3, normalised)
+                          chosen on the test set), pixel AUROC and AU-PRO (FPR ≤ 0.3, normalised), and the
+                          good validation photos that score highest (``threshold_setters.py``)
     scores.csv            one row per test image: path, defect type, label, combined score, every term
     roc.png               ROC curves of the combined score and every term
     score_histograms.png  per-class score histograms, one panel per score, with the threshold
@@ -31,7 +32,7 @@ import cv2
 import numpy as np
 from sklearn import metrics as skm
 
-from ganspection_tf import artifacts, exposure_tolerance, scoring
+from ganspection_tf import artifacts, exposure_tolerance, scoring, threshold_setters
 from ganspection_tf.calibration import fit_calibration, fitted_columns, weight_vector
 from ganspection_tf.data import mvtec
 from ganspection_tf.errors import GanspectionError
@@ -52,6 +53,7 @@ DISPLAY_SIZE = 128
 # The model-versus-template picture: its file, its rows (the first good test images, then the first image of
 # each defect type, at most MAX_DEFECT_ROWS of them) and its columns (the template's only when it can be made).
 MODEL_VS_TEMPLATE = "model_vs_template.png"
+HIGHEST_VALIDATION = "highest_validation.png"  # the good validation photos that score highest, with their heatmaps
 GOOD_ROWS, MAX_DEFECT_ROWS = 2, 8
 MODEL_COLUMNS = ("input", "model G(E(x))", "model anomaly map")
 TEMPLATE_COLUMNS = ("input", "model G(E(x))", "template", "model anomaly map", "template error map")
@@ -99,6 +101,10 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
         "pixel": pixel_metrics(scored["masks"], scored["maps"], sigma=map_sigma(model.inspected_size)),
         "score_choice": score_choice_summary(run, calibration),
     }
+    highest = threshold_setters.highest(run.validation_images(), good_outputs[0], calibration)
+    metrics["highest_validation"] = highest
+    if highest:
+        log(threshold_setters.describe(highest, calibration.threshold, calibration.validation_scores))
     metrics["good_shift"] = good_image_shift(scored["labels"], scored["terms"], calibration)
     shifted = shifted_terms(metrics["good_shift"])
     if shifted:
@@ -394,6 +400,8 @@ def _write_report_files(out, metrics, scored, category, model):
     _save_figure(out / "roc.png", _roc_figure(scored))
     _save_figure(out / "score_histograms.png", _histogram_figure(scored))
     _save_figure(out / "heatmaps.png", _heatmap_figure(scored, category, model))
+    if metrics["highest_validation"]:
+        _save_figure(out / HIGHEST_VALIDATION, _highest_validation_figure(scored, metrics["highest_validation"]))
     artifacts.write_text(out / "report.html", _report_html(metrics))
 
 
@@ -492,6 +500,25 @@ def _heatmap_figure(scored, category, model):
     return figure
 
 
+def _highest_validation_figure(scored, highest):
+    """photo | heatmap of the good validation photos that score highest: where each one looks unusual to the
+    model, on a colour scale of their own (the test split's defects would leave them dark)."""
+    scorer = scored["scorer"]
+    images, _ = scorer.load_images([entry["path"] for entry in highest], skip_unreadable=False)
+    maps = scorer.calibration.pixel_maps(scorer.forward(images), scorer.image_size)
+    heatmaps = [anomaly_map(one, (DISPLAY_SIZE, DISPLAY_SIZE)) for one in maps]
+    top = max(*(float(np.max(one)) for one in heatmaps), 1e-6)
+    figure = _new_figure(4.4, 2.2 * len(highest))
+    grid = np.atleast_2d(figure.subplots(len(highest), 2))
+    for row, (entry, heatmap) in enumerate(zip(highest, heatmaps)):
+        _show(grid[row, 0], resize_image(read_image(entry["path"], scorer.channels), DISPLAY_SIZE, scorer.resize))
+        _show(grid[row, 1], heatmap, "inferno", top)
+        grid[row, 0].set_title(f"{Path(entry['path']).name}  score {entry['score']:.3g}", fontsize=8, loc="left")
+    grid[-1, 0].set_xlabel("good validation photo")
+    grid[-1, 1].set_xlabel("heatmap (own scale)")
+    return figure
+
+
 def _show(axes, image, colour_map=None, top=None, outline=None):
     """One panel: a picture (gray or RGB), or a map on the "inferno" scale 0…`top`; `outline`: a bool mask whose
     contour is drawn over it."""
@@ -587,7 +614,7 @@ tr.main{{font-weight:bold;background:#eef}}</style></head><body>
 {html.escape(json.dumps(metrics['data']['per_class']))}; model step {metrics['model_step']}.</p>
 <p>Calibration: {html.escape(calibration['method'])} fusion fitted on {calibration['n_validation']} good validation
 images held out of training (never on test images); threshold {threshold['value']:.4g} for a target false-positive
-rate of {calibration['max_fpr']:g}.</p>
+rate of {calibration['max_fpr']:g}.{_highest_html(metrics.get("highest_validation"), calibration)}</p>
 {_choice_html(metrics.get("score_choice"))}
 {_shift_html(metrics.get("good_shift") or {})}
 {_exposure_html(metrics.get("exposure_tolerance"), metrics.get("exposure_advice"))}
@@ -614,6 +641,14 @@ x̂ = G(z) its reconstruction, f the critic's features):</p>
 <a href="heatmaps.png">heatmaps.png</a> · <a href="{MODEL_VS_TEMPLATE}">{MODEL_VS_TEMPLATE}</a></p>
 </body></html>
 """
+
+
+def _highest_html(highest, calibration):
+    if not highest:
+        return ""
+    line = threshold_setters.describe(highest, calibration["threshold"], calibration.get("validation_scores"))
+    return (f" {html.escape(line[0].upper() + line[1:])}.</p>\n<p><img src=\"{HIGHEST_VALIDATION}\" alt=\"the good "
+            "validation photos that score highest, with their heatmaps\">")
 
 
 def _model_vs_template_html(layout):

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
-from ganspection_tf import evaluate  # noqa: E402
+from ganspection_tf import evaluate, threshold_setters  # noqa: E402
 from ganspection_tf.data.synthetic import generate_good, write_synthetic_category  # noqa: E402
 from ganspection_tf.errors import GanspectionError  # noqa: E402
 from ganspection_tf.images import read_image  # noqa: E402
@@ -330,3 +330,35 @@ def test_good_test_photos_unlike_the_validation_photos_are_named():
     assert set(evaluate.shifted_terms(shift)) == {"latent"}
     assert "latent (+3.8 σ)" in evaluate.shift_warning(evaluate.shifted_terms(shift))
     assert evaluate.good_image_shift(np.ones(2), terms, calibration) == {}
+
+
+def test_the_good_validation_photo_that_scores_highest_is_named(run_with_private_data):
+    """A defective part filed among the good ones (a dark square over a quarter of one validation photo) is named
+    first, in the log, metrics.json and the report, with the highest validation score: the threshold sits on it."""
+    run, category = run_with_private_data
+    (run / "calibration.json").unlink(missing_ok=True)
+    validation = json.loads((run / "splits.json").read_text())["validation"]
+    odd = Path(validation[2])
+    image = cv2.imread(str(odd))
+    image[:16, :16] = 10
+    cv2.imwrite(str(odd), image)
+    messages = []
+    metrics = evaluate.evaluate_run(run, log=messages.append)
+    highest = metrics["highest_validation"]
+    assert highest[0]["path"] == str(odd) and len(highest) == 3
+    assert [entry["score"] for entry in highest] == sorted((entry["score"] for entry in highest), reverse=True)
+    assert highest[0]["score"] == pytest.approx(max(metrics["calibration"]["validation_scores"]), rel=1e-5)
+    named = [m for m in messages if m.startswith("good validation images with the highest scores: ")]
+    assert len(named) == 1 and named[0].index(str(odd)) < named[0].index(highest[1]["path"])
+    report = (run / "eval" / "report.html").read_text()
+    assert html.escape(str(odd)) in report and f'src="{evaluate.HIGHEST_VALIDATION}"' in report
+    assert read_image(run / "eval" / evaluate.HIGHEST_VALIDATION).shape[0] > 100  # 3 photos with their heatmaps
+    assert json.loads((run / "eval" / "metrics.json").read_text())["highest_validation"] == highest
+
+
+def test_the_log_says_when_the_threshold_is_one_photos_score():
+    entries = [{"path": "a.png", "score": 3.5}, {"path": "b.png", "score": 3.1}]
+    assert "that one photo sets it" in threshold_setters.describe(entries, 3.5, [0.1, 3.1, 3.5])
+    # above it (the Gaussian tail of few validation images) or a file without the scores: no such claim
+    assert "sets it" not in threshold_setters.describe(entries, 3.9, [0.1, 3.1, 3.5])
+    assert "sets it" not in threshold_setters.describe(entries, 3.5, None)
