@@ -1,6 +1,6 @@
 """The good validation images that score highest, by name.
 
-With fewer good validation images than 1 / max FPR (48 images for a 1 % target), the calibrated threshold is the
+With fewer good validation images than 1 / max FPR (fewer than 100 for a 1 % target), the calibrated threshold is the
 highest validation score or a Gaussian tail above it (``calibration.validation_threshold``), so one unusual good
 photo (a rare pose, a defective part filed as good) can decide how many defects the threshold finds. ``evaluate``
 logs these images and the report lists them, so the user can look at them; ``--max-fpr`` and ``--threshold``
