@@ -213,7 +213,7 @@ class ProgressLine(keras.callbacks.Callback):
         left = max(0.0, self.budget.seconds - (now - self.budget.started))
         if left >= to_steps:
             return duration(to_steps)
-        return f"≤{duration(left)} ({option}; all {self.total_steps} steps would take {duration(to_steps)})"
+        return f"≤{duration(left)} ({option}; step {self.total_steps} would be reached in {duration(to_steps)})"
 
     def _write(self, text):
         stream = self.stream or sys.stdout
