@@ -86,7 +86,10 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
     out = artifacts.ensure_writable_folder(run.eval_folder, option="RUN_DIR")
     scored = _score_test_split(category_found.test, scoring.KerasScorer.for_run(run, term_model, calibration,
                                                                                 batch_size))
-    comparisons = _comparison_scores(*good_outputs, scored, calibration)
+    # The good validation images' honest term matrix (what the calibration was fitted on), once: the comparison
+    # fusions are fitted on it and it names the photos that score highest.
+    parameters, validation_matrix = fitted_columns(good_outputs[0], TERMS, good_outputs[1])
+    comparisons = _comparison_scores(parameters, validation_matrix, scored, calibration)
     all_scores = {COMBINED: scored["combined"], **scored["terms"], **comparisons}
 
     metrics = {
@@ -101,7 +104,8 @@ def evaluate_run(run_dir, data=None, category=None, log=print, *, batch_size=32,
         "pixel": pixel_metrics(scored["masks"], scored["maps"], sigma=map_sigma(model.inspected_size)),
         "score_choice": score_choice_summary(run, calibration),
     }
-    highest = threshold_setters.highest(run.validation_images(), good_outputs[0], calibration)
+    in_calibration_order = validation_matrix[:, [TERMS.index(name) for name in calibration.terms]]
+    highest = threshold_setters.highest(run.validation_images(), calibration.combine(in_calibration_order))
     metrics["highest_validation"] = highest
     if highest:
         log(threshold_setters.describe(highest, calibration.threshold, calibration.validation_scores))
@@ -354,8 +358,9 @@ def _check_same_aspect(mask_path, mask_shape, image_path):
             "the image's proportions")
 
 
-def _comparison_scores(validation_outputs, reference_outputs, scored, calibration):
-    """Test scores of the fusions not chosen, each fitted on the good validation images' raw model outputs."""
+def _comparison_scores(parameters, validation_matrix, scored, calibration):
+    """Test scores of the fusions not chosen, each fitted on the good validation images' term matrix and its terms'
+    fitted `parameters` (``fitted_columns``)."""
     candidates = {
         "fusion: weighted, default α": {"method": "weighted"},
         "fusion: weighted, previous default α (map_max + latent_mahalanobis)": {
@@ -363,10 +368,9 @@ def _comparison_scores(validation_outputs, reference_outputs, scored, calibratio
         "fusion: weighted, equal α": {"method": "weighted", "weights": [1.0] * len(TERMS)},
         "fusion: mahalanobis": {"method": "mahalanobis"},
     }
-    parameters, matrix = fitted_columns(validation_outputs, TERMS, reference_outputs)  # once: only α and method differ
     fusions = {}
-    for name, options in candidates.items():
-        fitted = fit_calibration(matrix, TERMS, **parameters, max_fpr=calibration.max_fpr, **options)
+    for name, options in candidates.items():  # one matrix: only α and method differ
+        fitted = fit_calibration(validation_matrix, TERMS, **parameters, max_fpr=calibration.max_fpr, **options)
         fusions[name] = fitted.combine(fitted.term_matrix(scored["outputs"]))
     return fusions
 

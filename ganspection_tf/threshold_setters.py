@@ -14,11 +14,11 @@ import numpy as np
 SHOWN = 3
 
 
-def highest(paths, validation_outputs, calibration, count=SHOWN) -> list[dict] | None:
-    """[{"path", "score"}] of the `count` validation images (`paths`, in the order of `validation_outputs`) with the
-    highest combined scores, highest first; None when the outputs do not match the paths one to one (an unreadable
+def highest(paths, validation_scores, count=SHOWN) -> list[dict] | None:
+    """[{"path", "score"}] of the `count` validation images (`paths`) with the highest combined scores (in the
+    order of `paths`), highest first; None when the scores do not match the paths one to one (an unreadable
     validation image was skipped, so no name can be matched to a score)."""
-    scores = calibration.combine(calibration.term_matrix(validation_outputs))
+    scores = np.asarray(validation_scores, dtype=np.float64)
     if len(scores) != len(paths):
         return None
     order = np.argsort(-scores, kind="stable")[:count]
